@@ -1,0 +1,78 @@
+"""Integer-range checks on the inputs of a quantized network's layers, with a diagnosis of the likely mistake."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .models import LAYER_NAMES
+
+INT8_MIN, INT8_MAX = -128, 127
+
+
+class Int8RangeError(ValueError):
+    """A layer of a quantized network received values that are not int8 integers."""
+
+
+def diagnose(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = INT8_MAX) -> str | None:
+    """Return why ``values`` (fed to ``layer``) are not integers in [low, high], or None when they are.
+
+    The message names the layer, the min and max seen, and the misconception the numbers
+    point to, so that a student knows where to look.
+    """
+    values = values.detach()
+    if values.numel() == 0:
+        return None
+    if torch.isnan(values).any():
+        return (
+            f"input to {layer} contains NaN. A scale of 0 (from an all-zero tensor: max|x| = 0) "
+            "turns x / scale into 0/0; guard the scale, or check the data for NaN."
+        )
+    lo, hi = values.min().item(), values.max().item()
+    seen = f"input to {layer} ranges over [{lo:.4g}, {hi:.4g}], outside the int8 range [{low}, {high}]"
+    if math.isinf(lo) or math.isinf(hi):
+        return f"{seen}. Infinite values mean a division by a scale of 0 (an all-zero tensor: max|x| = 0)."
+    peak = max(abs(lo), abs(hi))
+    if lo < low or hi > high:
+        if peak >= 1000:
+            hint = (
+                "Values this large (about 1e3 and more) usually mean the scale was multiplied instead of "
+                "divided, or applied twice: this lab's convention is q = round(x / s) with s = max|x| / 127 "
+                "(the original lab multiplied by n = 1/s)."
+            )
+        else:
+            hint = (
+                "Values just past the range mean a missing clamp: after rounding, clamp to [-128, 127] "
+                "(torch.clamp), since the int8 range is asymmetric and nothing else bounds the accumulator."
+            )
+        return f"{seen}. {hint}"
+    if not torch.equal(values, values.round()):
+        return (
+            f"input to {layer} holds non-integer values (min {lo:.4g}, max {hi:.4g}): "
+            "round (torch.round, not floor, trunc or int()) after dividing by the scale."
+        )
+    return None
+
+
+def check_int_range(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = INT8_MAX) -> None:
+    """Raise ``Int8RangeError`` with a diagnosis unless ``values`` are integers in [low, high]."""
+    problem = diagnose(values, layer, low, high)
+    if problem:
+        raise Int8RangeError(problem)
+
+
+def install_int8_guards(model: nn.Module, layers=LAYER_NAMES) -> list:
+    """Check, before each of ``layers`` runs, that its input holds int8 integers (like the original lab's hooks).
+
+    Returns the hook handles; call ``handle.remove()`` on each to take the guards off.
+    """
+
+    def guard(name):
+        def pre_hook(_module, inputs):
+            check_int_range(inputs[0], name)
+
+        return pre_hook
+
+    return [getattr(model, name).register_forward_pre_hook(guard(name)) for name in layers]

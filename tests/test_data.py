@@ -1,0 +1,105 @@
+import io
+import pickle
+import tarfile
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from int8lab import DatasetUnavailableError, load_data
+from int8lab import data as data_module
+
+
+def test_digits_batches_have_the_lab_shapes_and_range(digits_loaders):
+    train_loader, test_loader = digits_loaders
+    images, labels = next(iter(train_loader))
+    assert images.shape[1:] == (1, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    all_train = train_loader.dataset.tensors[0]
+    assert all_train.min() >= -1.0 and all_train.max() <= 1.0
+    # Both ends of the range are used: a [0, 1] scaling or a missing offset would fail here.
+    assert all_train.min() == -1.0 and all_train.max() > 0.9
+    assert len(train_loader.dataset) + len(test_loader.dataset) == 1797
+    assert len(test_loader.dataset) == 360
+
+
+def test_digits_split_is_fixed_across_calls():
+    first_train, first_test = load_data("digits", batch_size=16)
+    second_train, second_test = load_data("digits", batch_size=16)
+    assert torch.equal(first_test.dataset.tensors[0], second_test.dataset.tensors[0])
+    assert torch.equal(next(iter(first_train))[1], next(iter(second_train))[1])
+
+
+def test_unknown_dataset_is_named_in_the_error():
+    with pytest.raises(ValueError, match="mnist"):
+        load_data("mnist")
+
+
+def _cifar_batch(count, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        b"data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, size=count)],
+        b"batch_label": b"tiny",
+    }
+
+
+def _write_tiny_cifar(root, per_batch=3):
+    """A CIFAR-10 python archive in the real layout, with a few random images per batch."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    batches = {name: _cifar_batch(per_batch, seed) for seed, name in enumerate(names)}
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, batch in batches.items():
+            raw = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return batches
+
+
+def test_cifar_reader_decodes_the_tiny_archive(tmp_path):
+    batches = _write_tiny_cifar(tmp_path)
+    train_loader, test_loader = load_data("cifar10", batch_size=4, root=tmp_path)
+    assert len(train_loader.dataset) == 15 and len(test_loader.dataset) == 3
+    images, labels = test_loader.dataset.tensors
+    assert images.shape == (3, 3, 32, 32)
+    # Channel-major order: the first 1024 bytes of a row are the red plane.
+    expected_red = batches["test_batch"][b"data"][0, :1024].reshape(32, 32) / 255.0 * 2 - 1
+    np.testing.assert_allclose(images[0, 0].numpy(), expected_red, atol=1e-6)
+    assert labels.tolist() == batches["test_batch"][b"labels"]
+
+
+def test_cifar_reader_accepts_the_extracted_folder(tmp_path):
+    _write_tiny_cifar(tmp_path)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    train_loader, _ = load_data("cifar10", root=tmp_path / "extracted")
+    assert len(train_loader.dataset) == 15
+
+
+def test_cifar_offline_error_names_the_folder_and_the_digits_fallback(tmp_path):
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_data("cifar10", root=tmp_path)
+    message = str(error.value)
+    assert str(tmp_path) in message and "cifar-10-python.tar.gz" in message
+    assert 'name="digits"' in message
+
+
+def test_cifar_failed_download_keeps_nothing_and_explains(tmp_path, monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(data_module.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetUnavailableError, match='name="digits"'):
+        load_data("cifar10", root=tmp_path, download=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cifar_reader_refuses_pickled_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps(print))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_data("cifar10", root=tmp_path)

@@ -1,0 +1,70 @@
+"""Project-level rules: no answers in the importable package, pinned installs, matching environments."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADED_FUNCTIONS = ("quantized_weights", "quantize_activations", "quantize_initial_input", "quantized_bias")
+CONDA_TO_PYPI = {"pytorch-cpu": "torch", "python": None, "pip": None}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_package_defines_no_graded_function():
+    names = "|".join(GRADED_FUNCTIONS)
+    # A definition, or an alias such as `quantized_weights = lambda ...`.
+    pattern = re.compile(rf"\b(def|class)\s+({names})\b|\b({names})\s*=")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in (ROOT / "int8lab").rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
+
+
+def _pyproject_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+
+
+def test_environment_yml_lists_the_pyproject_packages():
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    names = set()
+    for entry in environment["dependencies"]:
+        for requirement in entry["pip"] if isinstance(entry, dict) else [entry]:
+            name = _name(requirement)
+            names.add(CONDA_TO_PYPI.get(name, name))
+    names.discard(None)
+    assert names == _pyproject_packages()
+
+
+def test_lock_pins_every_package_exactly_with_cpu_torch():
+    lock = {}
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"unpinned line in the lock: {line}"
+            lock[_name(name)] = version
+    assert lock["torch"] == "2.13.0" and lock["nbgrader"] == "0.9.6"
+    assert _pyproject_packages() <= set(lock)
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_cli_demo_prints_the_float_accuracy(float_net):
+    result = subprocess.run(
+        [sys.executable, "-m", "int8lab", "demo"], capture_output=True, text=True, check=True, timeout=600
+    )
+    match = re.search(r"test accuracy ([\d.]+)%", result.stdout)
+    assert match and float(match.group(1)) >= 95.0

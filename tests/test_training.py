@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from int8lab import CorruptCheckpointError, Net, NetWithBias, evaluate, trained_model
+from int8lab import training as training_module
+
+
+def test_float_net_reaches_95_percent_on_digits(float_net, digits_loaders):
+    assert evaluate(float_net, digits_loaders[1]) >= 95.0
+
+
+def test_models_have_the_lab_shapes():
+    net, with_bias = Net(in_channels=3), NetWithBias(in_channels=1)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert with_bias(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert [name for name, p in net.named_parameters() if name.endswith("bias")] == []
+    assert [name for name, p in with_bias.named_parameters() if name.endswith("bias")] == ["fc3.bias"]
+    assert net.fc1.in_features == 16 * 5 * 5 and net.fc2.out_features == 84
+
+
+def test_second_call_loads_the_checkpoint_without_training(float_net, monkeypatch):
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("trained again although a checkpoint exists")
+
+    monkeypatch.setattr(training_module, "_train", no_training)
+    reloaded = trained_model("digits", progress=False)
+    for name, tensor in float_net.state_dict().items():
+        assert torch.equal(tensor, reloaded.state_dict()[name])
+
+
+def _count_trainings(monkeypatch):
+    calls = []
+    real_train = training_module._train
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "_train", counting)
+    return calls
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "garbage"])
+def test_corrupt_checkpoint_is_rebuilt(float_net, monkeypatch, damage):
+    settings = training_module.TrainSettings(epochs=1)
+    model = trained_model("digits", settings=settings, progress=False)
+    path = training_module.checkpoint_path("digits", Net, settings)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip_byte":
+        raw[-100] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    else:
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptCheckpointError):
+        training_module.load_checkpoint(path, Net())
+    calls = _count_trainings(monkeypatch)
+    rebuilt = trained_model("digits", settings=settings, progress=False)
+    assert len(calls) == 1
+    assert torch.equal(rebuilt.fc1.weight, model.fc1.weight), "training is not deterministic"
+    training_module.load_checkpoint(path, Net())  # the rewritten file is whole again
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "bias.pt"
+    training_module.save_checkpoint(NetWithBias(), path)
+    with pytest.raises(CorruptCheckpointError, match="does not fit Net"):
+        training_module.load_checkpoint(path, Net())
+
+
+def test_evaluate_counts_every_sample(digits_loaders):
+    class AlwaysZero(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(len(x), 10)
+            logits[:, 0] = 1
+            return logits
+
+    test_loader = digits_loaders[1]
+    zeros = (test_loader.dataset.tensors[1] == 0).sum().item()
+    assert evaluate(AlwaysZero(), test_loader) == pytest.approx(100 * zeros / len(test_loader.dataset))
