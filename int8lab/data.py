@@ -51,6 +51,7 @@ def load_data(
     batch_size: int = 64,
     root: str | os.PathLike | None = None,
     download: bool = False,
+    shuffle_train: bool = True,
 ) -> tuple[DataLoader, DataLoader]:
     """Return ``(train_loader, test_loader)`` for a dataset.
 
@@ -60,10 +61,12 @@ def load_data(
         root: CIFAR-10 only: the folder holding ``cifar-10-python.tar.gz`` or its extracted
             ``cifar-10-batches-py/``; defaults to ``<cache_dir()>/cifar10``.
         download: CIFAR-10 only: fetch and checksum the archive when it is missing.
+        shuffle_train: False gives the training images in a fixed order, for calibration
+            (profiling activations) that must see the same images on every run.
 
     Each batch is ``(images, labels)``: images float32 of shape (B, C, 32, 32) in [-1, 1]
     (C = 1 for digits, 3 for CIFAR-10), labels int64 of shape (B,). The train loader
-    shuffles with a fixed seed, so every run sees the same order.
+    shuffles with a fixed seed: a new loader's first pass is the same on every run.
     """
     if name == "digits":
         train, test = _digits_tensors()
@@ -72,7 +75,7 @@ def load_data(
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     generator = torch.Generator().manual_seed(SPLIT_SEED)
-    train_loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=generator)
+    train_loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=shuffle_train, generator=generator)
     test_loader = DataLoader(TensorDataset(*test), batch_size=batch_size, shuffle=False)
     return train_loader, test_loader
 

@@ -46,3 +46,73 @@ def plot_weight_histograms(model: nn.Module, layers=LAYER_NAMES):
 def plot_activation_histograms(activations: Mapping[str, np.ndarray]):
     """One histogram per key of ``profile_activations``' result, with ±max|x| and ±3σ marked."""
     return _histogram_grid(activations, "Activation distributions per layer (profiled)", "activation value (float)")
+
+
+def plot_clipping_tradeoff(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]):
+    """Quantization error against the clipping threshold, one line per layer.
+
+    Args:
+        curves: ``{layer: (thresholds, mse, sigma)}``: thresholds as fractions of max|w|
+            (1.0 = no clipping), the mean squared error of q * s against w at each, and the
+            layer's 3σ as a fraction of max|w| (marked on its line).
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for name, (thresholds, mse, three_sigma) in curves.items():
+        (line,) = ax.plot(thresholds, mse, marker=".", label=name)
+        ax.plot(
+            [three_sigma],
+            [np.interp(three_sigma, thresholds, mse)],
+            marker="*",
+            markersize=12,
+            color=line.get_color(),
+            linestyle="none",
+        )
+    ax.plot([], [], marker="*", color="gray", linestyle="none", markersize=12, label="3σ threshold")
+    ax.axvline(1.0, color=MAX_COLOR, linestyle="-", label="max|w| (no clipping)")
+    ax.set_yscale("log")
+    ax.set_xlabel("clipping threshold (fraction of max|w|)")
+    ax.set_ylabel("mean squared error of q·s vs w (log)")
+    ax.set_title("Clipping against rounding: small thresholds clip, large ones round coarsely")
+    ax.legend(fontsize="small", ncol=2)
+    return fig
+
+
+def plot_precision_loss(reports: Mapping[str, Mapping], accuracies: Mapping[str, float], float_accuracy: float):
+    """The precision-loss study: per layer saturation, collapse to 0 and SQNR, then final accuracy.
+
+    Args:
+        reports: ``{variant: {layer: LayerPrecision}}``, e.g. ``{"naive": ..., "chained": ...}``.
+        accuracies: ``{variant: test accuracy in percent}``.
+        float_accuracy: the float network's accuracy, drawn as a reference line.
+    """
+    variants = list(reports)
+    layers = list(next(iter(reports.values())))
+    colors = dict(zip(variants, ("tab:red", "tab:blue", "tab:orange", "tab:purple"), strict=False))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
+    width = 0.8 / len(variants)
+    x = np.arange(len(layers))
+    panels = [
+        ("saturated", "share of int8 outputs at -128 or 127 (%)", "Saturated by the clamp", 100.0),
+        ("collapsed", "share rounded to 0 (float ≠ 0) (%)", "Collapsed to zero", 100.0),
+        ("sqnr_db", "SQNR vs float outputs (dB, higher is better)", "Signal to quantization noise", 1.0),
+    ]
+    for ax, (field, ylabel, title, factor) in zip(axes[:3], panels, strict=True):
+        for i, variant in enumerate(variants):
+            values = [getattr(reports[variant][layer], field) * factor for layer in layers]
+            ax.bar(x + (i - (len(variants) - 1) / 2) * width, values, width, label=variant, color=colors[variant])
+        ax.set_xticks(x, layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    ax = axes[3]
+    bars = ax.bar(variants, [accuracies[v] for v in variants], color=[colors[v] for v in variants])
+    ax.bar_label(bars, fmt="%.1f%%")
+    ax.axhline(float_accuracy, color="black", linestyle="--", label=f"float {float_accuracy:.1f}%")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("output scales")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Final accuracy")
+    ax.legend(fontsize="small", loc="lower right")
+    fig.suptitle("Same int8 network, two ways to choose the output scales")
+    return fig

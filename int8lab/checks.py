@@ -1,0 +1,166 @@
+"""Comparison helpers for the notebooks' tests: clear failure messages that name known misconceptions.
+
+Nothing here knows a right answer. The tests pass in what they expect (literal golden values
+in visible tests, values computed by hidden code in hidden tests) and, optionally, what each
+known wrong answer would have returned; these helpers compare and explain.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+
+import numpy as np
+import torch
+
+# Bound at import, so that a later monkeypatch of numpy or torch in a notebook cannot make
+# these comparisons pass; the autograder checks separately that they are still intact.
+_array = np.array
+_isclose = math.isclose
+_abs = builtins.abs
+
+#: Known misconceptions, by key: the sentence a student sees when a wrong answer matches one.
+MISCONCEPTIONS = {
+    "naive_output_scale": (
+        "your output scale looks like max|activations|/127: it ignores s_w, s_In and the earlier layers' "
+        "scales. The integer accumulator holds Out / (s_W1 s_In s_O1 ... s_Wk), so the scale must be computed "
+        "on that quantity; see equation (2.4)"
+    ),
+    "missing_chain": (
+        "your output scale divides by s_w and s_In but not by the earlier layers' (s_w_i * s_out_i) products "
+        "in ss; see equation (2.4)"
+    ),
+    "multiplied_scale": (
+        "the scale was multiplied instead of divided: this lab's convention is q = round(x / s) "
+        "(the original lab multiplied by n = 1/s)"
+    ),
+    "inverse_scale": (
+        "your scale is 1/s: that is the original lab's n = 127 / max|x| convention; here the scale is "
+        "s = max|x| / 127 and q = round(x / s)"
+    ),
+    "floor_not_round": "the values look floored or truncated (floor, trunc or int()) instead of rounded to nearest",
+    "no_clamp": (
+        "values fall outside the integer range (int8: [-128, 127]; int32 for a bias): clamp after rounding"
+    ),
+    "clamp_127": "-128 never appears where it should: the clamp uses [-127, 127] instead of int8's [-128, 127]",
+    "clamp_unsigned": "the values look clamped to [0, 255] (unsigned) instead of int8's signed [-128, 127]",
+    "max_not_abs": (
+        "the scale looks computed from max(x) instead of max(|x|): it fails when the largest magnitude is negative"
+    ),
+    "zero_scale": "an all-zero tensor gives max|x| = 0: dividing by a scale of 0 produces NaN",
+    "bias_int8_clamp": "the bias was clamped to the int8 range; a bias is stored in int32: [-2**31, 2**31 - 1]",
+    "bias_missing_chain": (
+        "the bias scale lacks the earlier layers' product: s_bias = s_w * s_In * prod(s_w_i * s_out_i for ss)"
+    ),
+    "forgot_round": "an intermediate activation holds non-integers: round after dividing by the output scale",
+    "forgot_clamp": "an intermediate activation leaves [-128, 127]: clamp after rounding",
+    "relu_misplaced": (
+        "a ReLU is applied where the float network has none (on the input or on fc3's logits), which changes "
+        "the results; requantize every layer, then apply exactly the float network's ReLUs and pooling"
+    ),
+}
+
+
+class CheckFailed(AssertionError):
+    """A test's check failed; the message says what was expected and what came back."""
+
+
+def _as_array(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy()
+    return _array(value, dtype=np.float64)
+
+
+def _same(got: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> bool:
+    if got.shape != expected.shape:
+        return False
+    both_nan = np.isnan(got) & np.isnan(expected)
+    close = np.abs(got - expected) <= atol + rtol * np.abs(expected)
+    return bool(np.all(close | both_nan))
+
+
+def _preview(values: np.ndarray, limit: int = 8) -> str:
+    flat = values.ravel()
+    shown = ", ".join(f"{v:.6g}" for v in flat[:limit])
+    more = f", ... ({flat.size} values, shape {tuple(values.shape)})" if flat.size > limit else ""
+    return f"[{shown}{more}]"
+
+
+def matching_misconception(got, candidates: dict | None, rtol: float = 1e-5, atol: float = 1e-8) -> str | None:
+    """The key of the first candidate wrong answer equal to ``got``, or None."""
+    got_array = _as_array(got)
+    for key, wrong in (candidates or {}).items():
+        wrong_array = _as_array(wrong)
+        if wrong_array.shape == got_array.shape and _same(got_array, wrong_array, rtol, atol):
+            return key
+    return None
+
+
+def _explain(key: str | None) -> str:
+    return f"\nThis matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
+
+
+def check_close(what: str, got, expected, misconceptions: dict | None = None, rtol=1e-5, atol=1e-8) -> None:
+    """Raise ``CheckFailed`` unless ``got`` equals ``expected`` within tolerance (elementwise, same shape).
+
+    Args:
+        what: the call being checked, as the student should read it, e.g. ``"quantized_weights(w)[1]"``.
+        got, expected: numbers, numpy arrays or tensors.
+        misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``.
+    """
+    got_array, expected_array = _as_array(got), _as_array(expected)
+    if _same(got_array, expected_array, rtol, atol):
+        return
+    if got_array.shape != expected_array.shape:
+        detail = f"expected shape {tuple(expected_array.shape)}, got shape {tuple(got_array.shape)}"
+    else:
+        detail = f"expected {_preview(expected_array)}, got {_preview(got_array)}"
+    key = matching_misconception(got, misconceptions, rtol, atol) or _diagnose_integers(got_array, expected_array)
+    raise CheckFailed(f"{what}: {detail}{_explain(key)}")
+
+
+def _diagnose_integers(got: np.ndarray, expected: np.ndarray) -> str | None:
+    """Recognise the usual rounding and clamping mistakes by how ``got`` differs from ``expected``."""
+    if got.shape != expected.shape or got.size == 0:
+        return None
+    if np.isfinite(expected).all() and ((expected < -128).any() or (expected > 127).any()):
+        return None  # not an int8 result (a bias, say): these int8 rules do not apply
+    if np.isnan(got).any() and not np.isnan(expected).any():
+        return "zero_scale"
+    if not np.all(np.isfinite(got)) or not np.all(got == np.round(got)):
+        return None
+    if (got < -128).any() or (got > 127).any():
+        return "clamp_unsigned" if got.min() >= 0 and got.max() <= 255 else "no_clamp"
+    if (expected < 0).any() and got.min() >= 0 and (got[expected < 0] == 0).all():
+        return "clamp_unsigned"
+    differs = got != expected
+    if (expected == -128).any() and np.array_equal(got[differs], np.full(differs.sum(), -127.0)):
+        return "clamp_127"
+    if np.all(_abs(got - expected) <= 1) and (np.all(got <= expected) or np.all(np.abs(got) <= np.abs(expected))):
+        return "floor_not_round"
+    return None
+
+
+def check_scale(what: str, got, expected: float, misconceptions: dict | None = None, rtol: float = 1e-5) -> None:
+    """Raise ``CheckFailed`` unless the scale ``got`` is a positive float close to ``expected``.
+
+    Besides the given ``misconceptions``, recognises a scale returned as 1/s.
+    """
+    try:
+        value = float(got)
+    except (TypeError, ValueError):
+        raise CheckFailed(f"{what}: expected a float scale, got {type(got).__name__} {got!r}") from None
+    if _isclose(value, expected, rel_tol=rtol, abs_tol=0.0):
+        return
+    key = matching_misconception(value, misconceptions, rtol=rtol)
+    if key is None and value != 0 and _isclose(value * expected, 1.0, rel_tol=1e-4):
+        key = "inverse_scale"
+    if key is None and math.isnan(value):
+        key = "zero_scale"
+    raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{_explain(key)}")
+
+
+def check_true(condition: bool, message: str, misconception: str | None = None) -> None:
+    """Raise ``CheckFailed`` with ``message`` (and the named misconception) unless ``condition``."""
+    if not condition:
+        raise CheckFailed(message + _explain(misconception))
