@@ -39,9 +39,7 @@ MISCONCEPTIONS = {
         "s = max|x| / 127 and q = round(x / s)"
     ),
     "floor_not_round": "the values look floored or truncated (floor, trunc or int()) instead of rounded to nearest",
-    "no_clamp": (
-        "values fall outside the integer range (int8: [-128, 127]; int32 for a bias): clamp after rounding"
-    ),
+    "no_clamp": ("values fall outside the integer range (int8: [-128, 127]; int32 for a bias): clamp after rounding"),
     "clamp_127": "-128 never appears where it should: the clamp uses [-127, 127] instead of int8's [-128, 127]",
     "clamp_unsigned": "the values look clamped to [0, 255] (unsigned) instead of int8's signed [-128, 127]",
     "max_not_abs": (
@@ -86,10 +84,15 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
     return f"[{shown}{more}]"
 
 
-def matching_misconception(got, candidates: dict | None, rtol: float = 1e-5, atol: float = 1e-8) -> str | None:
-    """The key of the first candidate wrong answer equal to ``got``, or None."""
+def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e-8) -> str | None:
+    """The key of the first candidate wrong answer equal to ``got``, or None.
+
+    ``candidates`` maps keys of ``MISCONCEPTIONS`` to wrong answers, as a dict or as a list of
+    ``(key, wrong answer)`` pairs when one misconception has several forms.
+    """
     got_array = _as_array(got)
-    for key, wrong in (candidates or {}).items():
+    pairs = candidates.items() if isinstance(candidates, dict) else (candidates or [])
+    for key, wrong in pairs:
         wrong_array = _as_array(wrong)
         if wrong_array.shape == got_array.shape and _same(got_array, wrong_array, rtol, atol):
             return key
@@ -100,13 +103,14 @@ def _explain(key: str | None) -> str:
     return f"\nThis matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
 
 
-def check_close(what: str, got, expected, misconceptions: dict | None = None, rtol=1e-5, atol=1e-8) -> None:
+def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8) -> None:
     """Raise ``CheckFailed`` unless ``got`` equals ``expected`` within tolerance (elementwise, same shape).
 
     Args:
         what: the call being checked, as the student should read it, e.g. ``"quantized_weights(w)[1]"``.
         got, expected: numbers, numpy arrays or tensors.
-        misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``.
+        misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``,
+            or a list of such ``(key, wrong answer)`` pairs.
     """
     got_array, expected_array = _as_array(got), _as_array(expected)
     if _same(got_array, expected_array, rtol, atol):
@@ -141,7 +145,7 @@ def _diagnose_integers(got: np.ndarray, expected: np.ndarray) -> str | None:
     return None
 
 
-def check_scale(what: str, got, expected: float, misconceptions: dict | None = None, rtol: float = 1e-5) -> None:
+def check_scale(what: str, got, expected: float, misconceptions=None, rtol: float = 1e-5) -> None:
     """Raise ``CheckFailed`` unless the scale ``got`` is a positive float close to ``expected``.
 
     Besides the given ``misconceptions``, recognises a scale returned as 1/s.

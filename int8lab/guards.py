@@ -42,6 +42,8 @@ def diagnose(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = 
                 "divided, or applied twice: this lab's convention is q = round(x / s) with s = max|x| / 127 "
                 "(the original lab multiplied by n = 1/s)."
             )
+        elif lo >= 0 and hi <= 255:
+            hint = "Values in [0, 255] look clamped to the unsigned range: int8 is signed, clamp to [-128, 127]."
         else:
             hint = (
                 "Values just past the range mean a missing clamp: after rounding, clamp to [-128, 127] "

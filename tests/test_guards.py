@@ -13,7 +13,8 @@ def test_integers_in_range_pass():
     [
         (torch.tensor([-3.0, 16129.0]), ["conv1", "-3", "1.613e+04", "multiplied instead of divided"]),
         (torch.tensor([-130.0, 5.0]), ["conv1", "-130", "clamp"]),
-        (torch.tensor([0.0, 131.0]), ["131", "clamp"]),
+        (torch.tensor([-1.0, 131.0]), ["131", "missing clamp"]),
+        (torch.tensor([0.0, 255.0]), ["255", "unsigned"]),
         (torch.tensor([0.4, 2.5]), ["non-integer", "round"]),
         (torch.tensor([float("nan"), 1.0]), ["NaN", "all-zero"]),
         (torch.tensor([float("inf"), 1.0]), ["scale of 0"]),
