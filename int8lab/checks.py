@@ -50,7 +50,9 @@ MISCONCEPTIONS = {
     "bias_missing_chain": (
         "the bias scale lacks the earlier layers' product: s_bias = s_w * s_In * prod(s_w_i * s_out_i for ss)"
     ),
-    "forgot_round": "an intermediate activation holds non-integers: round after dividing by the output scale",
+    "forgot_round": (
+        "an activation holds non-integers: round (torch.round, not floor, trunc or int()) after dividing by the scale"
+    ),
     "forgot_clamp": "an intermediate activation leaves [-128, 127]: clamp after rounding",
     "relu_misplaced": (
         "a ReLU is applied where the float network has none (on the input or on fc3's logits), which changes "
@@ -99,7 +101,8 @@ def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e
     return None
 
 
-def _explain(key: str | None) -> str:
+def explain(key: str | None) -> str:
+    """The sentence that names misconception ``key`` in a failure message ('' for None)."""
     return f"\nThis matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
 
 
@@ -120,7 +123,7 @@ def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1
     else:
         detail = f"expected {_preview(expected_array)}, got {_preview(got_array)}"
     key = matching_misconception(got, misconceptions, rtol, atol) or _diagnose_integers(got_array, expected_array)
-    raise CheckFailed(f"{what}: {detail}{_explain(key)}")
+    raise CheckFailed(f"{what}: {detail}{explain(key)}")
 
 
 def _diagnose_integers(got: np.ndarray, expected: np.ndarray) -> str | None:
@@ -161,10 +164,10 @@ def check_scale(what: str, got, expected: float, misconceptions=None, rtol: floa
         key = "inverse_scale"
     if key is None and math.isnan(value):
         key = "zero_scale"
-    raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{_explain(key)}")
+    raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{explain(key)}")
 
 
 def check_true(condition: bool, message: str, misconception: str | None = None) -> None:
     """Raise ``CheckFailed`` with ``message`` (and the named misconception) unless ``condition``."""
     if not condition:
-        raise CheckFailed(message + _explain(misconception))
+        raise CheckFailed(message + explain(misconception))

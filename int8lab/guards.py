@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .checks import explain
 from .models import LAYER_NAMES
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -26,35 +27,20 @@ def diagnose(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = 
     if values.numel() == 0:
         return None
     if torch.isnan(values).any():
-        return (
-            f"input to {layer} contains NaN. A scale of 0 (from an all-zero tensor: max|x| = 0) "
-            "turns x / scale into 0/0; guard the scale, or check the data for NaN."
-        )
+        return f"input to {layer} contains NaN.{explain('zero_scale')}"
     lo, hi = values.min().item(), values.max().item()
     seen = f"input to {layer} ranges over [{lo:.4g}, {hi:.4g}], outside the int8 range [{low}, {high}]"
     if math.isinf(lo) or math.isinf(hi):
-        return f"{seen}. Infinite values mean a division by a scale of 0 (an all-zero tensor: max|x| = 0)."
-    peak = max(abs(lo), abs(hi))
+        return f"{seen}: infinite values come from dividing by a scale of 0.{explain('zero_scale')}"
     if lo < low or hi > high:
-        if peak >= 1000:
-            hint = (
-                "Values this large (about 1e3 and more) usually mean the scale was multiplied instead of "
-                "divided, or applied twice: this lab's convention is q = round(x / s) with s = max|x| / 127 "
-                "(the original lab multiplied by n = 1/s)."
-            )
-        elif lo >= 0 and hi <= 255:
-            hint = "Values in [0, 255] look clamped to the unsigned range: int8 is signed, clamp to [-128, 127]."
-        else:
-            hint = (
-                "Values just past the range mean a missing clamp: after rounding, clamp to [-128, 127] "
-                "(torch.clamp), since the int8 range is asymmetric and nothing else bounds the accumulator."
-            )
-        return f"{seen}. {hint}"
+        if max(abs(lo), abs(hi)) >= 1000:
+            # About 1e3 and more: far beyond what a missing clamp lets through after a sane scale.
+            return f"{seen}.{explain('multiplied_scale')}"
+        if lo >= 0 and hi <= 255:
+            return f"{seen}.{explain('clamp_unsigned')}"
+        return f"{seen}.{explain('forgot_clamp')}"
     if not torch.equal(values, values.round()):
-        return (
-            f"input to {layer} holds non-integer values (min {lo:.4g}, max {hi:.4g}): "
-            "round (torch.round, not floor, trunc or int()) after dividing by the scale."
-        )
+        return f"input to {layer} holds non-integer values (min {lo:.4g}, max {hi:.4g}).{explain('forgot_round')}"
     return None
 
 
