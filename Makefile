@@ -4,14 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lint format bench clean
+ASSIGNMENTS := 01_weights 02_activations 03_biases
+NBGRADER := cd autograder && ../$(BIN)/nbgrader
+
+.PHONY: help venv demo test lint format bench release validate clean
 
 help:
 	@echo "make demo    run the lab end to end on the embedded digits data (ARGS='--json out.json')"
 	@echo "make test    lint, then every test"
 	@echo "make lint    ruff"
-	@echo "make bench   print the speed figures (training, cache, profiling)"
+	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
+	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"
+	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make clean   remove .venv and build leftovers"
 
 venv: $(STAMP)
@@ -36,10 +42,18 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_notebooks.py
+
+release: $(STAMP)
+	for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment $$a --force --no-db) || exit 1; done
+
+validate: $(STAMP)
+	$(BIN)/nbgrader validate solutions/*/*.ipynb
+	$(BIN)/nbgrader validate --invert notebooks/*/*.ipynb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -162,8 +162,8 @@ def check_scale(what: str, got, expected: float, misconceptions=None, rtol: floa
     key = matching_misconception(value, misconceptions, rtol=rtol)
     if key is None and value != 0 and _isclose(value * expected, 1.0, rel_tol=1e-4):
         key = "inverse_scale"
-    if key is None and math.isnan(value):
-        key = "zero_scale"
+    if key is None and (math.isnan(value) or value == 0):
+        key = "zero_scale"  # a scale of 0 (or 0/0) only comes from max|x| = 0
     raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{explain(key)}")
 
 

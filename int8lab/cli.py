@@ -1,29 +1,29 @@
-"""The ``int8lab`` command: ``int8lab demo`` runs the lab end to end."""
+"""The ``int8lab`` command line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+from pathlib import Path
 
 
 def _demo(args) -> int:
-    from .data import load_data
-    from .training import evaluate, trained_model
+    from .demo import run
 
-    started = time.perf_counter()
-    _, test_loader = load_data(args.dataset)
-    model = trained_model(args.dataset)
-    accuracy = evaluate(model, test_loader)
-    print(f"float Net on {args.dataset}: test accuracy {accuracy:.2f}% ({time.perf_counter() - started:.1f} s)")
-    return 0
+    return run(Path(args.out), Path(args.json) if args.json else None, Path(args.solutions) if args.solutions else None)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="int8lab", description="int8 post-training quantization lab")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the lab end to end on a dataset")
-    demo.add_argument("--dataset", default="digits", choices=("digits", "cifar10"))
+    demo = commands.add_parser(
+        "demo", help="run the three solution notebooks end to end on the digits data and print the accuracy table"
+    )
+    demo.add_argument(
+        "--out", default="results", help="folder for the executed notebooks and figures (default: results)"
+    )
+    demo.add_argument("--json", metavar="PATH", help="also write the accuracy table as JSON to PATH")
+    demo.add_argument("--solutions", metavar="DIR", help="the solution notebooks' folder (default: the repository's)")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     return args.run(args)

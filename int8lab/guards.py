@@ -36,7 +36,7 @@ def diagnose(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = 
         if max(abs(lo), abs(hi)) >= 1000:
             # About 1e3 and more: far beyond what a missing clamp lets through after a sane scale.
             return f"{seen}.{explain('multiplied_scale')}"
-        if lo >= 0 and hi <= 255:
+        if lo >= 0 and hi == 255:  # saturated at 255: clamped, but to the unsigned range
             return f"{seen}.{explain('clamp_unsigned')}"
         return f"{seen}.{explain('forgot_clamp')}"
     if not torch.equal(values, values.round()):

@@ -23,3 +23,11 @@ def float_net():
     from int8lab import trained_model
 
     return trained_model("digits", progress=False)
+
+
+def pytest_configure(config):
+    import sys
+    from pathlib import Path
+
+    # tests/ holds helpers (notebook_harness) that the test modules import by name.
+    sys.path.insert(0, str(Path(__file__).parent))

@@ -16,6 +16,7 @@ def test_integers_in_range_pass():
         (torch.tensor([-130.0, 5.0]), ["conv1", "-130", MISCONCEPTIONS["forgot_clamp"]]),
         (torch.tensor([-1.0, 131.0]), ["131", MISCONCEPTIONS["forgot_clamp"]]),
         (torch.tensor([0.0, 255.0]), ["255", MISCONCEPTIONS["clamp_unsigned"]]),
+        (torch.tensor([0.0, 153.0]), ["153", MISCONCEPTIONS["forgot_clamp"]]),
         (torch.tensor([0.4, 2.5]), ["non-integer", MISCONCEPTIONS["forgot_round"]]),
         (torch.tensor([float("nan"), 1.0]), ["NaN", MISCONCEPTIONS["zero_scale"]]),
         (torch.tensor([float("inf"), 1.0]), ["scale of 0"]),

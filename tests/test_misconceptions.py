@@ -1,0 +1,143 @@
+"""Each misconception of the lab's spec, written as a student would, fails a check that names it.
+
+Every wrong implementation is patched into the solution notebook right after its solution
+cell, and the notebook's own test cells (visible and hidden) run against it.
+"""
+
+import textwrap
+
+import pytest
+
+from int8lab.checks import MISCONCEPTIONS
+from notebook_harness import run_tests
+
+WEIGHTS_TEMPLATE = """
+def quantized_weights(weights):
+    largest = {largest}
+    scale = largest / 127 if largest != 0 else 1.0
+    {body}
+"""
+
+
+def _weights(body, largest="weights.abs().max().item()"):
+    return WEIGHTS_TEMPLATE.format(largest=largest, body=body)
+
+
+FORWARD_TEMPLATE = """
+def forward(self, x):
+    x = torch.clamp({round}(x / self.input_scale), {low}, 127)
+    for name in LAYER_NAMES:
+        layer = getattr(self, name)
+        x = {clamp_open}{round}(layer(x) / layer.output_scale){clamp_close}
+        if name in ("conv1", "conv2"):
+            x = self.pool(F.relu(x))
+        elif name != "fc3" or {relu_on_logits}:
+            x = F.relu(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+NetQuantized.forward = forward
+"""
+
+
+def _forward(round="torch.round", low=-128, clamp=True, relu_on_logits=False):
+    return FORWARD_TEMPLATE.format(
+        round=round,
+        low=low,
+        clamp_open="torch.clamp(" if clamp else "",
+        clamp_close=f", {low}, 127)" if clamp else "",
+        relu_on_logits=relu_on_logits,
+    )
+
+
+def _activations(expression):
+    return textwrap.dedent(f"""
+    def wrong_quantize_activations(activations, s_w, s_initial_input, ss):
+        product = float(np.prod([w * o for w, o in ss])) if ss else 1.0
+        return float({expression}) / 127
+
+    NetQuantized.quantize_activations = staticmethod(wrong_quantize_activations)
+    """)
+
+
+def _bias(body):
+    return textwrap.dedent(f"""
+    def wrong_quantized_bias(bias, s_w, s_initial_input, ss):
+        chained = s_w * s_initial_input * (float(np.prod([w * o for w, o in ss])) if ss else 1.0)
+        return {body}
+
+    NetQuantizedWithBias.quantized_bias = staticmethod(wrong_quantized_bias)
+    """)
+
+
+# (misconception key, assignment, solution cell to patch after, wrong code)
+WRONG_IMPLEMENTATIONS = [
+    ("multiplied_scale", "01_weights", _weights("return torch.clamp(torch.round(weights * scale), -128, 127), scale")),
+    (
+        "inverse_scale",
+        "01_weights",
+        _weights("n = 1 / scale\n    return torch.clamp(torch.round(weights * n), -128, 127), n"),
+    ),
+    ("floor_not_round", "01_weights", _weights("return torch.clamp(torch.floor(weights / scale), -128, 127), scale")),
+    ("floor_not_round", "01_weights", _weights("return torch.clamp(torch.trunc(weights / scale), -128, 127), scale")),
+    ("floor_not_round", "01_weights", _weights("return (weights / scale).int().float().clamp(-128, 127), scale")),
+    ("clamp_unsigned", "01_weights", _weights("return torch.clamp(torch.round(weights / scale), 0, 255), scale")),
+    (
+        "max_not_abs",
+        "01_weights",
+        _weights("return torch.clamp(torch.round(weights / scale), -128, 127), scale", "weights.max().item()"),
+    ),
+    (
+        "zero_scale",
+        "01_weights",
+        "def quantized_weights(weights):\n    scale = weights.abs().max().item() / 127\n"
+        "    return torch.clamp(torch.round(weights / scale), -128, 127), scale\n",
+    ),
+    ("naive_output_scale", "02_activations", _activations("np.abs(activations).max()")),
+    ("missing_chain", "02_activations", _activations("np.abs(activations / s_w / s_initial_input).max()")),
+    ("multiplied_scale", "02_activations", _activations("np.abs(activations * s_w * s_initial_input * product).max()")),
+    (
+        "max_not_abs",
+        "02_activations",
+        "NetQuantized.quantize_initial_input = staticmethod(lambda pixels: float(np.max(pixels)) / 127)",
+    ),
+    (
+        "max_not_abs",
+        "02_activations",
+        _activations("np.max(activations / s_w / s_initial_input / product)"),
+    ),
+    ("forgot_round", "02_activations", _forward(round="")),
+    ("forgot_clamp", "02_activations", _forward(clamp=False)),
+    ("clamp_127", "02_activations", _forward(low=-127)),
+    ("relu_misplaced", "02_activations", _forward(relu_on_logits=True)),
+    ("bias_int8_clamp", "03_biases", _bias("torch.clamp(torch.round(bias / chained), -128, 127)")),
+    (
+        "bias_missing_chain",
+        "03_biases",
+        _bias("torch.clamp(torch.round(bias / (s_w * s_initial_input)), -2**31, 2**31 - 1)"),
+    ),
+    ("no_clamp", "03_biases", _bias("torch.round(bias / chained)")),
+]
+SOLUTION_CELL = {
+    "01_weights": "quantized_weights_impl",
+    "02_activations": "net_quantized_impl",
+    "03_biases": "net_quantized_with_bias_impl",
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "assignment", "patch"),
+    WRONG_IMPLEMENTATIONS,
+    ids=[f"{assignment}-{key}-{i}" for i, (key, assignment, _) in enumerate(WRONG_IMPLEMENTATIONS)],
+)
+def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch):
+    outcomes = run_tests(assignment, patch, after=SOLUTION_CELL[assignment])
+    failed = {grade_id: message for grade_id, message in outcomes.items() if message}
+    assert failed, f"no test caught the {key} implementation"
+    naming = [grade_id for grade_id, message in failed.items() if MISCONCEPTIONS[key] in message]
+    assert naming, f"{key}: these tests failed without naming it: {failed}"
+
+
+def test_every_named_misconception_has_a_wrong_implementation():
+    assert {key for key, _, _ in WRONG_IMPLEMENTATIONS} == set(MISCONCEPTIONS)

@@ -1,0 +1,70 @@
+"""The notebook series: release in sync with the source, nbgrader validation both ways, clean commits."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from notebook_harness import ROOT, SOURCES, run_tests
+
+RELEASED = {name: ROOT / "notebooks" / name / path.name for name, path in SOURCES.items()}
+
+
+def _nbgrader(*args, cwd=ROOT / "autograder"):
+    return subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_release_is_regenerated_cell_for_cell(tmp_path):
+    shutil.copytree(ROOT / "solutions", tmp_path / "solutions")
+    for assignment in SOURCES:
+        result = _nbgrader(
+            "generate_assignment", assignment, "--no-db", "--force", f"--CourseDirectory.root={tmp_path}"
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        regenerated = json.loads((tmp_path / "notebooks" / assignment / RELEASED[assignment].name).read_text())
+        committed = json.loads(RELEASED[assignment].read_text())
+        assert len(regenerated["cells"]) == len(committed["cells"]), f"{assignment}: run `make release`"
+        for index, (new, old) in enumerate(zip(regenerated["cells"], committed["cells"], strict=True)):
+            assert new == old, f"{assignment} cell {index} differs from a fresh release: run `make release`"
+        assert regenerated["metadata"] == committed["metadata"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").rglob("*.ipynb")) + sorted(RELEASED.values()))
+def test_committed_notebooks_have_no_outputs(path):
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path}: strip the outputs"
+
+
+@pytest.mark.parametrize("assignment", SOURCES)
+def test_every_test_cell_has_a_docstring_and_a_named_grade_id(assignment):
+    cells = json.loads(SOURCES[assignment].read_text())["cells"]
+    tests = [c for c in cells if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
+    assert tests
+    for cell in tests:
+        source = "".join(cell["source"])
+        assert source.startswith('"""') and source.split("\n")[0].endswith('"""'), source[:80]
+        grade_id = cell["metadata"]["nbgrader"]["grade_id"]
+        assert grade_id.split("_")[0] in {"quantized", "quantize", "net"}, grade_id
+
+
+@pytest.mark.parametrize("assignment", SOURCES)
+def test_solution_passes_nbgrader_validate(assignment):
+    result = _nbgrader("validate", str(SOURCES[assignment]))
+    assert "Success! Your notebook passes all the tests." in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("assignment", SOURCES)
+def test_released_stubs_fail_every_test(assignment):
+    result = _nbgrader("validate", "--invert", str(RELEASED[assignment]))
+    assert "Success! The notebook does not pass any tests." in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("assignment", SOURCES)
+def test_harness_sees_the_solution_pass(assignment):
+    outcomes = run_tests(assignment)
+    assert outcomes and all(message is None for message in outcomes.values()), outcomes
