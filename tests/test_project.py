@@ -1,5 +1,6 @@
 """Project-level rules: no answers in the importable package, pinned installs, matching environments."""
 
+import json
 import re
 import subprocess
 import sys
@@ -62,9 +63,23 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
 
 
-def test_cli_demo_prints_the_float_accuracy(float_net):
+def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
+    """The headline numbers: chained int8 keeps the float accuracy, naive scales lose at least 20 points."""
+    table = tmp_path / "table.json"
     result = subprocess.run(
-        [sys.executable, "-m", "int8lab", "demo"], capture_output=True, text=True, check=True, timeout=600
+        [sys.executable, "-m", "int8lab", "demo", "--out", str(tmp_path / "results"), "--json", str(table)],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    match = re.search(r"test accuracy ([\d.]+)%", result.stdout)
-    assert match and float(match.group(1)) >= 95.0
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chained scales" in result.stdout and "%" in result.stdout
+    numbers = json.loads(table.read_text())
+    assert set(numbers) == {"float", "weights_int8", "naive_int8", "chained_int8", "bias_float", "bias_int8"}
+    assert numbers["float"] >= 95.0
+    assert abs(numbers["chained_int8"] - numbers["float"]) <= 1.0
+    assert numbers["naive_int8"] <= numbers["float"] - 20.0
+    assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 1.0
+    executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
+    outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
