@@ -13,6 +13,26 @@ def _demo(args) -> int:
     return run(Path(args.out), Path(args.json) if args.json else None, Path(args.solutions) if args.solutions else None)
 
 
+def _grade(args) -> int:
+    from .grading.pipeline import GradingError, Limits, grade
+
+    limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout, memory_bytes=args.memory << 20)
+    try:
+        grade(
+            Path(args.submissions),
+            Path(args.out),
+            workers=args.workers,
+            limits=limits,
+            assignment_ids=args.assignment or None,
+            solutions=Path(args.solutions) if args.solutions else None,
+            keep_work=args.keep_work,
+        )
+    except GradingError as exc:
+        print(f"int8lab grade: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="int8lab", description="int8 post-training quantization lab")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +45,25 @@ def main(argv=None) -> int:
     demo.add_argument("--json", metavar="PATH", help="also write the accuracy table as JSON to PATH")
     demo.add_argument("--solutions", metavar="DIR", help="the solution notebooks' folder (default: the repository's)")
     demo.set_defaults(run=_demo)
+    grade = commands.add_parser(
+        "grade",
+        help="autograde a class: SUBMISSIONS is nbgrader's submitted/ layout (or a .zip of it)",
+        description="Autograde <student_id>/<assignment_id>/<notebook>.ipynb submissions with nbgrader, each in "
+        "its own sandboxed kernel, and write OUT/grades.csv, OUT/tests.csv and OUT/feedback/. Exit status 0 "
+        "when every submission was graded, whatever the scores.",
+    )
+    grade.add_argument("submissions", help="folder in nbgrader's submitted/ layout, or a .zip of it")
+    grade.add_argument("--out", required=True, help="course folder for the gradebook, feedback and CSV files")
+    grade.add_argument("--workers", type=int, default=2, help="submissions graded at once (default: 2)")
+    grade.add_argument("--timeout", type=int, default=60, help="seconds one cell may run (default: 60)")
+    grade.add_argument(
+        "--notebook-timeout", type=int, default=600, help="seconds a whole notebook may run (default: 600)"
+    )
+    grade.add_argument("--memory", type=int, default=6144, help="memory limit per kernel in MiB (default: 6144)")
+    grade.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
+    grade.add_argument("--solutions", metavar="DIR", help="the source notebooks' folder (default: the repository's)")
+    grade.add_argument("--keep-work", action="store_true", help="keep each submission's scratch folder in OUT/.work")
+    grade.set_defaults(run=_grade)
     args = parser.parse_args(argv)
     return args.run(args)
 
