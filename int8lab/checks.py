@@ -103,7 +103,8 @@ def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e
 
 def explain(key: str | None) -> str:
     """The sentence that names misconception ``key`` in a failure message ('' for None)."""
-    return f"\nThis matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
+    # One line: the grader reports the first line of a failure.
+    return f" This matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
 
 
 def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8) -> None:

@@ -68,12 +68,12 @@ def write_submission(root: Path, student: str, assignment: str, content) -> Path
     return path
 
 
-def test_cells(nb):
+def graded_cells(nb):
     return [c for c in nb.cells if _meta(c).get("grade") and c.cell_type == "code"]
 
 
 def autograded_points(assignment: str) -> float:
-    return sum(float(_meta(c).get("points", 0)) for c in test_cells(released(assignment)))
+    return sum(float(_meta(c).get("points", 0)) for c in graded_cells(released(assignment)))
 
 
 def as_json(nb) -> str:

@@ -116,17 +116,17 @@ def locked_cell_hashes(source_nb) -> list[str]:
 
 
 def hidden_lines(nb) -> set[str]:
-    """Every meaningful line inside a hidden-test region, stripped."""
-    lines, inside = set(), False
+    """Every meaningful line (8+ characters, stripped) that only appears inside hidden-test regions."""
+    hidden, visible, inside = set(), set(), False
     for cell in nb.cells:
         for line in cell.source.split("\n"):
             if HIDDEN_BEGIN in line:
                 inside = True
             elif HIDDEN_END in line:
                 inside = False
-            elif inside and len(line.strip()) >= 8:
-                lines.add(line.strip())
-    return lines
+            elif len(line.strip()) >= 8:
+                (hidden if inside else visible).add(line.strip())
+    return hidden - visible
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")

@@ -487,13 +487,17 @@ class PidsCgroups:
 
 def merge_into_gradebook(out: Path, results: list[Result], assignments: dict[str, Assignment]) -> None:
     """Copy each graded submission into OUT's gradebook and folders; manual grades already there are kept."""
+    import warnings
+
     from nbgrader.api import Gradebook, MissingEntry
 
+    warnings.filterwarnings("ignore", module="nbgrader.api")  # SQLAlchemy's autoflush notes on add_submission
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as target:
         for result in results:
-            if result.workdir is None:
-                continue
             job = result.job
+            executed = None if result.workdir is None else result.workdir / "autograded" / job.student / job.assignment
+            if executed is None or not executed.is_dir():
+                continue  # nothing graded to keep (nbgrader removes what a dead kernel left)
             source_db = result.workdir / "gradebook.db"
             with Gradebook(f"sqlite:///{source_db}") as source:
                 try:
@@ -515,7 +519,6 @@ def merge_into_gradebook(out: Path, results: list[Result], assignments: dict[str
                         kept_comment = target.find_comment(comment.name, notebook.name, job.assignment, job.student)
                         kept_comment.auto_comment = comment.auto_comment
                 target.db.commit()
-            executed = result.workdir / "autograded" / job.student / job.assignment
             destination = out / "autograded" / job.student / job.assignment
             if destination.exists():
                 shutil.rmtree(destination)
@@ -623,6 +626,10 @@ def grade(
         trained_model("digits", bias=True, progress=progress)
         template = work / "template"
         build_course(template, assignments)
+        for assignment in assignments.values():  # nbgrader's own release, checksums included
+            assignment.release = nbformat.read(
+                template / "release" / assignment.name / assignment.notebook, as_version=4
+            )
         _prebuild_matplotlib_cache(template / "matplotlib")
         if not (out / "gradebook.db").exists() or not (out / "source").exists():
             build_course(out, assignments)

@@ -1,0 +1,342 @@
+"""int8lab grade on a generated class: scores, statuses, tampering, isolation, feedback, determinism."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from sample_submissions import autograded_points, graded_cells, submission, write_submission
+
+from int8lab.checks import MISCONCEPTIONS
+from int8lab.grading.notebooks import hidden_lines, with_integrity_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "8", "--notebook-timeout", "90"]
+
+WRONG_MULTIPLIED = """
+def quantized_weights(weights):
+    scale = weights.abs().max().item() / 127
+    return torch.clamp(torch.round(weights * scale), -128, 127), scale
+"""
+WRONG_NAIVE = """
+def naive_scale(activations, s_w, s_initial_input, ss):
+    return float(np.abs(activations).max()) / 127
+
+NetQuantized.quantize_activations = staticmethod(naive_scale)
+"""
+WRONG_BIAS_INT8 = """
+def int8_bias(bias, s_w, s_initial_input, ss):
+    scale = s_w * s_initial_input * (float(np.prod([w * o for w, o in ss])) if ss else 1.0)
+    return torch.clamp(torch.round(bias / scale), -128, 127)
+
+NetQuantizedWithBias.quantized_bias = staticmethod(int8_bias)
+"""
+PATCH_COMPARISONS = """
+import builtins, numpy, torch
+numpy.allclose = lambda *args, **kwargs: True
+torch.equal = lambda *args, **kwargs: True
+torch.testing.assert_close = lambda *args, **kwargs: None
+builtins.abs = lambda value: 0
+"""
+PATCH_CHECKS = """
+import int8lab.checks
+int8lab.checks.check_close = lambda *args, **kwargs: None
+check_close = lambda *args, **kwargs: None
+check_scale = lambda *args, **kwargs: None
+"""
+
+
+def _drop_tests(nb):
+    nb.cells = [c for c in nb.cells if c not in graded_cells(nb)]
+
+
+def _edit_tests(nb):
+    for cell in graded_cells(nb):
+        cell.source = "assert True"
+
+
+def _tests_to_markdown(nb):
+    for cell in graded_cells(nb):
+        cell.cell_type = "markdown"
+        cell.pop("outputs", None)
+        cell.pop("execution_count", None)
+
+
+def _snoop(out: Path) -> str:
+    targets = [
+        out / "gradebook.db",
+        out / "source" / "01_weights" / "weights.ipynb",
+        ROOT / "solutions" / "01_weights" / "weights.ipynb",
+        out / "submitted" / "perfect" / "01_weights" / "weights.ipynb",
+    ]
+    return (
+        "import socket\n"
+        f"for path in {[str(t) for t in targets]!r}:\n"
+        "    try:\n"
+        "        open(path, 'rb').read(1)\n"
+        "        print('SNOOP-READ', path)\n"
+        "    except OSError as error:\n"
+        "        print('SNOOP-BLOCKED', path, error.errno)\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', 22), timeout=1)\n"
+        "    print('SNOOP-NETWORK')\n"
+        "except OSError:\n"
+        "    print('SNOOP-NO-NETWORK')\n"
+    )
+
+
+def _vandal(out: Path, submitted: Path) -> str:
+    targets = [
+        out / "submitted" / "perfect" / "01_weights" / "weights.ipynb",
+        out / ".work" / "jobs" / "perfect--01_weights" / "autograded" / "perfect" / "01_weights" / "weights.ipynb",
+        out / "gradebook.db",
+        out / "grades.csv",
+        submitted / "perfect" / "01_weights" / "weights.ipynb",
+        Path("../../perfect/01_weights/weights.ipynb"),
+    ]
+    return (
+        f"for path in {[str(t) for t in targets]!r}:\n"
+        "    try:\n"
+        "        open(path, 'w').write('{}')\n"
+        "        print('VANDAL-WROTE', path)\n"
+        "    except OSError as error:\n"
+        "        print('VANDAL-BLOCKED', path, error.errno)\n"
+    )
+
+
+def build_class(root: Path, out: Path) -> Path:
+    submitted = root / "submitted"
+    cases = {
+        ("perfect", "01_weights"): submission("01_weights"),
+        ("perfect", "02_activations"): submission("02_activations"),
+        ("perfect", "03_biases"): submission("03_biases"),
+        ("stubs", "01_weights"): submission("01_weights", solved=False),
+        ("stubs", "02_activations"): submission("02_activations", solved=False),
+        ("stubs", "03_biases"): submission("03_biases", solved=False),
+        ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
+        ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
+        ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
+        ("loop", "01_weights"): submission("01_weights", append="while True:\n    pass"),
+        ("hog", "01_weights"): submission("01_weights", append="import numpy\nhog = numpy.ones(50 * 2**30 // 8)"),
+        ("exits", "01_weights"): submission("01_weights", append="import os\nos._exit(1)"),
+        ("killed", "01_weights"): submission("01_weights", append="import os, signal\nos.kill(os.getpid(), 9)"),
+        ("corrupt", "01_weights"): b'{"cells": [ {"cell_type": "code", ',
+        ("notjupyter", "01_weights"): b'{"hello": "world"}',
+        ("absent", "01_weights"): None,
+        ("deleted", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_drop_tests),
+        ("edited", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_edit_tests),
+        ("markdown", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_tests_to_markdown),
+        ("patch_comparisons", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED + PATCH_COMPARISONS),
+        ("patch_checks", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED + PATCH_CHECKS),
+        ("snoop", "01_weights"): submission("01_weights", append=_snoop(out)),
+        ("vandal", "01_weights"): submission("01_weights", append=_vandal(out, submitted)),
+    }
+    for (student, assignment), content in cases.items():
+        write_submission(submitted, student, assignment, content)
+    return submitted
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, float_net):
+    base = tmp_path_factory.mktemp("class")
+    out = base / "out"
+    submitted = build_class(base, out)
+    originals = {p: p.read_bytes() for p in submitted.rglob("*.ipynb")}
+    result = subprocess.run([*GRADE, str(submitted), "--out", str(out)], capture_output=True, text=True, timeout=3000)
+    return {"out": out, "submitted": submitted, "run": result, "originals": originals, "base": base}
+
+
+def _rows(path: Path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _grades(graded):
+    return {(r["student_id"], r["assignment"]): r for r in _rows(graded["out"] / "grades.csv")}
+
+
+def _tests(graded, student, assignment):
+    return {
+        r["grade_id"]: r
+        for r in _rows(graded["out"] / "tests.csv")
+        if r["student_id"] == student and r["assignment"] == assignment
+    }
+
+
+def test_grader_exits_zero_and_summarises(graded):
+    run = graded["run"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "graded 23 submission(s)" in run.stderr
+    assert "sandbox enforced:" in run.stderr
+
+
+@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
+def test_perfect_submission_gets_every_autograded_point(graded, assignment):
+    row = _grades(graded)[("perfect", assignment)]
+    assert row["status"] == "ok"
+    assert float(row["score"]) == float(row["max_score"]) == autograded_points(assignment)
+    assert all(r["message"] in ("", "graded by hand") for r in _tests(graded, "perfect", assignment).values())
+
+
+@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
+def test_untouched_stubs_score_zero(graded, assignment):
+    row = _grades(graded)[("stubs", assignment)]
+    assert (row["status"], float(row["score"])) == ("ok", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("student", "assignment", "key", "caught", "kept"),
+    [
+        ("mis_multiplied", "01_weights", "multiplied_scale", ["quantized_weights_small_example"], []),
+        (
+            "mis_naive",
+            "02_activations",
+            "naive_output_scale",
+            ["quantize_activations_first_layer", "quantize_activations_chained_scale"],
+            ["quantize_initial_input_small_example", "net_quantized_forward_small_network"],
+        ),
+        (
+            "mis_bias_int8",
+            "03_biases",
+            "bias_int8_clamp",
+            ["quantized_bias_small_example", "quantized_bias_chained_scale"],
+            [],
+        ),
+    ],
+)
+def test_misconception_loses_the_checks_that_catch_it_and_is_named(graded, student, assignment, key, caught, kept):
+    rows = _tests(graded, student, assignment)
+    for grade_id in caught:
+        assert float(rows[grade_id]["score"]) == 0, grade_id
+        assert MISCONCEPTIONS[key] in rows[grade_id]["message"], rows[grade_id]["message"]
+    for grade_id in kept:
+        assert rows[grade_id]["score"] == rows[grade_id]["max_score"], grade_id
+    assert _grades(graded)[(student, assignment)]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("student", "statuses"),
+    [
+        ("loop", {"timeout"}),
+        ("hog", {"kernel_died", "error"}),
+        ("exits", {"kernel_died"}),
+        ("killed", {"kernel_died"}),
+        ("corrupt", {"invalid_notebook"}),
+        ("notjupyter", {"invalid_notebook"}),
+        ("absent", {"missing"}),
+    ],
+)
+def test_broken_submissions_get_their_status(graded, student, statuses):
+    assert _grades(graded)[(student, "01_weights")]["status"] in statuses
+
+
+@pytest.mark.parametrize("student", ["deleted", "edited", "markdown"])
+def test_tampered_test_cells_are_restored_and_run(graded, student):
+    wrong = _tests(graded, "mis_multiplied", "01_weights")
+    rows = _tests(graded, student, "01_weights")
+    assert rows.keys() == wrong.keys()
+    assert {g: r["score"] for g, r in rows.items()} == {g: r["score"] for g, r in wrong.items()}
+    assert MISCONCEPTIONS["multiplied_scale"] in rows["quantized_weights_small_example"]["message"]
+
+
+@pytest.mark.parametrize("student", ["patch_comparisons", "patch_checks"])
+def test_monkeypatched_comparisons_gain_nothing_and_are_reported(graded, student):
+    assert float(_grades(graded)[(student, "01_weights")]["score"]) == 0
+    messages = [r["message"] for r in _tests(graded, student, "01_weights").values()]
+    assert all("tampering detected" in message for message in messages), messages
+
+
+def _outputs(graded, student):
+    nb = json.loads((graded["out"] / "autograded" / student / "01_weights" / "weights.ipynb").read_text())
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_kernel_cannot_read_the_gradebook_solutions_or_other_students(graded):
+    text = _outputs(graded, "snoop")
+    assert "SNOOP-READ" not in text and text.count("SNOOP-BLOCKED") == 4 and "SNOOP-NO-NETWORK" in text
+    assert _grades(graded)[("snoop", "01_weights")]["score"] == str(int(autograded_points("01_weights")))
+
+
+def test_writes_into_another_students_folder_change_nothing(graded):
+    text = _outputs(graded, "vandal")
+    assert "VANDAL-WROTE" not in text and text.count("VANDAL-BLOCKED") == 6
+    assert _grades(graded)[("perfect", "01_weights")]["score"] == str(int(autograded_points("01_weights")))
+    for path, content in graded["originals"].items():
+        assert path.read_bytes() == content, f"{path} was modified"
+
+
+def test_feedback_exists_and_never_shows_hidden_tests(graded):
+    feedback = graded["out"] / "feedback"
+    assert (feedback / "perfect" / "02_activations" / "activations.ipynb").with_suffix(".html").exists()
+    assert (feedback / "mis_naive" / "02_activations" / "activations.html").exists()
+    import html
+
+    checked = 0
+    for source in sorted((ROOT / "solutions").glob("*/*.ipynb")):
+        secrets = hidden_lines(with_integrity_checks(nbformat.read(source, as_version=4)))
+        assert len(secrets) > 10
+        for page in feedback.glob(f"*/{source.parent.name}/*.html"):
+            text = page.read_text()
+            leaked = [s for s in secrets if s in text or html.escape(s) in text]
+            assert not leaked, f"{page}: {leaked[:3]}"
+            checked += 1
+    assert checked >= 15
+
+
+def test_nbgrader_export_and_formgrader_gradebook_work(graded):
+    out = graded["out"]
+    result = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "export", "--to", str(out / "export.csv")],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = _rows(out / "export.csv")
+    perfect = [r for r in rows if r["student_id"] == "perfect" and r["assignment"] == "02_activations"]
+    assert perfect and float(perfect[0]["raw_score"]) == autograded_points("02_activations")
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        submission = gradebook.find_submission("02_activations", "perfect")
+        assert submission.needs_manual_grade  # the derivations wait for a human
+
+
+def test_grading_twice_gives_identical_reports(graded, tmp_path):
+    again = tmp_path / "again"
+    result = subprocess.run(
+        [*GRADE, str(graded["submitted"]), "--out", str(again)], capture_output=True, text=True, timeout=3000
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("grades.csv", "tests.csv"):
+        assert (again / name).read_bytes() == (graded["out"] / name).read_bytes(), name
+
+
+def test_zip_of_the_submitted_folder_is_accepted(graded, tmp_path):
+    archive = tmp_path / "submitted.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for student in ("perfect", "corrupt"):
+            for path in (graded["submitted"] / student / "01_weights").glob("*"):
+                bundle.write(path, f"submitted/{student}/01_weights/{path.name}")
+    out = tmp_path / "zipped"
+    result = subprocess.run(
+        [*GRADE, str(archive), "--out", str(out), "--assignment", "01_weights"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {(r["student_id"], r["status"]) for r in _rows(out / "grades.csv")}
+    assert rows == {("perfect", "ok"), ("corrupt", "invalid_notebook")}
+    shutil.rmtree(out)
+
+
+def test_unusable_input_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [*GRADE, str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "does not exist" in result.stderr
