@@ -565,21 +565,22 @@ def generate_feedback(out: Path, results: list[Result], assignments: dict[str, A
             problems.append(f"generate_feedback {name} failed: {output.strip().splitlines()[-1:]}")
     for name, assignment in assignments.items():
         secret = nbtools.hidden_lines(assignment.source)
-        for html in sorted((out / "feedback").glob(f"*/{name}/*.html")):
-            text = html.read_text()
-            leaked = [line for line in secret if line in text or _html_escape(line) in text]
+        for page in sorted((out / "feedback").glob(f"*/{name}/*.html")):
+            leaked = [line for line in secret if line in visible_text(page.read_text())]
             if leaked:
-                for line in leaked:
-                    text = text.replace(line, nbtools.REDACTED).replace(_html_escape(line), nbtools.REDACTED)
-                html.write_text(text)
-                problems.append(f"{html}: redacted {len(leaked)} hidden line(s) that reached the HTML")
+                # Never hand back a page that shows a hidden test; the graded notebook stays in autograded/.
+                page.unlink()
+                problems.append(f"{page}: removed, it showed {len(leaked)} hidden-test line(s)")
     return problems
 
 
-def _html_escape(text: str) -> str:
+def visible_text(page: str) -> str:
+    """What a browser shows of an HTML page: tags stripped, entities decoded."""
     import html
+    import re
 
-    return html.escape(text, quote=True)
+    without_code = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", "", without_code))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -601,7 +602,8 @@ def grade(
     from ..training import trained_model
 
     limits = limits or Limits()
-    solutions = solutions or REPO_ROOT / "solutions"
+    out = out.resolve()  # nbgrader's course root must be absolute
+    solutions = (solutions or REPO_ROOT / "solutions").resolve()
     if not solutions.is_dir():
         raise GradingError(f"the solution notebooks are not in {solutions}; pass --solutions DIR")
     started = time.perf_counter()
