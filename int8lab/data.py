@@ -80,8 +80,35 @@ def load_data(
     return train_loader, test_loader
 
 
+DIGITS_CACHE_VERSION = 1
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_tensors():
+    """The upsampled digits and their fixed split, from the cache when it has them.
+
+    Importing scikit-learn costs about a second, in every kernel; the prepared tensors
+    (2 MB) are read back from ``cache_dir()/data`` instead after the first time.
+    """
+    cached = cache_dir() / "data" / f"digits-32x32-v{DIGITS_CACHE_VERSION}.npz"
+    try:
+        with np.load(cached) as saved:
+            arrays = [torch.from_numpy(saved[key]) for key in ("train_x", "train_y", "test_x", "test_y")]
+        return (arrays[0], arrays[1]), (arrays[2], arrays[3])
+    except (OSError, KeyError, ValueError):
+        pass
+    train, test = _prepare_digits()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+        np.savez(partial, train_x=train[0], train_y=train[1], test_x=test[0], test_y=test[1])
+        os.replace(partial, cached)
+    except OSError:
+        pass  # a read-only cache (a grading sandbox) just means preparing them again next time
+    return train, test
+
+
+def _prepare_digits():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

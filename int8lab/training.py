@@ -22,6 +22,8 @@ from .models import Net, NetWithBias
 #: Bump when the checkpoint layout changes, so that old files are ignored rather than misread.
 CHECKPOINT_FORMAT = 1
 _MAGIC = b"INT8LAB-CKPT\n"
+#: Set in grading kernels: a missing checkpoint is an error there, never a reason to train.
+NO_TRAINING_ENV = "INT8LAB_NO_TRAINING"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ def trained_model(
     model = _try_load(path, model_class, dataset)
     if model is not None:
         return model
+    if os.environ.get(NO_TRAINING_ENV):
+        raise RuntimeError(
+            f"no usable checkpoint at {path} and {NO_TRAINING_ENV} is set (grading never trains): "
+            "run trained_model() once outside the grader to fill the cache"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # One process trains while the others wait, then read its checkpoint instead of training again.
     with open(path.with_suffix(".lock"), "w") as lock:

@@ -103,3 +103,18 @@ def test_cifar_reader_refuses_pickled_code(tmp_path):
     (folder / "data_batch_1").write_bytes(pickle.dumps(print))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_data("cifar10", root=tmp_path)
+
+
+def test_prepared_digits_are_cached_and_read_back_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path))
+    data_module._digits_tensors.cache_clear()
+    try:
+        first = data_module._digits_tensors()
+        assert list((tmp_path / "data").glob("digits-*.npz"))
+        data_module._digits_tensors.cache_clear()
+        monkeypatch.setattr(data_module, "_prepare_digits", lambda: pytest.fail("prepared again despite the cache"))
+        second = data_module._digits_tensors()
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    finally:
+        data_module._digits_tensors.cache_clear()

@@ -79,3 +79,10 @@ def test_evaluate_counts_every_sample(digits_loaders):
     test_loader = digits_loaders[1]
     zeros = (test_loader.dataset.tensors[1] == 0).sum().item()
     assert evaluate(AlwaysZero(), test_loader) == pytest.approx(100 * zeros / len(test_loader.dataset))
+
+
+def test_no_training_mode_refuses_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path))
+    monkeypatch.setenv(training_module.NO_TRAINING_ENV, "1")
+    with pytest.raises(RuntimeError, match="grading never trains"):
+        trained_model("digits", progress=False)

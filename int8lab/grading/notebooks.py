@@ -50,15 +50,23 @@ def read_submission(path: Path):
         raise InvalidNotebook(f"not a valid notebook ({exc.__class__.__name__}: {exc})") from None
 
 
-def rebuild_submission(student, release) -> tuple[object, list[str]]:
+def rebuild_submission(student, release, skip_untouched_demos: bool = True) -> tuple[object, list[str]]:
     """The release notebook with the student's answers in it, whatever the student did to the rest.
 
     Solution cells come from the student (matched by grade id); every other nbgrader cell
     (setup, provided code, tests, instructions) comes from the release, in the release's
     order, even if the student deleted it, edited it or turned it into markdown. Cells the
-    student added stay where they were, after the nbgrader cell they followed. Returns the
+    student added stay where they were, after the nbgrader cell they followed. With
+    ``skip_untouched_demos``, the release's own plain code cells (plots, the study) that the
+    student left as they were are not run: no test depends on them (tests/test_notebooks.py
+    runs the tests without them), and they are most of the execution time. Returns the
     notebook and notes on what had to be restored.
     """
+    demos = (
+        {c.source for c in release.cells if c.cell_type == "code" and not nbgrader_meta(c)}
+        if skip_untouched_demos
+        else set()
+    )
     release_cells = {nbgrader_meta(c)["grade_id"]: c for c in release.cells if nbgrader_meta(c).get("grade_id")}
     answers: dict[str, str] = {}
     extras: dict[str | None, list] = {}
@@ -73,6 +81,8 @@ def rebuild_submission(student, release) -> tuple[object, list[str]]:
                     answers[grade_id] = cell.source
                 seen.add(grade_id)
             anchor = grade_id
+            continue
+        if cell.cell_type == "code" and cell.source in demos:
             continue
         own = copy.deepcopy(cell)
         own.metadata.pop("nbgrader", None)

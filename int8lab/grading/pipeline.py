@@ -28,7 +28,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +93,7 @@ class Result:
     workdir: Path | None = None
     sandbox: dict | None = None
     seconds: float = 0.0
+    feedback_error: str = ""
 
 
 # ----------------------------------------------------------------------------- the course
@@ -167,6 +168,8 @@ def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
         target = root / "source" / assignment.name / assignment.notebook
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(assignment.source, target)
+    # One at a time: they share the gradebook, which sqlite locks.
+    for assignment in assignments.values():
         code, output, _ = nbgrader(root, "generate_assignment", assignment.name, "--force", timeout=300)
         if code != 0:
             raise GradingError(f"nbgrader generate_assignment {assignment.name} failed in {root}:\n{output[-3000:]}")
@@ -255,7 +258,9 @@ def _kernel_paths(job_root: Path, run_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def prepare_job(job: Job, template: Path, work: Path, assignment: Assignment, limits: Limits, cgroup: Path | None):
-    """A scratch course for one submission, with its sandboxed kernel spec; returns (root, env)."""
+    """A scratch course for one submission, with its sandboxed kernel spec; returns (root, env, sockets)."""
+    from ..data import cache_dir
+
     root = work / f"{job.student}--{job.assignment}"
     if root.exists():
         shutil.rmtree(root)
@@ -271,7 +276,7 @@ def prepare_job(job: Job, template: Path, work: Path, assignment: Assignment, li
     read_write.append(str(sockets))
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(root / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
-    launcher += ["--integrity-log", str(root / "integrity.log")]
+    launcher += ["--integrity-log", str(root / "integrity.log"), "--stderr", str(root / "kernel-stderr.log")]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
     for path in read_only:
@@ -313,6 +318,9 @@ def prepare_job(job: Job, template: Path, work: Path, assignment: Assignment, li
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         LOCKED_CELLS_ENV: ",".join(nbtools.locked_cell_hashes(assignment.source)),
+        # The kernel's HOME is the scratch folder: name the model cache, or it would train again.
+        "INT8LAB_CACHE": str(cache_dir()),
+        "INT8LAB_NO_TRAINING": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     env.pop("INT8LAB_RESULTS", None)
@@ -338,16 +346,7 @@ def grade_one(job: Job, template: Path, work: Path, assignment: Assignment, limi
         submitted = root / "submitted" / job.student / job.assignment / assignment.notebook
         submitted.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(rebuilt, submitted)
-        code, log, killed = nbgrader(
-            root,
-            "autograde",
-            job.assignment,
-            "--student",
-            job.student,
-            "--force",
-            timeout=limits.notebook_timeout,
-            env=env,
-        )
+        code, log, killed = autograde_here(root, job, env, limits.notebook_timeout, cgroup)
     finally:
         if cgroup:
             cgroups.remove(cgroup)
@@ -355,9 +354,93 @@ def grade_one(job: Job, template: Path, work: Path, assignment: Assignment, limi
             shutil.rmtree(sockets, ignore_errors=True)
     (root / "autograde.log").write_text(log)
     result = _collect(job, root, assignment, code, log, killed)
+    if (root / "autograded" / job.student / job.assignment / assignment.notebook).exists():
+        result.feedback_error = feedback_here(root, job)
     result.reason = "; ".join(filter(None, [result.reason, job.reason, *notes]))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def autograde_here(root: Path, job: Job, env: dict, timeout: float, cgroup: Path | None) -> tuple[int, str, bool]:
+    """Run nbgrader's autograde for one submission in this (worker) process; returns (code, log, killed).
+
+    A worker process grades one submission at a time, so it may set the environment the
+    kernel inherits and change folder. A watchdog kills the kernel when the whole notebook
+    runs past ``timeout``; nbgrader then sees a dead kernel and the job reports a timeout.
+    """
+    import logging
+    import threading
+
+    from nbgrader.apps import AutogradeApp
+
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = env["TMPDIR"]  # the connection file goes there; the sandbox lets the kernel read it
+    os.chdir(root)
+    killed = threading.Event()
+
+    def stop_kernel():
+        killed.set()
+        for pid in _kernel_pids(cgroup):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    watchdog = threading.Timer(timeout, stop_kernel)
+    watchdog.daemon = True
+    buffer = io.StringIO()
+    code = 0
+    app = AutogradeApp()
+    try:
+        app.initialize([job.assignment, "--student", job.student, "--force"])
+        for handler in app.log.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(buffer)
+        watchdog.start()
+        app.start()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    except Exception as exc:  # nbgrader's own failures are reported, never raised into the pool
+        code = 1
+        buffer.write(f"\n{type(exc).__name__}: {exc}\n")
+    finally:
+        watchdog.cancel()
+        AutogradeApp.clear_instance()
+    return code, buffer.getvalue(), killed.is_set()
+
+
+def feedback_here(root: Path, job: Job) -> str:
+    """nbgrader generate_feedback for this one submission, in this worker process ('' or the error)."""
+    import logging
+
+    from nbgrader.apps import GenerateFeedbackApp
+
+    os.chdir(root)
+    buffer = io.StringIO()
+    app = GenerateFeedbackApp()
+    try:
+        app.initialize([job.assignment, "--student", job.student, "--force"])
+        for handler in app.log.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(buffer)
+        app.start()
+    except SystemExit as exit_:
+        if exit_.code:
+            return "generate_feedback failed: " + " | ".join(buffer.getvalue().strip().splitlines()[-2:])
+    except Exception as exc:
+        return f"generate_feedback failed: {type(exc).__name__}: {exc}"
+    finally:
+        GenerateFeedbackApp.clear_instance()
+    return ""
+
+
+def _kernel_pids(cgroup: Path | None) -> list[int]:
+    if cgroup is not None and (cgroup / "cgroup.procs").exists():
+        return [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+    import psutil
+
+    return [child.pid for child in psutil.Process().children(recursive=True)]
 
 
 def _failed(job: Job, status: str, reason: str, started: float) -> Result:
@@ -415,6 +498,16 @@ def _collect(job: Job, root: Path, assignment: Assignment, code: int, log: str, 
                 if "tampering detected" not in result.messages[grade_id]:
                     result.messages[grade_id] = first
         result.reason = "tampering detected"
+        with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
+            for grade_id, _, auto in assignment.cells:
+                if auto:
+                    try:
+                        gradebook.find_grade(
+                            grade_id, Path(assignment.notebook).stem, job.assignment, job.student
+                        ).auto_score = 0.0
+                    except MissingEntry:
+                        pass
+            gradebook.db.commit()
     return result
 
 
@@ -556,21 +649,32 @@ def _points(value: float) -> str:
     return f"{value:g}"
 
 
-def generate_feedback(out: Path, results: list[Result], assignments: dict[str, Assignment]) -> list[str]:
-    """nbgrader generate_feedback with hidden tests redacted, then a check that no hidden line got through."""
+def collect_feedback(out: Path, results: list[Result], assignments: dict[str, Assignment]) -> list[str]:
+    """Move each submission's feedback page to OUT/feedback, unless it shows a hidden-test line."""
     problems = []
-    for name in sorted({r.job.assignment for r in results if r.workdir is not None}):
-        code, output, _ = nbgrader(out, "generate_feedback", name, "--force", timeout=900)
-        if code != 0:
-            problems.append(f"generate_feedback {name} failed: {output.strip().splitlines()[-1:]}")
-    for name, assignment in assignments.items():
-        secret = nbtools.hidden_lines(assignment.source)
-        for page in sorted((out / "feedback").glob(f"*/{name}/*.html")):
-            leaked = [line for line in secret if line in visible_text(page.read_text())]
-            if leaked:
-                # Never hand back a page that shows a hidden test; the graded notebook stays in autograded/.
-                page.unlink()
-                problems.append(f"{page}: removed, it showed {len(leaked)} hidden-test line(s)")
+    for result in results:
+        if result.workdir is None:
+            continue
+        job, assignment = result.job, assignments[result.job.assignment]
+        if result.feedback_error:
+            problems.append(f"{job.student}/{job.assignment}: {result.feedback_error}")
+        name = Path(assignment.notebook).with_suffix(".html").name
+        page = result.workdir / "feedback" / job.student / job.assignment / name
+        graded = result.workdir / "autograded" / job.student / job.assignment / assignment.notebook
+        if not page.exists() or not graded.exists():
+            continue
+        # Lines that only occur inside hidden regions of this very notebook (the student's own code excluded).
+        secret = nbtools.hidden_lines(nbformat.read(graded, as_version=4))
+        shown = {line.strip() for line in visible_text(page.read_text()).splitlines()}
+        leaked = secret & shown
+        if leaked:
+            problems.append(
+                f"{job.student}/{job.assignment}: feedback withheld, it showed {len(leaked)} hidden line(s)"
+            )
+            continue
+        destination = out / "feedback" / job.student / job.assignment / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(page, destination)
     return problems
 
 
@@ -626,44 +730,54 @@ def grade(
         # Grading never trains: the kernels only read these checkpoints.
         trained_model("digits", progress=progress)
         trained_model("digits", bias=True, progress=progress)
+        phases = {"prepare": time.perf_counter()}
         template = work / "template"
-        build_course(template, assignments)
+        with ThreadPoolExecutor(1) as background:
+            fonts = background.submit(_prebuild_matplotlib_cache, template / "matplotlib")
+            build_course(template, assignments)
+            fonts.result()
         for assignment in assignments.values():  # nbgrader's own release, checksums included
             assignment.release = nbformat.read(
                 template / "release" / assignment.name / assignment.notebook, as_version=4
             )
-        _prebuild_matplotlib_cache(template / "matplotlib")
         if not (out / "gradebook.db").exists() or not (out / "source").exists():
-            build_course(out, assignments)
-        else:
-            write_course_config(out)
+            for part in ("source", "release"):
+                shutil.copytree(template / part, out / part, dirs_exist_ok=True)
+            shutil.copy2(template / "gradebook.db", out / "gradebook.db")
+        write_course_config(out)
         for job in jobs:
             if job.notebook is not None:
                 destination = out / "submitted" / job.student / job.assignment
                 destination.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(job.notebook, destination / job.notebook.name)
+        phases["course"] = time.perf_counter()
         results: list[Result] = []
-        with (
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-            tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar,
-        ):
-            futures = {
-                pool.submit(grade_one, job, template, work / "jobs", assignments[job.assignment], limits, cgroups): job
-                for job in jobs
-            }
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # one broken submission never stops the others
-                    result = Result(job, "error", f"{type(exc).__name__}: {exc}")
-                results.append(result)
-                log.write(f"{job.student}/{job.assignment}: {result.status} ({result.seconds:.1f} s) {result.reason}\n")
+        with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+            pending = list(jobs)
+            for _attempt in range(2):  # a worker process that crashed takes its pool down: retry the rest once
+                pending = _grade_in_pool(
+                    pending, workers, template, work, assignments, limits, cgroups, results, log, bar
+                )
+                if not pending:
+                    break
+            for job in pending:
+                results.append(Result(job, "error", "the grading worker crashed twice on this submission"))
                 bar.update()
+        phases["grading"] = time.perf_counter()
         results.sort(key=lambda r: (r.job.student, r.job.assignment))
         merge_into_gradebook(out, results, assignments)
-        problems = generate_feedback(out, results, assignments)
+        phases["merge"] = time.perf_counter()
+        problems = collect_feedback(out, results, assignments)
+        phases["feedback"] = time.perf_counter()
         write_reports(out, results, assignments)
+        marks = list(phases.items())
+        log.write(
+            "phases: "
+            + ", ".join(
+                f"{name} {end - start:.1f} s" for (_, start), (name, end) in zip(marks, marks[1:], strict=False)
+            )
+            + "\n"
+        )
         for problem in problems:
             log.write(f"feedback: {problem}\n")
         _summary(results, problems, cgroups, time.perf_counter() - started, out, log)
@@ -675,6 +789,40 @@ def grade(
         if not keep_work:
             shutil.rmtree(work / "jobs", ignore_errors=True)
             shutil.rmtree(work / "input", ignore_errors=True)
+
+
+def _grade_in_pool(jobs, workers, template, work, assignments, limits, cgroups, results, log, bar) -> list[Job]:
+    """Grade ``jobs`` in ``workers`` long-lived processes (nbgrader is imported once per process).
+
+    Returns the jobs that could not finish because a worker process died.
+    """
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    unfinished = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
+        futures = {
+            pool.submit(grade_one, job, template, work / "jobs", assignments[job.assignment], limits, cgroups): job
+            for job in jobs
+        }
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                unfinished.append(job)
+                continue
+            except Exception as exc:  # one broken submission never stops the others
+                result = Result(job, "error", f"{type(exc).__name__}: {exc}")
+            results.append(result)
+            log.write(f"{job.student}/{job.assignment}: {result.status} ({result.seconds:.1f} s) {result.reason}\n")
+            bar.update()
+    return unfinished
+
+
+def _warm_worker() -> None:
+    import nbgrader.apps  # noqa: F401 (imported once, used by every submission this worker grades)
 
 
 def _prebuild_matplotlib_cache(folder: Path) -> None:

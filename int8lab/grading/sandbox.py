@@ -123,6 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-seconds", type=int, default=0, help="CPU time limit (0: none)")
     parser.add_argument("--file-size", type=int, default=1 << 30, help="largest file it may write, in bytes")
     parser.add_argument("--report", help="file to write what was and was not enforced to")
+    parser.add_argument("--stderr", help="file to send the command's standard error to (for diagnosing crashes)")
     parser.add_argument("--integrity-log", help="file the kernel reports tampering to, through an inherited descriptor")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -130,6 +131,10 @@ def main(argv=None) -> None:
     if not command:
         parser.error("no command given after --")
 
+    if args.stderr:
+        errors = os.open(args.stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(errors, 2)
+        os.close(errors)
     report = open(args.report, "a") if args.report else None  # noqa: SIM115 (closed before exec)
     enforced, missing = [], []
 
