@@ -271,7 +271,7 @@ def prepare_job(job: Job, template: Path, work: Path, assignment: Assignment, li
     run_dir = root / "autograded" / job.student / job.assignment
     run_dir.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are limited to about 100 bytes, so the kernel's sockets get a short folder.
-    sockets = Path(tempfile.mkdtemp(prefix="int8lab-k"))
+    sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir=_short_temp_dir()))
     read_only, read_write = _kernel_paths(root, run_dir)
     read_write.append(str(sockets))
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(root / "sandbox.json")]
@@ -328,6 +328,11 @@ def prepare_job(job: Job, template: Path, work: Path, assignment: Assignment, li
     if template_mpl.is_dir():
         shutil.copytree(template_mpl, home / "matplotlib", dirs_exist_ok=True)
     return root, env, sockets
+
+
+def _short_temp_dir() -> str:
+    """A temporary folder with a short path (not the previous job's TMPDIR, which a worker inherits)."""
+    return "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
 
 
 def grade_one(job: Job, template: Path, work: Path, assignment: Assignment, limits: Limits, cgroups) -> Result:
@@ -753,13 +758,19 @@ def grade(
         phases["course"] = time.perf_counter()
         results: list[Result] = []
         with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
-            pending = list(jobs)
-            for _attempt in range(2):  # a worker process that crashed takes its pool down: retry the rest once
-                pending = _grade_in_pool(
-                    pending, workers, template, work, assignments, limits, cgroups, results, log, bar
-                )
-                if not pending:
-                    break
+            # Fresh worker processes for every batch bound what nbgrader leaves behind in them
+            # (max_tasks_per_child can deadlock on Python 3.11).
+            batch_size = max(1, workers) * JOBS_PER_WORKER
+            pending = []
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start : start + batch_size]
+                for _attempt in range(2):  # a crashed worker takes its pool down: retry the rest once
+                    batch = _grade_in_pool(
+                        batch, workers, template, work, assignments, limits, cgroups, results, log, bar
+                    )
+                    if not batch:
+                        break
+                pending += batch
             for job in pending:
                 results.append(Result(job, "error", "the grading worker crashed twice on this submission"))
                 bar.update()
@@ -817,12 +828,22 @@ def _grade_in_pool(jobs, workers, template, work, assignments, limits, cgroups, 
                 result = Result(job, "error", f"{type(exc).__name__}: {exc}")
             results.append(result)
             log.write(f"{job.student}/{job.assignment}: {result.status} ({result.seconds:.1f} s) {result.reason}\n")
+            log.flush()
             bar.update()
     return unfinished
 
 
+#: A worker is replaced after this many submissions, which bounds what nbgrader leaves behind.
+JOBS_PER_WORKER = 10
+
+
 def _warm_worker() -> None:
     import nbgrader.apps  # noqa: F401 (imported once, used by every submission this worker grades)
+    import zmq
+
+    # A kernel client's zmq context, collected later as garbage, can block forever in term()
+    # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
+    zmq.Context.__del__ = lambda self: None
 
 
 def _prebuild_matplotlib_cache(folder: Path) -> None:
