@@ -9,7 +9,11 @@ PYTEST_ARGS ?=
 ASSIGNMENTS := 01_weights 02_activations 03_biases
 NBGRADER := cd autograder && ../$(BIN)/nbgrader
 
-.PHONY: help venv demo test lint format bench release validate clean
+SUBMISSIONS ?= autograder/submitted
+OUT ?= graded
+WORKERS ?= 2
+
+.PHONY: help venv demo test lint format bench bench-grading release validate grade clean
 
 help:
 	@echo "make demo    run the lab end to end on the embedded digits data (ARGS='--json out.json')"
@@ -18,6 +22,8 @@ help:
 	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
 	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
+	@echo "make grade   autograde SUBMISSIONS (default autograder/submitted) into OUT (default graded)"
+	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
 	@echo "make clean   remove .venv and build leftovers"
 
 venv: $(STAMP)
@@ -47,6 +53,12 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_notebooks.py
+
+bench-grading: $(STAMP)
+	$(BIN)/python benchmarks/bench_grading.py
+
+grade: $(STAMP)
+	$(BIN)/int8lab grade $(SUBMISSIONS) --out $(OUT) --workers $(WORKERS)
 
 release: $(STAMP)
 	for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment $$a --force --no-db) || exit 1; done

@@ -137,29 +137,6 @@ def write_course_config(root: Path, extra: str = "") -> None:
     )
 
 
-def nbgrader(root: Path, *args: str, timeout: float | None = None, env: dict | None = None):
-    """Run an nbgrader command in its own process group, in course folder ``root``."""
-    env = dict(env or os.environ)
-    # nbgrader runs `alembic` for its database: it must find the scripts of this environment.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nbgrader", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        return process.returncode, output, False
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        return process.returncode, output, True
-
-
 def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
     """An nbgrader course at ``root`` with the grading sources and a gradebook that knows them."""
     root.mkdir(parents=True, exist_ok=True)
@@ -168,11 +145,40 @@ def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
         target = root / "source" / assignment.name / assignment.notebook
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(assignment.source, target)
-    # One at a time: they share the gradebook, which sqlite locks.
+    # In this process (nbgrader is imported once), one at a time: they share the gradebook.
     for assignment in assignments.values():
-        code, output, _ = nbgrader(root, "generate_assignment", assignment.name, "--force", timeout=300)
+        code, output = _run_app("GenerateAssignmentApp", root, [assignment.name, "--force"])
         if code != 0:
             raise GradingError(f"nbgrader generate_assignment {assignment.name} failed in {root}:\n{output[-3000:]}")
+
+
+def _run_app(name: str, root: Path, argv: list[str]) -> tuple[int, str]:
+    """Run an nbgrader application in this process, in course folder ``root``; returns (code, log)."""
+    import logging
+
+    from nbgrader import apps
+
+    app_class = getattr(apps, name)
+    previous = os.getcwd()
+    os.chdir(root)
+    buffer = io.StringIO()
+    app = app_class()
+    code = 0
+    try:
+        app.initialize(argv)
+        for handler in app.log.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(buffer)
+        app.start()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    except Exception as exc:  # reported to the caller, which decides whether it is fatal
+        code = 1
+        buffer.write(f"\n{type(exc).__name__}: {exc}\n")
+    finally:
+        app_class.clear_instance()
+        os.chdir(previous)
+    return code, buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- submissions
@@ -417,27 +423,8 @@ def autograde_here(root: Path, job: Job, env: dict, timeout: float, cgroup: Path
 
 def feedback_here(root: Path, job: Job) -> str:
     """nbgrader generate_feedback for this one submission, in this worker process ('' or the error)."""
-    import logging
-
-    from nbgrader.apps import GenerateFeedbackApp
-
-    os.chdir(root)
-    buffer = io.StringIO()
-    app = GenerateFeedbackApp()
-    try:
-        app.initialize([job.assignment, "--student", job.student, "--force"])
-        for handler in app.log.handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(buffer)
-        app.start()
-    except SystemExit as exit_:
-        if exit_.code:
-            return "generate_feedback failed: " + " | ".join(buffer.getvalue().strip().splitlines()[-2:])
-    except Exception as exc:
-        return f"generate_feedback failed: {type(exc).__name__}: {exc}"
-    finally:
-        GenerateFeedbackApp.clear_instance()
-    return ""
+    code, log = _run_app("GenerateFeedbackApp", root, [job.assignment, "--student", job.student, "--force"])
+    return "" if code == 0 else "generate_feedback failed: " + " | ".join(log.strip().splitlines()[-2:])
 
 
 def _kernel_pids(cgroup: Path | None) -> list[int]:
@@ -711,6 +698,8 @@ def grade(
     from ..training import trained_model
 
     limits = limits or Limits()
+    # nbgrader runs `alembic` for its database: it must find the scripts of this environment.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     out = out.resolve()  # nbgrader's course root must be absolute
     solutions = (solutions or REPO_ROOT / "solutions").resolve()
     if not solutions.is_dir():
