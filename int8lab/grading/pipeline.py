@@ -379,15 +379,11 @@ def autograde_here(root: Path, job: Job, env: dict, timeout: float, cgroup: Path
     kernel inherits and change folder. A watchdog kills the kernel when the whole notebook
     runs past ``timeout``; nbgrader then sees a dead kernel and the job reports a timeout.
     """
-    import logging
     import threading
-
-    from nbgrader.apps import AutogradeApp
 
     os.environ.clear()
     os.environ.update(env)
     tempfile.tempdir = env["TMPDIR"]  # the connection file goes there; the sandbox lets the kernel read it
-    os.chdir(root)
     killed = threading.Event()
 
     def stop_kernel():
@@ -400,25 +396,12 @@ def autograde_here(root: Path, job: Job, env: dict, timeout: float, cgroup: Path
 
     watchdog = threading.Timer(timeout, stop_kernel)
     watchdog.daemon = True
-    buffer = io.StringIO()
-    code = 0
-    app = AutogradeApp()
+    watchdog.start()
     try:
-        app.initialize([job.assignment, "--student", job.student, "--force"])
-        for handler in app.log.handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(buffer)
-        watchdog.start()
-        app.start()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    except Exception as exc:  # nbgrader's own failures are reported, never raised into the pool
-        code = 1
-        buffer.write(f"\n{type(exc).__name__}: {exc}\n")
+        code, log = _run_app("AutogradeApp", root, [job.assignment, "--student", job.student, "--force"])
     finally:
         watchdog.cancel()
-        AutogradeApp.clear_instance()
-    return code, buffer.getvalue(), killed.is_set()
+    return code, log, killed.is_set()
 
 
 def feedback_here(root: Path, job: Job) -> str:
