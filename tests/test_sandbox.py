@@ -24,6 +24,12 @@ try:
     result["network"] = "connected"
 except OSError as error:
     result["network"] = error.errno
+try:
+    import os
+    os.kill(os.getppid(), 0)  # the process that started the sandbox
+    result["signal"] = "sent"
+except OSError as error:
+    result["signal"] = error.errno
 print(json.dumps(result))
 """
 
@@ -50,6 +56,8 @@ def test_only_listed_folders_are_writable_and_there_is_no_network(tmp_path):
     assert any(item.startswith("landlock ABI") for item in report["enforced"])
     if "user and network namespaces" in report["enforced"]:
         assert outcome["network"] != "connected"
+    if sandbox.landlock_abi() >= 6:
+        assert outcome["signal"] == 1  # EPERM: the grader cannot be signalled from inside
 
 
 def test_what_cannot_be_enforced_is_reported(tmp_path):

@@ -43,8 +43,21 @@ _FS_RIGHTS = {
 _READ_ONLY = 1 | 4 | 8  # execute, read file, read dir
 
 
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+
+
 class _RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class _RulesetAttrScoped(ctypes.Structure):
+    """ABI 6 and later: also scope signals and abstract Unix sockets to the sandbox."""
+
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -64,7 +77,13 @@ def restrict_filesystem(read_only: list[str], read_write: list[str]) -> str:
     if abi < 1:
         raise OSError("Landlock is not available in this kernel")
     handled = sum(bits for version, bits in _FS_RIGHTS.items() if version <= abi)
-    ruleset = _RulesetAttr(handled)
+    # From ABI 6 the kernel cannot signal processes outside the sandbox (the grader, other kernels).
+    scoped = abi >= 6
+    ruleset = (
+        _RulesetAttrScoped(handled, 0, LANDLOCK_SCOPE_SIGNAL | LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET)
+        if scoped
+        else _RulesetAttr(handled)
+    )
     fd = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(ruleset), ctypes.c_size_t(ctypes.sizeof(ruleset)), 0)
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
@@ -88,7 +107,7 @@ def restrict_filesystem(read_only: list[str], read_write: list[str]) -> str:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(fd)
-    return f"landlock ABI {abi}"
+    return f"landlock ABI {abi}" + (" (signals and abstract sockets scoped)" if scoped else "")
 
 
 def join_cgroup(folder: str) -> str:
