@@ -7,7 +7,6 @@ notebooks in solutions/ at run time; nothing here is an answer itself.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import nbformat
@@ -74,7 +73,3 @@ def graded_cells(nb):
 
 def autograded_points(assignment: str) -> float:
     return sum(float(_meta(c).get("points", 0)) for c in graded_cells(released(assignment)))
-
-
-def as_json(nb) -> str:
-    return json.dumps(nb)
