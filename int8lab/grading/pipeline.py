@@ -66,8 +66,8 @@ class Assignment:
     name: str
     notebook: str
     source: object  # the source notebook with integrity checks
-    release: object
     cells: list[tuple[str, float, bool]]  # (grade_id, points, autograded) in notebook order
+    release: object = None  # nbgrader's release of ``source``, set once the template course exists
 
     @property
     def autograded_points(self) -> float:
@@ -100,23 +100,19 @@ class Result:
 
 
 def load_assignments(solutions: Path, wanted: list[str] | None) -> dict[str, Assignment]:
-    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
-
+    """The assignments under ``solutions`` (one notebook per folder); their releases come from ``build_course``."""
     found = {}
     for folder in sorted(p for p in solutions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         notebooks = sorted(folder.glob("*.ipynb"))
         if len(notebooks) != 1 or (wanted and folder.name not in wanted):
             continue
         source = nbtools.with_integrity_checks(nbformat.read(notebooks[0], as_version=4))
-        release = nbformat.from_dict(json.loads(json.dumps(source)))
-        release, _ = ClearSolutions().preprocess(release, {"language": "python"})
-        release, _ = ClearHiddenTests().preprocess(release, {})
         cells = []
         for cell in source.cells:
             meta = nbtools.nbgrader_meta(cell)
             if meta.get("grade"):
                 cells.append((meta["grade_id"], float(meta.get("points", 0)), cell.cell_type == "code"))
-        found[folder.name] = Assignment(folder.name, notebooks[0].name, source, release, cells)
+        found[folder.name] = Assignment(folder.name, notebooks[0].name, source, cells)
     unknown = sorted(set(wanted or []) - set(found))
     if unknown:
         raise GradingError(f"no assignment named {', '.join(unknown)} in {solutions}; have {', '.join(found)}")
