@@ -11,12 +11,9 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENTS = {
-    "01_weights": "weights.ipynb",
-    "02_activations": "activations.ipynb",
-    "03_biases": "biases.ipynb",
-}
+from notebook_harness import ROOT, SOURCES
+
+ASSIGNMENTS = {assignment: source.name for assignment, source in SOURCES.items()}
 
 
 def _meta(cell) -> dict:

@@ -460,24 +460,22 @@ def _collect(job: Job, root: Path, assignment: Assignment, code: int, log: str, 
         pass
     tampering = root / "integrity.log"
     if tampering.exists() and tampering.read_text().strip():
-        first = tampering.read_text().strip().splitlines()[0]
-        # Whatever passed after the tools were swapped cannot be trusted: no autograded points.
-        for grade_id, _, auto in assignment.cells:
-            if auto:
-                result.scores[grade_id] = 0.0
-                result.messages[grade_id] = result.messages.get(grade_id) or first
-                if "tampering detected" not in result.messages[grade_id]:
-                    result.messages[grade_id] = first
+        finding = tampering.read_text().strip().splitlines()[0]
         result.reason = "tampering detected"
+        # Whatever passed after the tools were swapped cannot be trusted: no autograded points.
+        # The scratch gradebook is changed too, so that feedback and the merged gradebook agree.
         with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
             for grade_id, _, auto in assignment.cells:
-                if auto:
-                    try:
-                        gradebook.find_grade(
-                            grade_id, Path(assignment.notebook).stem, job.assignment, job.student
-                        ).auto_score = 0.0
-                    except MissingEntry:
-                        pass
+                if not auto:
+                    continue
+                result.scores[grade_id] = 0.0
+                if "tampering detected" not in result.messages.get(grade_id, ""):
+                    result.messages[grade_id] = finding
+                try:
+                    notebook = Path(assignment.notebook).stem
+                    gradebook.find_grade(grade_id, notebook, job.assignment, job.student).auto_score = 0.0
+                except MissingEntry:
+                    pass
             gradebook.db.commit()
     return result
 
@@ -576,7 +574,7 @@ def merge_into_gradebook(out: Path, results: list[Result], assignments: dict[str
                 for notebook in submission.notebooks:
                     for grade in notebook.grades:
                         kept = target.find_grade(grade.name, notebook.name, job.assignment, job.student)
-                        kept.auto_score = result.scores.get(grade.name, grade.auto_score)
+                        kept.auto_score = grade.auto_score
                         if kept.manual_score is None:
                             kept.needs_manual_grade = grade.needs_manual_grade
                     for comment in notebook.comments:
