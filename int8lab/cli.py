@@ -14,7 +14,8 @@ def _demo(args) -> int:
 
 
 def _grade(args) -> int:
-    from .grading.pipeline import GradingError, Limits, grade
+    from .grading.model import GradingError, Limits
+    from .grading.pipeline import grade
 
     limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout, memory_bytes=args.memory << 20)
     try:
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
     )
     grade.add_argument("--memory", type=int, default=6144, help="memory limit per kernel in MiB (default: 6144)")
     grade.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
-    grade.add_argument("--solutions", metavar="DIR", help="the source notebooks' folder (default: the repository's)")
+    grade.add_argument(
+        "--solutions", metavar="DIR", help="the source notebooks' folder, with hidden tests (default: ./solutions)"
+    )
     grade.add_argument("--keep-work", action="store_true", help="keep each submission's scratch folder in OUT/.work")
     grade.set_defaults(run=_grade)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""The autograder behind ``int8lab grade``: nbgrader's autograde, per submission, isolated and in parallel.
+"""The autograder behind ``int8lab grade``; ``pipeline.py`` lists its stages.
 
-Nothing here knows an answer: the reference answers live in the hidden tests of the source
-notebooks, which the sandboxed kernels cannot read.
+Nothing here knows an answer: the hidden tests and reference answers live in the source
+notebooks (solutions/), which only the judge reads, never the students' kernels.
 """

@@ -1,0 +1,72 @@
+"""Merge: the judge's scores into OUT's nbgrader gradebook, and the graded notebooks into OUT/autograded.
+
+Scores come only from the judge's verdicts. Manual scores already in the gradebook are kept.
+Markdown answers left as released score 0, as nbgrader's autograde scores them; written ones
+wait for a human.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import nbformat
+
+from .model import Result
+
+
+def merge(out: Path, results: list[Result], assignments: dict) -> None:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    # nbgrader's add_submission triggers SQLAlchemy autoflush notes that say nothing to an instructor.
+    with warnings.catch_warnings(), Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        warnings.simplefilter("ignore")
+        for result in results:
+            if result.graded is None:
+                continue  # nothing ran: no submission to record
+            job, assignment = result.job, assignments[result.job.assignment]
+            notebook = Path(assignment.notebook).stem
+            gradebook.update_or_create_student(job.student)
+            try:
+                gradebook.find_submission(job.assignment, job.student)
+            except MissingEntry:
+                gradebook.add_submission(job.assignment, job.student)
+            unchanged = unchanged_answers(result.graded, assignment.release)
+            for grade_id, _, autograded in assignment.cells:
+                grade = gradebook.find_grade(grade_id, notebook, job.assignment, job.student)
+                if autograded:
+                    verdict = result.verdicts.get(grade_id)
+                    grade.auto_score = verdict.score if verdict else 0.0
+                    grade.needs_manual_grade = False
+                else:
+                    grade.auto_score = 0.0 if grade_id in unchanged else None
+                    grade.needs_manual_grade = grade.manual_score is None and grade_id not in unchanged
+            for grade_id in _solution_ids(assignment.release):
+                comment = gradebook.find_comment(grade_id, notebook, job.assignment, job.student)
+                comment.auto_comment = "No response." if grade_id in unchanged else None
+            gradebook.db.commit()
+            destination = out / "autograded" / job.student / job.assignment
+            if destination.exists():
+                shutil.rmtree(destination)
+            destination.mkdir(parents=True)
+            nbformat.write(result.graded, destination / assignment.notebook)
+
+
+def _solution_ids(release) -> list[str]:
+    return [c.metadata["nbgrader"]["grade_id"] for c in release.cells if c.metadata.get("nbgrader", {}).get("solution")]
+
+
+def unchanged_answers(graded, release) -> set[str]:
+    """Grade ids of the answer cells the student left exactly as released."""
+    released = {
+        c.metadata["nbgrader"]["grade_id"]: c.source.strip()
+        for c in release.cells
+        if c.metadata.get("nbgrader", {}).get("solution")
+    }
+    return {
+        c.metadata["nbgrader"]["grade_id"]
+        for c in graded.cells
+        if c.metadata.get("nbgrader", {}).get("grade_id") in released
+        and c.source.strip() == released[c.metadata["nbgrader"]["grade_id"]]
+    }

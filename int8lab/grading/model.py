@@ -1,0 +1,58 @@
+"""The grading pipeline's data: statuses, limits, jobs and results (typed, never parsed out of logs)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class GradingError(RuntimeError):
+    """The grader itself cannot run (bad input folder, broken course or install); nothing was graded."""
+
+
+class Status(enum.Enum):
+    """What happened to one submission; every status but OK explains itself in the result's reason."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    KERNEL_DIED = "kernel_died"
+    INVALID_NOTEBOOK = "invalid_notebook"
+    INVALID_STUDENT_ID = "invalid_student_id"
+    MISSING = "missing"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Limits:
+    cell_timeout: int = 60
+    notebook_timeout: int = 600
+    memory_bytes: int = 6 << 30
+    processes: int = 128
+
+
+@dataclass
+class Job:
+    """One student's submission of one assignment, as intake found it."""
+
+    student: str
+    assignment: str
+    notebook: Path | None
+    status: Status = Status.OK
+    reason: str = ""
+
+
+@dataclass
+class Result:
+    """What grading one job produced; ``verdicts`` are the judge's, the only source of scores."""
+
+    job: Job
+    status: Status
+    reason: str = ""
+    verdicts: dict = field(default_factory=dict)  # grade_id -> judge.Verdict
+    graded: object = None  # the notebook for OUT/autograded (release tests, the judge's messages)
+    sandbox: dict | None = None
+    seconds: float = 0.0

@@ -1,0 +1,206 @@
+"""What a probe records in the student's kernel, as plain data, and how the judge reads it back.
+
+A record is one JSON line per probe statement:
+
+    {"cell": GRADE_ID, "statement": INDEX, "values": {NAME: VALUE, ...}}
+    {"cell": GRADE_ID, "statement": INDEX, "error": {"type": "ValueError", "message": "..."}}
+
+VALUE is JSON (None, bool, int, float, str) or one of these tagged objects:
+``{"list": [...]}``, ``{"tuple": [...]}``, ``{"dict": [[key, value], ...]}`` (string keys),
+``{"array": {"kind": "torch" | "numpy" | "scalar", "dtype": ..., "shape": [...], "bytes": base64}}``
+or ``{"object": TYPE NAME}`` for anything else, which the judge cannot use.
+
+The kernel writes these lines (``returned``, ``failed``); everything in them is the student's
+to choose, so the judge decodes them with ``json`` and ``numpy.frombuffer`` only: no pickle,
+no import, no call into anything the record names.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+
+#: Where the kernel appends its records (set by the grader in the kernel's environment).
+RECORDS_ENV = "INT8LAB_PROBE_RECORDS"
+#: The judge reads at most this much of a record file; a probe refuses single values beyond it.
+MAX_RECORD_BYTES = 64 << 20
+MAX_DEPTH = 8
+#: dtypes a recorded array may have; anything else is recorded as an object.
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
+
+class RecordError(ValueError):
+    """A record that is not plain data of the expected form."""
+
+
+# ----------------------------------------------------------------------------- in the kernel
+
+
+def encode(value, depth: int = 0):
+    """``value`` as JSON-ready plain data (see the module docstring)."""
+    import numpy as np
+
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if abs(value) < 2**63 else float(value)
+    if isinstance(value, float):
+        return value
+    if depth >= MAX_DEPTH:
+        return {"object": "nested too deeply"}
+    if isinstance(value, list | tuple):
+        return {type(value).__name__ if type(value) in (list, tuple) else "list": [encode(v, depth + 1) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[str(k), encode(v, depth + 1)] for k, v in value.items()]}
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        array = value.detach().cpu()
+        if array.dtype == torch.bfloat16:
+            array = array.float()
+        return _array(np.ascontiguousarray(array.numpy()), "torch")
+    if isinstance(value, np.ndarray):
+        return _array(np.ascontiguousarray(value), "numpy")
+    if isinstance(value, np.generic):
+        return _array(np.asarray(value), "scalar")
+    return {"object": type(value).__name__}
+
+
+def _torch():
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def _array(array, kind: str):
+    if array.dtype.name not in DTYPES:
+        return {"object": f"array of {array.dtype.name}"}
+    if array.nbytes > MAX_RECORD_BYTES:
+        return {"object": f"array of {array.nbytes} bytes, more than a record may hold"}
+    data = base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode()
+    return {"array": {"kind": kind, "dtype": array.dtype.name, "shape": list(array.shape), "bytes": data}}
+
+
+#: Set by ``capture()``: records go to this list instead of the file (in-process probes).
+_captured: list | None = None
+
+
+def _write(line: dict) -> None:
+    if _captured is not None:
+        _captured.append(json.dumps(line))
+        return
+    path = os.environ.get(RECORDS_ENV)
+    if path:
+        with open(path, "a") as sink:
+            sink.write(json.dumps(line) + "\n")
+
+
+def returned(cell: str, statement: int, values: dict) -> None:
+    """Record the names a probe statement bound."""
+    _write({"cell": cell, "statement": statement, "values": {name: encode(v) for name, v in values.items()}})
+
+
+def failed(cell: str, statement: int, error: BaseException) -> None:
+    """Record that a probe statement raised ``error``."""
+    try:
+        message = str(error)
+    except Exception:  # a student's exception whose __str__ raises
+        message = ""
+    _write({"cell": cell, "statement": statement, "error": {"type": type(error).__name__, "message": message[:2000]}})
+
+
+@contextlib.contextmanager
+def capture():
+    """Collect the records of probes run in this process (the reference check, the tests) as text."""
+    global _captured
+    lines: list[str] = []
+    previous, _captured = _captured, lines
+    try:
+        yield lines
+    finally:
+        _captured = previous
+
+
+# ----------------------------------------------------------------------------- in the judge
+
+
+class Unrecorded:
+    """Stands for a value the probe could not record as plain data (a model, a function...).
+
+    Any use raises: a check that needs it is wrong, and says so.
+    """
+
+    def __init__(self, name: str, type_name: str):
+        object.__setattr__(self, "_what", f"{name!r} (a {type_name}, which the grader cannot record)")
+
+    def _refuse(self, *args, **kwargs):
+        raise RecordError(f"the grader has no plain value for {object.__getattribute__(self, '_what')}")
+
+    __getattr__ = __call__ = __getitem__ = __iter__ = __bool__ = __eq__ = __float__ = __len__ = _refuse
+    __hash__ = None
+
+
+def decode(value, depth: int = 0):
+    """The Python value of one encoded VALUE; ``RecordError`` if it is not of the documented form."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if depth >= MAX_DEPTH + 1 or not isinstance(value, dict) or len(value) != 1:
+        raise RecordError("not a recorded value")
+    ((tag, content),) = value.items()
+    if tag in ("list", "tuple") and isinstance(content, list):
+        items = [decode(v, depth + 1) for v in content]
+        return items if tag == "list" else tuple(items)
+    if tag == "dict" and isinstance(content, list):
+        pairs = {}
+        for pair in content:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise RecordError("a recorded dict entry is not a [string, value] pair")
+            pairs[pair[0]] = decode(pair[1], depth + 1)
+        return pairs
+    if tag == "array" and isinstance(content, dict):
+        return _decode_array(content)
+    if tag == "object" and isinstance(content, str):
+        return Unrecorded("value", content[:100])
+    raise RecordError(f"unknown record tag {tag!r}")
+
+
+def _decode_array(content: dict):
+    import numpy as np
+
+    kind, dtype, shape, data = (content.get(k) for k in ("kind", "dtype", "shape", "bytes"))
+    if kind not in ("torch", "numpy", "scalar") or dtype not in DTYPES or not isinstance(data, str):
+        raise RecordError("a recorded array has an unknown kind or dtype")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n < 2**31 for n in shape):
+        raise RecordError("a recorded array has an invalid shape")
+    raw = base64.b64decode(data, validate=True)
+    item = np.dtype(dtype).newbyteorder("<")
+    if len(raw) != item.itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise RecordError("a recorded array's bytes do not match its shape")
+    array = np.frombuffer(raw, dtype=item).astype(np.dtype(dtype)).reshape(shape)
+    if kind == "scalar":
+        return array[()]
+    if kind == "numpy":
+        return array.copy()
+    import torch
+
+    return torch.from_numpy(array.copy())
+
+
+def read_records(text: str) -> dict[tuple[str, int], dict]:
+    """``{(cell, statement): record}`` from a record file's text; the last record of a statement wins.
+
+    Lines that are not records are ignored: they can only be the student's own writing.
+    """
+    records = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("cell"), str):
+            continue
+        statement = record.get("statement")
+        if isinstance(statement, int) and not isinstance(statement, bool):
+            records[(record["cell"], statement)] = record
+    return records

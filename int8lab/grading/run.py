@@ -1,0 +1,215 @@
+"""Run: execute a probe notebook in a sandboxed kernel and take back its executed cells and records.
+
+Per job, a folder the grader owns:
+
+    JOB/spec/       the kernel spec (the sandbox launcher around ipykernel)
+    JOB/sandbox.json, JOB/kernel-stderr.log   what the sandbox enforced; the kernel's stderr
+    JOB/kernel/     the kernel's working folder and HOME: the only folder it may write
+                    (plus a short socket folder under /tmp)
+
+The executed notebook comes back over the kernel's channels (nbclient), not from a file; the
+only file read back is ``kernel/records.jsonl``, opened without following links and capped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
+
+from .intake import InvalidNotebook, read_regular_file
+from .model import Limits, Status
+from .records import MAX_RECORD_BYTES, RECORDS_ENV, read_records
+
+SANDBOX_SCRIPT = Path(__file__).resolve().with_name("sandbox.py")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+KERNEL_NAME = "int8lab-sandbox"
+MAX_OUTPUT_BYTES = 1 << 20  # one output larger than this is replaced by a note
+
+
+@dataclass
+class Run:
+    """What came back from one kernel run."""
+
+    status: Status
+    reason: str = ""
+    executed: object = None
+    records: dict = field(default_factory=dict)
+    sandbox: dict | None = None
+    stderr: str = ""
+
+
+def _readable_paths() -> list[str]:
+    from ..data import cache_dir
+
+    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/opt"]
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    return [*system, sys.base_prefix, sys.prefix, str(PACKAGE_DIR), str(cache_dir()), *site]
+
+
+def _kernel_environment(kernel_dir: Path) -> dict:
+    import os
+
+    from ..data import cache_dir
+
+    home = kernel_dir / "home"
+    for sub in ("tmp", "ipython", "matplotlib", "cache", "runtime"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
+    return {
+        **keep,
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "IPYTHONDIR": str(home / "ipython"),
+        "MPLCONFIGDIR": str(home / "matplotlib"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        # One thread per kernel: N kernels share the cores, and results do not depend on N.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "INT8LAB_CACHE": str(cache_dir()),
+        "INT8LAB_NO_TRAINING": "1",  # grading reads the model cache, never trains
+        "PYTHONDONTWRITEBYTECODE": "1",
+        RECORDS_ENV: str(kernel_dir / "records.jsonl"),
+    }
+
+
+def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup: Path | None) -> Path:
+    launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
+    launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
+    launcher += ["--stderr", str(job_dir / "kernel-stderr.log")]
+    if cgroup:
+        launcher += ["--cgroup", str(cgroup)]
+    for path in _readable_paths():
+        launcher += ["--ro", path]
+    for path in (kernel_dir, sockets, "/dev/null"):
+        launcher += ["--rw", str(path)]
+    spec_dir = job_dir / "spec" / KERNEL_NAME
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    argv = [*launcher, "--", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL_NAME, "language": "python"}))
+    return spec_dir.parent
+
+
+def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
+    """Run ``notebook`` in a fresh sandboxed kernel; never raises for what the notebook does."""
+    kernel_dir = job_dir / "kernel"
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    # Unix socket paths are limited to about 100 bytes: the kernel's sockets get a short folder.
+    sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
+    cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
+    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup)
+    manager = KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
+        transport="ipc",
+        ip=str(sockets / "k"),
+        connection_file=str(kernel_dir / "home" / "connection.json"),
+    )
+    client = _Client(notebook, km=manager, timeout=limits.cell_timeout, allow_errors=True, interrupt_on_timeout=True)
+    stopped = threading.Event()
+
+    def stop_kernel():  # the whole notebook ran too long: kill every process of the kernel
+        stopped.set()
+        _kill(cgroups.pids(cgroup) if cgroup else _children())
+
+    watchdog = threading.Timer(limits.notebook_timeout, stop_kernel)
+    watchdog.daemon = True
+    run = Run(Status.OK)
+    try:
+        watchdog.start()
+        client.execute(env=_kernel_environment(kernel_dir), cwd=str(kernel_dir))
+    except DeadKernelError:
+        run.status, run.reason = Status.KERNEL_DIED, "the kernel died (crash, os._exit, kill or memory exhausted)"
+    except Exception as exc:  # nbclient raises several types when a kernel misbehaves
+        run.status, run.reason = Status.KERNEL_DIED, f"the kernel stopped answering ({type(exc).__name__})"
+    finally:
+        watchdog.cancel()
+        _kill(cgroups.pids(cgroup) if cgroup else [])
+        if cgroup:
+            cgroups.remove(cgroup)
+        shutil.rmtree(sockets, ignore_errors=True)
+    if stopped.is_set():
+        run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
+    elif client.timed_out and run.status is Status.OK:
+        run.status, run.reason = Status.TIMEOUT, f"a cell ran longer than {limits.cell_timeout} s and was stopped"
+    run.executed = _capped(client.nb)
+    if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
+        run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
+    run.records = _records(kernel_dir / "records.jsonl")
+    run.sandbox = _last_json_line(job_dir / "sandbox.json")
+    run.stderr = _tail(job_dir / "kernel-stderr.log")
+    return run
+
+
+class _Client(NotebookClient):
+    """nbclient's NotebookClient, noting whether a cell ran past its time limit."""
+
+    timed_out = False
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        self.timed_out = True
+        return await super()._async_handle_timeout(timeout, cell)
+
+
+def _kill(pids: list[int]) -> None:
+    import os
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _children() -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process().children(recursive=True)]
+
+
+def _records(path: Path) -> dict:
+    try:
+        return read_records(read_regular_file(path, MAX_RECORD_BYTES).decode("utf-8", "replace"))
+    except InvalidNotebook:  # missing, a link, not a regular file, or too large: nothing recorded
+        return {}
+
+
+def _capped(notebook):
+    for cell in notebook.cells:
+        for index, output in enumerate(cell.get("outputs", [])):
+            size = len(json.dumps(output))
+            if size > MAX_OUTPUT_BYTES:
+                note = f"[an output of {size} bytes was removed: the limit is {MAX_OUTPUT_BYTES}]\n"
+                cell.outputs[index] = {"output_type": "stream", "name": "stdout", "text": note}
+    return notebook
+
+
+def _errors_named(notebook, name: str) -> bool:
+    return any(o.get("ename") == name for c in notebook.cells for o in c.get("outputs", []))
+
+
+def _last_json_line(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

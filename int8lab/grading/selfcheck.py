@@ -1,0 +1,54 @@
+"""Probes run in this process on trusted code: the reference solution must earn every point.
+
+``int8lab grade`` calls ``check_reference`` before grading anyone, so a broken source notebook
+or environment stops the run with a clear error instead of failing every student. The tests
+use ``probe_in_process`` to judge wrong implementations without starting kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from . import testcells
+from .judge import Judge, Verdict
+from .records import capture, read_records
+
+
+def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> dict:
+    """Records of the source notebook's probes, run here with its own solution cells.
+
+    ``patch`` runs right after the cell whose grade_id is ``after``: the way a student's
+    different code would replace part of the solution. Only trusted code belongs here.
+    """
+    _, tests = testcells.plan_tests(source_nb)
+    by_id = {test.grade_id: test for test in tests}
+    namespace: dict = {"__name__": "__main__"}
+    with capture() as lines, contextlib.redirect_stdout(io.StringIO()):
+        for cell in source_nb.cells:
+            meta = testcells.nbgrader_meta(cell)
+            if cell.cell_type != "code" or not meta:
+                continue
+            grade_id = meta.get("grade_id", "")
+            code = by_id[grade_id] if grade_id in by_id else None
+            source = testcells.probe_source(code) if code else testcells.strip_magics(cell.source)
+            try:
+                exec(compile(source, f"<{grade_id}>", "exec"), namespace)
+            except Exception:
+                if code is None:
+                    raise
+            if patch and grade_id == after:
+                exec(compile(patch, "<patch>", "exec"), namespace)
+    return read_records("\n".join(lines))
+
+
+def judge_in_process(source_nb, patch: str = "", after: str | None = None) -> dict[str, Verdict]:
+    return Judge.from_source(source_nb).judge(probe_in_process(source_nb, patch, after))
+
+
+def check_reference(name: str, source_nb) -> None:
+    """Raise ``AssertionError`` naming the tests that the reference solution of ``name`` fails."""
+    failures = [v for v in judge_in_process(source_nb).values() if not v.passed]
+    if failures:
+        details = "; ".join(f"{v.grade_id}: {v.message}" for v in failures)
+        raise AssertionError(f"the judge fails the reference solution of {name}: {details}")
