@@ -89,6 +89,8 @@ def main():
                 str(scratch / "out"),
                 "--workers",
                 str(args.workers),
+                "--solutions",
+                str(ROOT / "solutions"),
             ],
             check=True,
             capture_output=True,

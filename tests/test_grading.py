@@ -1,5 +1,6 @@
 """int8lab grade on a generated class: scores, statuses, tampering, isolation, feedback, determinism."""
 
+import base64
 import csv
 import json
 import shutil
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from hostile import HOSTILE, hidden_lines, visible_text
 from sample_submissions import autograded_points, graded_cells, submission, write_submission
 
 from int8lab.checks import MISCONCEPTIONS
-from int8lab.grading.notebooks import hidden_lines, with_integrity_checks
-from int8lab.grading.pipeline import visible_text
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "8", "--notebook-timeout", "90"]
+GRADE += ["--solutions", str(ROOT / "solutions")]
 
 WRONG_MULTIPLIED = """
 def quantized_weights(weights):
@@ -37,18 +38,11 @@ def int8_bias(bias, s_w, s_initial_input, ss):
 
 NetQuantizedWithBias.quantized_bias = staticmethod(int8_bias)
 """
-PATCH_COMPARISONS = """
-import builtins, numpy, torch
-numpy.allclose = lambda *args, **kwargs: True
-torch.equal = lambda *args, **kwargs: True
-torch.testing.assert_close = lambda *args, **kwargs: None
-builtins.abs = lambda value: 0
-"""
-PATCH_CHECKS = """
-import int8lab.checks
-int8lab.checks.check_close = lambda *args, **kwargs: None
-check_close = lambda *args, **kwargs: None
-check_scale = lambda *args, **kwargs: None
+FLOOR = """
+def quantized_weights(weights):
+    largest = weights.abs().max().item()
+    scale = largest / 127 if largest > 0 else 1.0
+    return torch.clamp(torch.floor(weights / scale), -128, 127), scale
 """
 
 
@@ -132,11 +126,13 @@ def build_class(root: Path, out: Path) -> Path:
         ("deleted", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_drop_tests),
         ("edited", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_edit_tests),
         ("markdown", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_tests_to_markdown),
-        ("patch_comparisons", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED + PATCH_COMPARISONS),
-        ("patch_checks", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED + PATCH_CHECKS),
+        ("floor", "01_weights"): submission("01_weights", append=FLOOR),
         ("snoop", "01_weights"): submission("01_weights", append=_snoop(out)),
         ("vandal", "01_weights"): submission("01_weights", append=_vandal(out, submitted)),
     }
+    for name, (baseline, assignment, trick) in HOSTILE.items():
+        solved, append = {"stubs": (False, ""), "floor": (True, FLOOR), "perfect": (True, "")}[baseline]
+        cases[(name, assignment)] = submission(assignment, solved=solved, append=append + trick)
     for (student, assignment), content in cases.items():
         write_submission(submitted, student, assignment, content)
     return submitted
@@ -172,7 +168,7 @@ def _tests(graded, student, assignment):
 def test_grader_exits_zero_and_summarises(graded):
     run = graded["run"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "graded 23 submission(s)" in run.stderr
+    assert f"graded {21 + len(HOSTILE)} submission(s)" in run.stderr
     assert "sandbox enforced:" in run.stderr
 
 
@@ -245,11 +241,28 @@ def test_tampered_test_cells_are_restored_and_run(graded, student):
     assert MISCONCEPTIONS["multiplied_scale"] in rows["quantized_weights_small_example"]["message"]
 
 
-@pytest.mark.parametrize("student", ["patch_comparisons", "patch_checks"])
-def test_monkeypatched_comparisons_gain_nothing_and_are_reported(graded, student):
-    assert float(_grades(graded)[(student, "01_weights")]["score"]) == 0
-    messages = [r["message"] for r in _tests(graded, student, "01_weights").values()]
-    assert all("tampering detected" in message for message in messages), messages
+@pytest.mark.parametrize("student", sorted(HOSTILE))
+def test_hostile_trick_scores_what_the_same_notebook_scores_without_it(graded, student):
+    """Each trick of a hostile student changes nothing: the score is the baseline's, test by test."""
+    baseline, assignment, _ = HOSTILE[student]
+    expected = {g: r["score"] for g, r in _tests(graded, baseline, assignment).items()}
+    assert {g: r["score"] for g, r in _tests(graded, student, assignment).items()} == expected
+
+
+def test_kernel_memory_printed_in_any_encoding_holds_no_hidden_line(graded):
+    text = _outputs(graded, "h_prints_kernel_memory")
+    decoded = [base64.b64decode(line).decode(errors="replace") for line in text.splitlines() if len(line) > 1000]
+    assert decoded, "the probe printed nothing to decode"
+    everything = "\n".join([text.replace("\u200b", ""), *decoded])
+    assert "quantized_weights" in everything  # the dump did see the kernel's memory
+    secrets = hidden_lines(nbformat.read(ROOT / "solutions" / "01_weights" / "weights.ipynb", as_version=4))
+    leaked = [line for line in secrets if line in everything]
+    assert not leaked, leaked[:3]
+
+
+def test_floor_keeps_its_honest_partial_score(graded):
+    score = float(_grades(graded)[("floor", "01_weights")]["score"])
+    assert 0 < score < autograded_points("01_weights")
 
 
 def _outputs(graded, student):
@@ -271,21 +284,23 @@ def test_writes_into_another_students_folder_change_nothing(graded):
         assert path.read_bytes() == content, f"{path} was modified"
 
 
-def test_feedback_exists_and_never_shows_hidden_tests(graded):
-    feedback = graded["out"] / "feedback"
-    assert (feedback / "perfect" / "02_activations" / "activations.ipynb").with_suffix(".html").exists()
+def test_no_hidden_line_reaches_feedback_or_autograded_notebooks(graded):
+    feedback, autograded = graded["out"] / "feedback", graded["out"] / "autograded"
+    assert (feedback / "perfect" / "02_activations" / "activations.html").exists()
     assert (feedback / "mis_naive" / "02_activations" / "activations.html").exists()
     checked = 0
     for source in sorted((ROOT / "solutions").glob("*/*.ipynb")):
-        secrets = hidden_lines(with_integrity_checks(nbformat.read(source, as_version=4)))
+        secrets = hidden_lines(nbformat.read(source, as_version=4))
         assert len(secrets) > 10
-        for page in feedback.glob(f"*/{source.parent.name}/*.html"):
-            # Whole lines: a hidden line such as `expected,` may legitimately be part of a visible one.
-            shown = {line.strip() for line in visible_text(page.read_text()).splitlines()}
-            leaked = sorted(secrets & shown)
+        pages = [*feedback.glob(f"*/{source.parent.name}/*.html"), *autograded.glob(f"*/{source.parent.name}/*.ipynb")]
+        for page in pages:
+            text = page.read_text()
+            shown = {line.strip() for line in (visible_text(text) if page.suffix == ".html" else text).splitlines()}
+            shown |= {line.strip().strip('",').replace('\\"', '"').removesuffix("\\n") for line in text.splitlines()}
+            leaked = sorted(line for line in secrets if line in shown)
             assert not leaked, f"{page}: {leaked[:3]}"
             checked += 1
-    assert checked >= 15
+    assert checked >= 30
 
 
 def test_nbgrader_export_and_formgrader_gradebook_work(graded):

@@ -142,8 +142,13 @@ def _replay(record: dict | None, statement) -> dict:
     return bound
 
 
+STUB = "NotImplementedError: a function this test calls is still the stub (it raises NotImplementedError)"
+
+
 def failure_message(exc: BaseException) -> str:
     """One line: ``Type: message`` (a student's replayed error keeps its own type), addresses masked."""
     text = str(exc) if isinstance(exc, StudentError) else f"{type(exc).__name__}: {exc}"
+    if text.strip() == "NotImplementedError:":
+        return STUB
     first = text.strip().split("\n")[0] or type(exc).__name__
     return _ADDRESS.sub("0x…", first)

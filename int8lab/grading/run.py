@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
@@ -110,7 +110,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
     spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup)
-    manager = KernelManager(
+    manager = AsyncKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
         transport="ipc",

@@ -1,0 +1,161 @@
+"""Each grading stage on small inputs: records, test-cell plans, the judge, intake, rebuild, reports."""
+
+import json
+import os
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from hostile import hidden_lines
+from sample_submissions import released, submission
+
+from int8lab.grading import intake, rebuild, records, report, run
+from int8lab.grading.judge import NOT_RUN, Judge, JudgeFault
+from int8lab.grading.model import Status
+from int8lab.grading.testcells import Role, plan_tests, probe_source
+from notebook_harness import SOURCES
+
+
+def _notebook(*cells):
+    """A source notebook from (kind, grade_id, source) triples: kind is setup, solution or test."""
+    nb = nbformat.v4.new_notebook()
+    for kind, grade_id, source in cells:
+        meta = {"grade_id": grade_id, "locked": kind != "solution", "solution": kind == "solution"}
+        meta.update({"grade": kind == "test", "points": 2} if kind == "test" else {"grade": False})
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["nbgrader"] = meta
+        nb.cells.append(cell)
+    return nb
+
+
+TINY = _notebook(
+    ("setup", "setup", "import torch\nfrom int8lab.checks import check_close"),
+    ("solution", "impl", "def double(x):\n    return 2 * x"),
+    (
+        "test",
+        "double_test",
+        '"""double doubles."""\nx = torch.arange(3.0)\ny = double(x)\ncheck_close("double(x)", y, 2 * x)\n'
+        "### BEGIN HIDDEN TESTS\ncheck_close('double(x + 1)', double_of_next, 2 * (x + 1))\n### END HIDDEN TESTS",
+    ),
+)
+TINY.cells[2].source = TINY.cells[2].source.replace("y = double(x)", "y = double(x)\ndouble_of_next = double(x + 1)")
+
+
+def _record(cell, statement, **values):
+    return {(cell, statement): {"values": {k: records.encode(v) for k, v in values.items()}}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        np.linspace(0, 1, 5, dtype=np.float64),
+        np.float32(0.25),
+        (1, 2.5, "text", None, True),
+        {"a": [torch.tensor([-128.0, 127.0])]},
+    ],
+)
+def test_records_round_trip_as_plain_data(value):
+    back = records.decode(json.loads(json.dumps(records.encode(value))))
+    assert type(back) is type(value)
+    assert repr(back) == repr(value)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        {"array": {"kind": "torch", "dtype": "object", "shape": [1], "bytes": ""}},
+        {"array": {"kind": "torch", "dtype": "float32", "shape": [4], "bytes": "AAAA"}},
+        {"pickle": "gASV"},
+        {"dict": [[1, 2]]},
+    ],
+)
+def test_records_refuse_what_is_not_plain_data(encoded):
+    with pytest.raises(records.RecordError):
+        records.decode(encoded)
+
+
+def test_objects_are_recorded_by_type_only_and_refuse_any_use():
+    class Liar(float):
+        def __eq__(self, other):
+            return True
+
+    assert records.encode(torch.nn.Linear(1, 1)) == {"object": "Linear"}
+    unusable = records.Unrecorded("y", "Liar")
+    with pytest.raises(records.RecordError):
+        bool(unusable == 1.0)
+    assert records.encode(Liar(2.0)) == 2.0  # a float subclass is recorded as its float value
+
+
+def test_plan_splits_inputs_probes_and_checks():
+    _, (test,) = plan_tests(TINY)
+    roles = [s.role for s in test.statements]
+    assert roles == [Role.INPUT, Role.INPUT, Role.PROBE, Role.PROBE, Role.CHECK]
+    assert test.statements[2].binds == ("y",)
+    probe = probe_source(test)
+    assert "check_close" not in probe and "2 * (x + 1)" not in probe and "double(x + 1)" in probe
+
+
+def test_judge_scores_the_record_and_computes_inputs_itself():
+    judge = Judge.from_source(TINY)
+    right = {
+        **_record("double_test", 2, y=torch.arange(3.0) * 2),
+        **_record("double_test", 3, double_of_next=torch.tensor([2.0, 4, 6])),
+    }
+    assert judge.judge(right)["double_test"].score == 2
+    wrong = {**right, **_record("double_test", 3, double_of_next=torch.tensor([2.0, 4, 7]))}
+    assert "double(x + 1)" in judge.judge(wrong)["double_test"].message
+    # A record cannot supply an input: extra names make the statement's record unusable.
+    forged = {**right, **_record("double_test", 2, y=torch.zeros(3), x=torch.zeros(3))}
+    assert judge.judge(forged)["double_test"].message == NOT_RUN
+    assert judge.judge({})["double_test"].message == NOT_RUN
+
+
+def test_judge_replays_a_students_error_and_never_runs_student_names():
+    error = {("double_test", 2): {"error": {"type": "NotImplementedError", "message": "later"}}}
+    assert Judge.from_source(TINY).judge(error)["double_test"].message == "NotImplementedError: later"
+    broken = _notebook(*[(k, g, s) for k, g, s in [("solution", "impl", "def f():\n    return 1")]])
+    broken.cells.append(_notebook(("test", "uses_f", "check = 1\nprint(f.value)")).cells[0])
+    with pytest.raises(JudgeFault):
+        Judge.from_source(broken).judge({})
+
+
+@pytest.mark.parametrize("assignment", sorted(SOURCES))
+def test_no_hidden_line_reaches_what_the_kernel_can_read(assignment, tmp_path):
+    source = nbformat.read(SOURCES[assignment], as_version=4)
+    secrets = hidden_lines(source)
+    assert len(secrets) > 10
+    rebuilt, _ = rebuild.rebuild_submission(submission(assignment), released(assignment))
+    probing = rebuild.probe_notebook(rebuilt, plan_tests(source)[1])
+    readable = [nbformat.writes(probing), json.dumps(run._kernel_environment(tmp_path))]
+    package = run.PACKAGE_DIR
+    readable += [p.read_text(errors="ignore") for p in package.rglob("*") if p.is_file() and p.suffix != ".pyc"]
+    lines = {line.strip() for text in readable for line in text.splitlines()}
+    # Long hidden lines must appear nowhere; short ones (`expected,`) not as a line of their own.
+    leaked = sorted(s for s in secrets if s in lines or (len(s) >= 32 and any(s in text for text in readable)))
+    assert not leaked, leaked[:3]
+    assert not any(str(run.PACKAGE_DIR.parent / "solutions").startswith(p) for p in run._readable_paths())
+
+
+def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
+    root = tmp_path / "submitted"
+    (root / "linked" / "01_weights").mkdir(parents=True)
+    (root / "linked" / "01_weights" / "weights.ipynb").symlink_to("/etc/passwd")
+    (root / "fifo" / "01_weights").mkdir(parents=True)
+    os.mkfifo(root / "fifo" / "01_weights" / "weights.ipynb")
+    (root / "folderlink").symlink_to(root / "fifo")
+    (root / "-bad[id]" / "01_weights").mkdir(parents=True)
+    assignments = {"01_weights": type("A", (), {"notebook": "weights.ipynb"})()}
+    jobs = {job.student: job for job in intake.find_jobs(root, assignments)}
+    for student in ("linked", "fifo"):
+        with pytest.raises(intake.InvalidNotebook):
+            intake.read_notebook(jobs[student].notebook)
+    assert jobs["folderlink"].status is Status.MISSING and "link" in jobs["folderlink"].reason
+    assert jobs["-bad[id]"].status is Status.MISSING  # a usable id: graded (its folder is empty)
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])
+def test_spreadsheet_formulas_are_neutralised(text):
+    assert report.spreadsheet_safe(text) == "'" + text
+    assert report.spreadsheet_safe("plain") == "plain"

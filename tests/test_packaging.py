@@ -1,0 +1,65 @@
+"""A wheel built from the repository grades a class from a folder outside the checkout."""
+
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+from sample_submissions import submission, write_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = wheels.glob("int8lab-*.whl")
+    fresh = tmp_path / "fresh"
+    venv.create(fresh, with_pip=False)
+    site = next((fresh / "lib").glob("python3*/site-packages"))
+    # The dependencies come from this environment's site-packages (a path, not its .pth files:
+    # the editable install of the checkout stays out); int8lab itself only from the wheel.
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(fresh / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    course = tmp_path / "course"
+    subprocess.run(["cp", "-r", str(ROOT / "solutions"), str(course / "solutions")], check=True)
+    for student, solved in (("ada", True), ("bob", False), ("cy", True)):
+        write_submission(course / "submitted", student, "01_weights", submission("01_weights", solved=solved))
+    located = subprocess.run(
+        [str(fresh / "bin" / "python"), "-c", "import int8lab.grading.pipeline as p; print(p.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=course,
+    )
+    assert located.returncode == 0 and str(fresh) in located.stdout, located.stderr
+    result = subprocess.run(
+        [str(fresh / "bin" / "int8lab"), "grade", "submitted", "--out", "graded", "--timeout", "30"],
+        cwd=course,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    grades = (course / "graded" / "grades.csv").read_text().splitlines()
+    assert grades[1:] == ["ada,01_weights,10,10,ok", "bob,01_weights,0,10,ok", "cy,01_weights,10,10,ok"]
