@@ -1,8 +1,8 @@
 """Hostile students: in-process tricks against the grader, by the class of attack they belong to.
 
 Each entry is ``name: (baseline, assignment, code)``: the code is appended to the baseline
-submission's answer cell (``stubs`` solves nothing, ``floor`` rounds down, ``perfect`` solves
-all), so a trick that gains nothing scores exactly what its baseline scores.
+submission's answer cell (``stubs`` solves nothing, ``floor`` rounds down, ``zeros`` returns
+zeros and a scale of 0.0), so a trick that gains nothing scores exactly what its baseline scores.
 """
 
 from __future__ import annotations
@@ -78,12 +78,14 @@ HOSTILE = {
     "h_patched_tensor_conversion": (
         "floor",
         "01_weights",
-        "import torch\ntorch.Tensor.numpy = lambda self, *a, **k: torch.round(self.detach()).__array__()\n"
-        "torch.Tensor.tolist = lambda self: []\ntorch.Tensor.__eq__ = lambda self, other: torch.tensor(True)",
+        "import torch\ntorch.Tensor.__eq__ = lambda self, other: torch.ones((), dtype=bool)\n"
+        "torch.Tensor.equal = torch.Tensor.allclose = lambda self, *a, **k: True\n"
+        "torch.Tensor.tolist = lambda self: []\ntorch.Tensor.float = lambda self: self\n"
+        "torch.Tensor.__float__ = lambda self: 0.0",
     ),
     # Answers that lie.
     "h_equal_to_anything": (
-        "stubs",
+        "zeros",
         "01_weights",
         "class Anything(float):\n    def __eq__(self, other):\n        return True\n"
         "    __ne__ = lambda self, other: False\n    __le__ = __ge__ = __lt__ = __gt__ = __eq__\n"
@@ -91,10 +93,10 @@ HOSTILE = {
         "    __rsub__ = __sub__\n"
         "class AnyTensor(torch.Tensor):\n    def __eq__(self, other):\n"
         "        return torch.ones_like(other, dtype=bool)\n"
-        "def quantized_weights(weights):\n    return torch.zeros_like(weights).as_subclass(AnyTensor), Anything(1.0)",
+        "def quantized_weights(weights):\n    return torch.zeros_like(weights).as_subclass(AnyTensor), Anything(0.0)",
     ),
     "h_reads_checker_frame": (
-        "stubs",
+        "zeros",
         "01_weights",
         "import sys\nclass Spy(float):\n    def __float__(self):\n        frame = sys._getframe(1)\n"
         "        while frame is not None:\n            for key in ('expected', 'reference_scale', 'reference'):\n"

@@ -3,6 +3,7 @@
 import base64
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,12 @@ def quantized_weights(weights):
     largest = weights.abs().max().item()
     scale = largest / 127 if largest > 0 else 1.0
     return torch.clamp(torch.floor(weights / scale), -128, 127), scale
+"""
+
+
+ZEROS = """
+def quantized_weights(weights):
+    return torch.zeros_like(weights), 0.0
 """
 
 
@@ -127,11 +134,12 @@ def build_class(root: Path, out: Path) -> Path:
         ("edited", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_edit_tests),
         ("markdown", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_tests_to_markdown),
         ("floor", "01_weights"): submission("01_weights", append=FLOOR),
+        ("zeros", "01_weights"): submission("01_weights", append=ZEROS),
         ("snoop", "01_weights"): submission("01_weights", append=_snoop(out)),
         ("vandal", "01_weights"): submission("01_weights", append=_vandal(out, submitted)),
     }
     for name, (baseline, assignment, trick) in HOSTILE.items():
-        solved, append = {"stubs": (False, ""), "floor": (True, FLOOR), "perfect": (True, "")}[baseline]
+        solved, append = {"stubs": (False, ""), "floor": (True, FLOOR), "zeros": (True, ZEROS)}[baseline]
         cases[(name, assignment)] = submission(assignment, solved=solved, append=append + trick)
     for (student, assignment), content in cases.items():
         write_submission(submitted, student, assignment, content)
@@ -168,7 +176,7 @@ def _tests(graded, student, assignment):
 def test_grader_exits_zero_and_summarises(graded):
     run = graded["run"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert f"graded {21 + len(HOSTILE)} submission(s)" in run.stderr
+    assert f"graded {len(_grades(graded))} submission(s)" in run.stderr
     assert "sandbox enforced:" in run.stderr
 
 
@@ -249,9 +257,13 @@ def test_hostile_trick_scores_what_the_same_notebook_scores_without_it(graded, s
     assert {g: r["score"] for g, r in _tests(graded, student, assignment).items()} == expected
 
 
+def _is_base64(line: str) -> bool:
+    return len(line) > 1000 and re.fullmatch(r"[A-Za-z0-9+/=]+", line) is not None
+
+
 def test_kernel_memory_printed_in_any_encoding_holds_no_hidden_line(graded):
     text = _outputs(graded, "h_prints_kernel_memory")
-    decoded = [base64.b64decode(line).decode(errors="replace") for line in text.splitlines() if len(line) > 1000]
+    decoded = [base64.b64decode(line).decode(errors="replace") for line in text.splitlines() if _is_base64(line)]
     assert decoded, "the probe printed nothing to decode"
     everything = "\n".join([text.replace("\u200b", ""), *decoded])
     assert "quantized_weights" in everything  # the dump did see the kernel's memory

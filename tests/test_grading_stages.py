@@ -159,3 +159,17 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
 def test_spreadsheet_formulas_are_neutralised(text):
     assert report.spreadsheet_safe(text) == "'" + text
     assert report.spreadsheet_safe("plain") == "plain"
+
+
+def test_a_kernel_that_cannot_start_stops_the_run_with_its_own_stderr(tmp_path, monkeypatch):
+    """A grader fault (here: the sandbox hides site-packages) is never reported as 0 points for everyone."""
+    from int8lab.grading import course, pipeline
+    from int8lab.grading.model import GradingError, Limits
+
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights"])
+    readable = run._readable_paths
+    monkeypatch.setattr(run, "_readable_paths", lambda: [p for p in readable() if "site-packages" not in p])
+    with pytest.raises(GradingError, match="kernel stderr") as failure:
+        pipeline._check_the_grader(assignments, tmp_path, Limits(cell_timeout=30), None, progress=False)
+    assert "nobody was graded" in str(failure.value)
+    assert "Error" in str(failure.value).split("kernel stderr")[1]  # the kernel's own words
