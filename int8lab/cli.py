@@ -17,7 +17,7 @@ def _grade(args) -> int:
     from .grading.model import GradingError, Limits
     from .grading.pipeline import grade
 
-    limits = Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout, memory_bytes=args.memory << 20)
+    limits = Limits(args.timeout, args.notebook_timeout, args.memory << 20, disk_bytes=args.disk << 20)
     try:
         grade(
             Path(args.submissions),
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
         "--notebook-timeout", type=int, default=600, help="seconds a whole notebook may run (default: 600)"
     )
     grade.add_argument("--memory", type=int, default=6144, help="memory limit per kernel in MiB (default: 6144)")
+    grade.add_argument("--disk", type=int, default=512, help="disk each notebook may write, in MiB (default: 512)")
     grade.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
     grade.add_argument(
         "--solutions", metavar="DIR", help="the source notebooks' folder, with hidden tests (default: ./solutions)"

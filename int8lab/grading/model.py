@@ -17,6 +17,7 @@ class Status(enum.Enum):
     OK = "ok"
     TIMEOUT = "timeout"
     KERNEL_DIED = "kernel_died"
+    DISK_QUOTA = "disk_quota"
     INVALID_NOTEBOOK = "invalid_notebook"
     INVALID_STUDENT_ID = "invalid_student_id"
     MISSING = "missing"
@@ -31,6 +32,7 @@ class Limits:
     cell_timeout: int = 60
     notebook_timeout: int = 600
     memory_bytes: int = 6 << 30
+    disk_bytes: int = 512 << 20
     processes: int = 128
 
 

@@ -22,8 +22,8 @@ import contextlib
 import json
 import os
 
-#: Where the kernel appends its records (set by the grader in the kernel's environment).
-RECORDS_ENV = "INT8LAB_PROBE_RECORDS"
+#: The descriptor the kernel appends its records to (opened by the sandbox before it starts).
+RECORDS_FD_ENV = "INT8LAB_PROBE_RECORDS_FD"
 #: The judge reads at most this much of a record file; a probe refuses single values beyond it.
 MAX_RECORD_BYTES = 64 << 20
 MAX_DEPTH = 8
@@ -90,10 +90,9 @@ def _write(line: dict) -> None:
     if _captured is not None:
         _captured.append(json.dumps(line))
         return
-    path = os.environ.get(RECORDS_ENV)
-    if path:
-        with open(path, "a") as sink:
-            sink.write(json.dumps(line) + "\n")
+    descriptor = os.environ.get(RECORDS_FD_ENV, "")
+    if descriptor.isdigit():
+        os.write(int(descriptor), (json.dumps(line) + "\n").encode())
 
 
 def returned(cell: str, statement: int, values: dict) -> None:

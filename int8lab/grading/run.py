@@ -4,11 +4,15 @@ Per job, a folder the grader owns:
 
     JOB/spec/       the kernel spec (the sandbox launcher around ipykernel)
     JOB/sandbox.json, JOB/kernel-stderr.log   what the sandbox enforced; the kernel's stderr
-    JOB/kernel/     the kernel's working folder and HOME: the only folder it may write
-                    (plus a short socket folder under /tmp)
+    JOB/records.jsonl   the probe records, which the kernel writes through a descriptor
+    JOB/root/       where the sandbox builds the kernel's private root (see namespaces.py)
+    JOB/kernel/     the kernel's working folder and HOME: in the private root, a tmpfs of
+                    ``Limits.disk_bytes``, gone when the kernel exits
+    /tmp/int8lab-kXXXX/   its socket folder (Unix socket paths must stay short)
 
 The executed notebook comes back over the kernel's channels (nbclient), not from a file; the
-only file read back is ``kernel/records.jsonl``, opened without following links and capped.
+only file read back is ``records.jsonl``, opened without following links and capped. Nothing
+the kernel writes reaches OUT.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from nbclient.exceptions import DeadKernelError
 
 from .intake import InvalidNotebook, read_regular_file
 from .model import Limits, Status
-from .records import MAX_RECORD_BYTES, RECORDS_ENV, read_records
+from .records import MAX_RECORD_BYTES, read_records
 
 SANDBOX_SCRIPT = Path(__file__).resolve().with_name("sandbox.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -57,22 +61,20 @@ def _readable_paths() -> list[str]:
 
 
 def _kernel_environment(kernel_dir: Path) -> dict:
+    """The kernel's whole environment: every folder it writes is inside ``kernel_dir``."""
     import os
 
     from ..data import cache_dir
 
-    home = kernel_dir / "home"
-    for sub in ("tmp", "ipython", "matplotlib", "cache", "runtime"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
     return {
         **keep,
-        "HOME": str(home),
-        "TMPDIR": str(home / "tmp"),
-        "IPYTHONDIR": str(home / "ipython"),
-        "MPLCONFIGDIR": str(home / "matplotlib"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "HOME": str(kernel_dir),
+        "TMPDIR": str(kernel_dir),
+        "IPYTHONDIR": str(kernel_dir / ".ipython"),
+        "MPLCONFIGDIR": str(kernel_dir / ".matplotlib"),
+        "XDG_CACHE_HOME": str(kernel_dir / ".cache"),
+        "JUPYTER_RUNTIME_DIR": str(kernel_dir / ".runtime"),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         # One thread per kernel: N kernels share the cores, and results do not depend on N.
         "OMP_NUM_THREADS": "1",
@@ -81,20 +83,21 @@ def _kernel_environment(kernel_dir: Path) -> dict:
         "INT8LAB_CACHE": str(cache_dir()),
         "INT8LAB_NO_TRAINING": "1",  # grading reads the model cache, never trains
         "PYTHONDONTWRITEBYTECODE": "1",
-        RECORDS_ENV: str(kernel_dir / "records.jsonl"),
     }
 
 
 def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup: Path | None) -> Path:
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
-    launcher += ["--stderr", str(job_dir / "kernel-stderr.log")]
+    launcher += ["--stderr", str(job_dir / "kernel-stderr.log"), "--records", str(job_dir / "records.jsonl")]
+    (job_dir / "root").mkdir(exist_ok=True)
+    launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
+    launcher += ["--quota", str(limits.disk_bytes)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
     for path in _readable_paths():
         launcher += ["--ro", path]
-    for path in (kernel_dir, sockets, "/dev/null"):
-        launcher += ["--rw", str(path)]
+    launcher += ["--rw", "/dev/null"]
     spec_dir = job_dir / "spec" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
     argv = [*launcher, "--", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -115,7 +118,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
         transport="ipc",
         ip=str(sockets / "k"),
-        connection_file=str(kernel_dir / "home" / "connection.json"),
+        connection_file=str(sockets / "connection.json"),
     )
     client = _Client(notebook, km=manager, timeout=limits.cell_timeout, allow_errors=True, interrupt_on_timeout=True)
     stopped = threading.Event()
@@ -145,11 +148,14 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     elif client.timed_out and run.status is Status.OK:
         run.status, run.reason = Status.TIMEOUT, f"a cell ran longer than {limits.cell_timeout} s and was stopped"
     run.executed = _capped(client.nb)
+    run.stderr = _tail(job_dir / "kernel-stderr.log")
     if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
-    run.records = _records(kernel_dir / "records.jsonl")
+    if run.status is not Status.TIMEOUT and _disk_full(run):
+        run.status = Status.DISK_QUOTA
+        run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
+    run.records = _records(job_dir / "records.jsonl")
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
-    run.stderr = _tail(job_dir / "kernel-stderr.log")
     return run
 
 
@@ -195,6 +201,12 @@ def _capped(notebook):
                 note = f"[an output of {size} bytes was removed: the limit is {MAX_OUTPUT_BYTES}]\n"
                 cell.outputs[index] = {"output_type": "stream", "name": "stdout", "text": note}
     return notebook
+
+
+def _disk_full(run: Run) -> bool:
+    full = "No space left on device"
+    outputs = [o for c in run.executed.cells for o in c.get("outputs", [])]
+    return full in run.stderr or any(full in str(o.get("evalue", "")) + str(o.get("text", "")) for o in outputs)
 
 
 def _errors_named(notebook, name: str) -> bool:
