@@ -162,14 +162,83 @@ def test_spreadsheet_formulas_are_neutralised(text):
 
 
 def test_a_kernel_that_cannot_start_stops_the_run_with_its_own_stderr(tmp_path, monkeypatch):
-    """A grader fault (here: the sandbox hides site-packages) is never reported as 0 points for everyone."""
+    """A grader fault (here: the sandbox hides the int8lab package) is never reported as 0 points for everyone."""
     from int8lab.grading import course, pipeline
     from int8lab.grading.model import GradingError, Limits
 
     assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights"])
     readable = run._readable_paths
-    monkeypatch.setattr(run, "_readable_paths", lambda: [p for p in readable() if "site-packages" not in p])
+    monkeypatch.setattr(run, "_readable_paths", lambda: [p for p in readable() if p != str(run.PACKAGE_DIR)])
     with pytest.raises(GradingError, match="kernel stderr") as failure:
         pipeline._check_the_grader(assignments, tmp_path, Limits(cell_timeout=30), None, progress=False)
     assert "nobody was graded" in str(failure.value)
-    assert "Error" in str(failure.value).split("kernel stderr")[1]  # the kernel's own words
+    assert "int8lab" in str(failure.value)  # the kernel's own words: the import that failed
+
+
+PAYLOADS = [
+    "<script>alert(1)</script>",
+    '<img src="x" onerror="alert(1)">',
+    '<a href="javascript:alert(1)">click</a>',
+    '<svg onload="alert(1)"><circle r="5"/></svg>',
+    '<div onmouseover="alert(1)">hover</div>',
+    '<iframe src="https://example.org"></iframe>',
+]
+
+
+def _displayed(mime: str, value: str):
+    return nbformat.v4.new_output("display_data", data={mime: value})
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_sanitizer_makes_payloads_inert_in_markdown_and_outputs(payload):
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell("My answer: " + payload))
+    code = nbformat.v4.new_code_cell("x")
+    code.outputs = [
+        _displayed("text/html", payload),
+        _displayed("application/javascript", "alert(1)"),
+        _displayed("image/svg+xml", payload),
+    ]
+    nb.cells.append(code)
+    text = nbformat.writes(sanitize_notebook(nb)).lower()
+    for marker in ("<script", "onerror", "onload", "onmouseover", "javascript:", "<svg", "<iframe"):
+        assert marker not in text, marker
+
+
+def test_sanitizer_keeps_plots_tables_and_text():
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    table = (
+        '<table class="dataframe" border="1"><thead><tr><th>layer</th></tr></thead>'
+        "<tbody><tr><td>conv1</td></tr></tbody></table>"
+    )
+    code = nbformat.v4.new_code_cell("x")
+    code.outputs = [
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+        _displayed("text/html", table),
+        nbformat.v4.new_output("stream", name="stdout", text="accuracy 96.67%\n"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("**Bold** and $s = x / 127$"), code])
+    clean = sanitize_notebook(nb)
+    outputs = clean.cells[1].outputs
+    assert outputs[0].data["image/png"] == "iVBORw0KGgo="
+    assert outputs[1].data["text/html"] == table
+    assert outputs[2].text == "accuracy 96.67%\n"
+    assert clean.cells[0].source == "**Bold** and $s = x / 127$"
+
+
+def test_watchdog_kills_the_worker_of_an_overdue_job(tmp_path):
+    import subprocess
+    import time
+
+    from int8lab.grading.model import Limits
+    from int8lab.grading.workers import JOB_GRACE_SECONDS, _overdue
+
+    worker = subprocess.Popen(["sleep", "60"])
+    (tmp_path / "worker").write_text(f"{worker.pid} {time.time()}")
+    assert not _overdue(tmp_path, Limits(notebook_timeout=10))
+    (tmp_path / "worker").write_text(f"{worker.pid} {time.time() - 11 - JOB_GRACE_SECONDS}")
+    assert _overdue(tmp_path, Limits(notebook_timeout=10))
+    assert worker.wait(timeout=10) == -9

@@ -1,13 +1,14 @@
 """The kernel sandbox on its own: what it blocks, and that it reports what it could not enforce."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from int8lab.grading import sandbox
+from int8lab.grading import landlock, sandbox
 
 SCRIPT = Path(sandbox.__file__)
 PROBE = """
@@ -48,7 +49,7 @@ def _run(tmp_path, *options):
     return json.loads(result.stdout), json.loads(report.read_text())
 
 
-@pytest.mark.skipif(sandbox.landlock_abi() < 1, reason="this kernel has no Landlock")
+@pytest.mark.skipif(landlock.landlock_abi() < 1, reason="this kernel has no Landlock")
 def test_only_listed_folders_are_writable_and_there_is_no_network(tmp_path):
     outcome, report = _run(tmp_path)
     assert outcome["own"] == "written"
@@ -56,7 +57,7 @@ def test_only_listed_folders_are_writable_and_there_is_no_network(tmp_path):
     assert any(item.startswith("landlock ABI") for item in report["enforced"])
     if "user and network namespaces" in report["enforced"]:
         assert outcome["network"] != "connected"
-    if sandbox.landlock_abi() >= 6:
+    if landlock.landlock_abi() >= 6:
         assert outcome["signal"] == 1  # EPERM: the grader cannot be signalled from inside
 
 
@@ -64,3 +65,88 @@ def test_what_cannot_be_enforced_is_reported(tmp_path):
     _, report = _run(tmp_path, "--cgroup", str(tmp_path / "no-such-cgroup"), "--processes", "64")
     assert any("pids cgroup" in item for item in report["missing"])
     assert any("process" in item for item in report["missing"] + report["enforced"])
+
+
+ATTACK = """
+import json, os, socket
+found = dict()
+for name, family, address in [
+    ("unix_listener", socket.AF_UNIX, {unix!r}),
+    ("other_kernel", socket.AF_UNIX, {kernel!r}),
+    ("tcp_listener", socket.AF_INET, ("127.0.0.1", {port})),
+]:
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(3)
+    try:
+        client.connect(address)
+        found[name] = "connected"
+    except OSError as error:
+        found[name] = error.strerror
+    finally:
+        client.close()
+try:
+    found["sees_grader_process"] = str({pid}) in os.listdir("/proc")
+except OSError as error:
+    found["sees_grader_process"] = False
+print("ATTACK" + json.dumps(found))
+"""
+
+
+def test_a_sandboxed_kernel_reaches_no_socket_port_or_process_outside_its_own(tmp_path):
+    """A Unix socket and a TCP port the test listens on, another kernel's channel, the grader's process."""
+    import socket
+    import tempfile
+
+    import nbformat
+    from jupyter_client.manager import KernelManager
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    unix_path = tempfile.mktemp(prefix="int8lab-listen-", dir="/tmp")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(unix_path)
+    unix.listen()
+    tcp = socket.create_server(("127.0.0.1", 0))
+    other_dir = tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp")
+    other = KernelManager(transport="ipc", ip=f"{other_dir}/k")
+    other.start_kernel()
+    try:
+        client = other.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        other_socket = f"{other_dir}/k-{other.shell_port}"
+        attack = ATTACK.format(unix=unix_path, kernel=other_socket, port=tcp.getsockname()[1], pid=os.getpid())
+        # The control: without the sandbox, every attempt succeeds, so the check below can fail.
+        unprotected = subprocess.run([sys.executable, "-c", attack], capture_output=True, text=True, timeout=60)
+        control = json.loads(unprotected.stdout.split("ATTACK", 1)[1])
+        assert control == {
+            "unix_listener": "connected",
+            "other_kernel": "connected",
+            "tcp_listener": "connected",
+            "sees_grader_process": True,
+        }
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(attack)])
+        done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60))
+        text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+        assert "ATTACK" in text, done.executed.cells[0].outputs
+        sandboxed = json.loads(text.split("ATTACK", 1)[1])
+        assert all(value != "connected" for value in sandboxed.values()), sandboxed
+        assert sandboxed["sees_grader_process"] is False
+    finally:
+        other.shutdown_kernel(now=True)
+        unix.close()
+        tcp.close()
+        os.unlink(unix_path)
+
+
+def test_the_report_names_every_layer(tmp_path):
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
+    text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
+    for layer in ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory"):
+        assert layer in text.lower() or layer in text, layer

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import nbformat
 
-from . import course, intake, merge, rebuild, report, run, selfcheck
+from . import course, intake, merge, report, run, selfcheck
 from .cgroups import PidsCgroups
 from .model import GradingError, Job, Limits, Result, Status
-
-#: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it.
-JOBS_PER_WORKER = 10
+from .workers import grade_all
 
 
 def grade(
@@ -55,7 +52,7 @@ def grade(
         course.build_course(work / "template", assignments)
         course.prepare_out(out, work / "template")
         _keep_submitted(out, jobs)
-        results = _grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
+        results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         merge.merge(out, results, assignments)
         report.write_reports(out, results, assignments)
         problems = _feedback(out, assignments)
@@ -115,84 +112,6 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
         destination = out / "submitted" / job.student / job.assignment
         destination.mkdir(parents=True, exist_ok=True)
         (destination / job.notebook.name).write_bytes(data)
-
-
-def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> Result:
-    """Rebuild, run and judge one submission (in a worker process)."""
-    started = time.perf_counter()
-    if job.status is not Status.OK:
-        return Result(job, job.status, job.reason)
-    try:
-        submitted = intake.read_notebook(job.notebook)
-    except intake.InvalidNotebook as exc:
-        return Result(job, Status.INVALID_NOTEBOOK, str(exc))
-    rebuilt, notes = rebuild.rebuild_submission(submitted, assignment.release)
-    tests = assignment.judge.tests
-    done = run.execute(rebuild.probe_notebook(rebuilt, tests), job_dir, limits, cgroups)
-    # A run the watchdog cut short stopped at a moment that varies: nothing of it counts.
-    verdicts = assignment.judge.judge({} if done.status is Status.TIMEOUT else done.records)
-    graded = rebuild.graded_notebook(done.executed, tests, verdicts)
-    reason = "; ".join(filter(None, [done.reason, job.reason, *notes]))
-    result = Result(job, done.status, reason, verdicts, graded, done.sandbox)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, progress: bool) -> list[Result]:
-    from tqdm.auto import tqdm
-
-    results: list[Result] = []
-    with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
-        batch_size = max(1, workers) * JOBS_PER_WORKER
-        for start in range(0, len(jobs), batch_size):
-            batch = list(enumerate(jobs[start : start + batch_size], start))
-            for _attempt in range(2):  # a crashed worker takes its pool down: retry the rest once
-                batch = _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar)
-                if not batch:
-                    break
-            for _, job in batch:
-                results.append(Result(job, Status.ERROR, "the grading worker crashed twice on this submission"))
-                bar.update()
-    return sorted(results, key=lambda r: (r.job.student, r.job.assignment))
-
-
-def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar) -> list:
-    """Grade ``batch`` in fresh worker processes; returns the jobs a dying worker left unfinished."""
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
-
-    unfinished = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
-        futures = {
-            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups): (
-                index,
-                job,
-            )
-            for index, job in batch
-        }
-        for future in as_completed(futures):
-            index, job = futures[future]
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                unfinished.append((index, job))
-                continue
-            except Exception as exc:  # the grader's fault on this one submission; the others go on
-                result = Result(job, Status.ERROR, f"grader fault: {type(exc).__name__}: {exc}")
-            results.append(result)
-            bar.update()
-    return unfinished
-
-
-def _warm_worker() -> None:
-    import nbclient  # noqa: F401 (imported once, used by every submission this worker grades)
-    import torch  # noqa: F401 (the judge's)
-    import zmq
-
-    # A kernel client's zmq context, collected later as garbage, can block forever in term()
-    # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
-    zmq.Context.__del__ = lambda self: None
 
 
 def _feedback(out: Path, assignments) -> list[str]:

@@ -1,0 +1,38 @@
+"""Sanitize what an instructor's browser renders of a submission, with nbconvert's sanitizer (bleach).
+
+Applied to every notebook OUT keeps (formgrader shows it, the feedback page is made from it):
+markdown and raw cells and HTML/markdown outputs are cleaned to a list of harmless tags, and
+outputs of any other type than plain text, PNG/JPEG images, LaTeX and JSON are dropped
+(JavaScript, SVG, widgets). Scripts, event handlers and ``javascript:`` URLs do not survive;
+plots (PNG) and tables (``<table>``) do.
+"""
+
+from __future__ import annotations
+
+from nbconvert.preprocessors.sanitize import SanitizeHTML
+
+TAGS = [
+    "a", "abbr", "b", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i",
+    "li", "ol", "p", "pre", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead",
+    "tr", "ul",
+]  # fmt: skip
+ATTRIBUTES = {
+    "a": ["href", "title"],
+    "abbr": ["title"],
+    "table": ["class", "border"],
+    "td": ["colspan", "rowspan"],
+    "th": ["colspan", "rowspan"],
+    "div": ["class"],
+    "span": ["class"],
+}
+SAFE_ATTACHMENTS = ("image/png", "image/jpeg")
+
+
+def sanitize_notebook(nb):
+    """``nb``, cleaned in place (and returned) for display in a browser."""
+    sanitizer = SanitizeHTML(tags=TAGS, attributes=ATTRIBUTES, strip=True)
+    for index, cell in enumerate(nb.cells):
+        sanitizer.preprocess_cell(cell, {}, index)
+        for name, bundle in list(cell.get("attachments", {}).items()):
+            cell.attachments[name] = {k: v for k, v in bundle.items() if k in SAFE_ATTACHMENTS}
+    return nb

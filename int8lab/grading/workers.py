@@ -1,0 +1,137 @@
+"""Workers: each job (rebuild, run, judge) in a worker process, N at a time, under a watchdog.
+
+nbclient and torch are imported once per worker. A worker is replaced after
+``JOBS_PER_WORKER`` jobs (fresh pools: ``max_tasks_per_child`` can deadlock on Python 3.11).
+A job whose worker dies is retried alone; a job that runs past its time has its worker killed
+and becomes ``timeout``, while the others finish.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from . import intake, rebuild, run
+from .model import Job, Limits, Result, Status
+from .sanitize import sanitize_notebook
+
+#: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it.
+JOBS_PER_WORKER = 10
+
+
+def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> Result:
+    """Rebuild, run and judge one submission (in a worker process)."""
+    started = time.perf_counter()
+    if job.status is not Status.OK:
+        return Result(job, job.status, job.reason)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")  # for the watchdog in the main process
+    try:
+        submitted = intake.read_notebook(job.notebook)
+    except intake.InvalidNotebook as exc:
+        return Result(job, Status.INVALID_NOTEBOOK, str(exc))
+    rebuilt, notes = rebuild.rebuild_submission(submitted, assignment.release)
+    tests = assignment.judge.tests
+    done = run.execute(rebuild.probe_notebook(rebuilt, tests), job_dir, limits, cgroups)
+    # A run the watchdog cut short stopped at a moment that varies: nothing of it counts.
+    verdicts = assignment.judge.judge({} if done.status is Status.TIMEOUT else done.records)
+    graded = sanitize_notebook(rebuild.graded_notebook(done.executed, tests, verdicts))
+    reason = "; ".join(filter(None, [done.reason, job.reason, *notes]))
+    result = Result(job, done.status, reason, verdicts, graded, done.sandbox)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, progress: bool) -> list[Result]:
+    """Every job's result. A job whose worker dies is retried alone, once; the others are not affected."""
+    from tqdm.auto import tqdm
+
+    results: list[Result] = []
+    with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+        batch_size = max(1, workers) * JOBS_PER_WORKER
+        for start in range(0, len(jobs), batch_size):
+            batch = list(enumerate(jobs[start : start + batch_size], start))
+            unfinished = _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar)
+            for indexed in unfinished:  # alone in a fresh worker: a crash takes nobody else down
+                for _, job in _grade_in_pool([indexed], assignments, work, limits, cgroups, 1, results, bar):
+                    results.append(Result(job, Status.ERROR, "the grading worker crashed twice on this submission"))
+                    bar.update()
+    return sorted(results, key=lambda r: (r.job.student, r.job.assignment))
+
+
+#: A job (rebuild, kernel, judge) gets this long beyond its notebook's time limit before its worker is killed.
+JOB_GRACE_SECONDS = 120
+
+
+def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar) -> list:
+    """Grade ``batch`` in fresh worker processes; returns the jobs a dying worker left unfinished.
+
+    A watchdog kills the worker of a job that runs past its time: that job becomes ``timeout``.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    unfinished, overdue = [], set()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
+        futures = {
+            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups): (
+                index,
+                job,
+            )
+            for index, job in batch
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index, job = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    if index not in overdue:
+                        unfinished.append((index, job))
+                        continue
+                    result = Result(job, Status.TIMEOUT, "grading this notebook ran past its time and was stopped")
+                except Exception as exc:  # the grader's fault on this one submission; the others go on
+                    message = re.sub(r"/[^\s'\"]+", "<path>", str(exc))  # no machine's path in a report
+                    result = Result(job, Status.ERROR, f"grader fault: {type(exc).__name__}: {message}")
+                results.append(result)
+                bar.update()
+            for future in pending:
+                index, _ = futures[future]
+                if index not in overdue and _overdue(work / f"{index:05d}", limits):
+                    overdue.add(index)
+    return unfinished
+
+
+def _overdue(job_dir: Path, limits: Limits) -> bool:
+    """Kill the worker of a job that started too long ago; True if it did."""
+    import os
+    import signal
+
+    try:
+        pid, started = (job_dir / "worker").read_text().split()
+    except (OSError, ValueError):
+        return False  # not started yet
+    if time.time() - float(started) < limits.notebook_timeout + JOB_GRACE_SECONDS:
+        return False
+    try:
+        os.kill(int(pid), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _warm_worker() -> None:
+    import nbclient  # noqa: F401 (imported once, used by every submission this worker grades)
+    import torch  # noqa: F401 (the judge's)
+    import zmq
+
+    # A kernel client's zmq context, collected later as garbage, can block forever in term()
+    # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
+    zmq.Context.__del__ = lambda self: None
