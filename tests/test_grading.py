@@ -126,7 +126,7 @@ def build_class(root: Path, out: Path) -> Path:
         ("loop", "01_weights"): submission("01_weights", append="while True:\n    pass"),
         ("hog", "01_weights"): submission("01_weights", append="import numpy\nhog = numpy.ones(50 * 2**30 // 8)"),
         ("exits", "01_weights"): submission("01_weights", append="import os\nos._exit(1)"),
-        ("killed", "01_weights"): submission("01_weights", append="import os, signal\nos.kill(os.getpid(), 9)"),
+        ("killed", "01_weights"): submission("01_weights", append="import ctypes\nctypes.string_at(0)"),
         ("corrupt", "01_weights"): b'{"cells": [ {"cell_type": "code", ',
         ("notjupyter", "01_weights"): b'{"hello": "world"}',
         ("absent", "01_weights"): None,

@@ -1,5 +1,7 @@
 """A wheel built from the repository grades a class from a folder outside the checkout."""
 
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
-    wheels = tmp_path / "wheels"
+    wheels, checkout = tmp_path / "wheels", tmp_path / "checkout"
+    # A clean copy: a build/ folder left in the repository would otherwise fill the wheel.
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "graded"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        [*build, str(checkout)],
         check=True,
         capture_output=True,
         timeout=600,
@@ -43,7 +48,7 @@ def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
         timeout=600,
     )
     course = tmp_path / "course"
-    subprocess.run(["cp", "-r", str(ROOT / "solutions"), str(course / "solutions")], check=True)
+    shutil.copytree(ROOT / "solutions", course / "solutions")
     for student, solved in (("ada", True), ("bob", False), ("cy", True)):
         write_submission(course / "submitted", student, "01_weights", submission("01_weights", solved=solved))
     located = subprocess.run(
@@ -53,9 +58,12 @@ def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
         cwd=course,
     )
     assert located.returncode == 0 and str(fresh) in located.stdout, located.stderr
+    # nbgrader runs the `alembic` script of its dependencies, which the borrowed site-packages lack.
+    path = os.pathsep.join([str(fresh / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
     result = subprocess.run(
         [str(fresh / "bin" / "int8lab"), "grade", "submitted", "--out", "graded", "--timeout", "30"],
         cwd=course,
+        env={**os.environ, "PATH": path},
         capture_output=True,
         text=True,
         timeout=900,
