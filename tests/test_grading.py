@@ -3,6 +3,7 @@
 import base64
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,13 +14,14 @@ from pathlib import Path
 import nbformat
 import pytest
 from hostile import HOSTILE, hidden_lines, visible_text
-from sample_submissions import autograded_points, graded_cells, submission, write_submission
+from sample_submissions import ASSIGNMENTS, autograded_points, graded_cells, submission, write_submission
 
 from int8lab.checks import MISCONCEPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "8", "--notebook-timeout", "90"]
-GRADE += ["--solutions", str(ROOT / "solutions")]
+GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64"]
+HONEST = ("perfect", "stubs", "mis_multiplied", "mis_naive", "mis_bias_int8", "floor", "zeros")
 
 WRONG_MULTIPLIED = """
 def quantized_weights(weights):
@@ -141,9 +143,57 @@ def build_class(root: Path, out: Path) -> Path:
     for name, (baseline, assignment, trick) in HOSTILE.items():
         solved, append = {"stubs": (False, ""), "floor": (True, FLOOR), "zeros": (True, ZEROS)}[baseline]
         cases[(name, assignment)] = submission(assignment, solved=solved, append=append + trick)
+    cases.update(
+        {
+            ("-dash[id]", "01_weights"): submission("01_weights"),
+            ("=1+2", "01_weights"): submission("01_weights"),
+            ("filler", "01_weights"): submission("01_weights", append=FILLER),
+            ("kernel_links", "01_weights"): submission("01_weights", append=_kernel_links(out)),
+            ("html", "02_activations"): submission("02_activations", append=HTML_OUTPUTS, edit=_script_answer),
+        }
+    )
     for (student, assignment), content in cases.items():
         write_submission(submitted, student, assignment, content)
+    for student in ("linked_nb", "fifo"):
+        (submitted / student / "01_weights").mkdir(parents=True)
+    (submitted / "linked_nb" / "01_weights" / "weights.ipynb").symlink_to("/etc/passwd")
+    os.mkfifo(submitted / "fifo" / "01_weights" / "weights.ipynb")
+    (submitted / "linked_folder").symlink_to(submitted / "perfect")
     return submitted
+
+
+FILLER = """
+for index in range(3):
+    with open(f"filler{index}.bin", "wb") as handle:
+        handle.write(b"x" * (30 << 20))
+"""
+HTML_OUTPUTS = """
+from IPython.display import HTML, Javascript, display
+display(HTML('<img src="x" onerror="alert(1)"><script>alert(2)</script>'))
+display(Javascript("alert(3)"))
+"""
+
+
+def _script_answer(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = 'My derivation <script>alert(4)</script> <a href="javascript:alert(5)">see</a>'
+
+
+def _kernel_links(out: Path) -> str:
+    return KERNEL_LINKS.format(gradebook=str(out / "gradebook.db"))
+
+
+KERNEL_LINKS = """
+import os
+for name, target in [("weights.ipynb", {gradebook!r}), ("records.jsonl", "/etc/passwd")]:
+    try:
+        os.symlink(target, name)
+    except OSError:
+        pass
+os.mkfifo("weights.html")
+open("big.bin", "wb").write(b"x" * (20 << 20))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +201,8 @@ def graded(tmp_path_factory, float_net):
     base = tmp_path_factory.mktemp("class")
     out = base / "out"
     submitted = build_class(base, out)
-    originals = {p: p.read_bytes() for p in submitted.rglob("*.ipynb")}
+    originals = {p: p.read_bytes() for p in submitted.rglob("*.ipynb") if p.is_file() and not p.is_symlink()}
+    originals.update({p: p.read_bytes() for p in (ROOT / "solutions").rglob("*.ipynb")})
     result = subprocess.run([*GRADE, str(submitted), "--out", str(out)], capture_output=True, text=True, timeout=3000)
     return {"out": out, "submitted": submitted, "run": result, "originals": originals, "base": base}
 
@@ -234,6 +285,10 @@ def test_misconception_loses_the_checks_that_catch_it_and_is_named(graded, stude
         ("corrupt", {"invalid_notebook"}),
         ("notjupyter", {"invalid_notebook"}),
         ("absent", {"missing"}),
+        ("linked_nb", {"invalid_notebook"}),
+        ("fifo", {"invalid_notebook"}),
+        ("linked_folder", {"missing"}),
+        ("filler", {"disk_quota"}),
     ],
 )
 def test_broken_submissions_get_their_status(graded, student, statuses):
@@ -367,3 +422,78 @@ def test_unusable_input_is_a_clear_error(tmp_path):
         [*GRADE, str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capture_output=True, text=True
     )
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("student", ["'-dash[id]", "'=1+2", "kernel_links"])  # as the CSV neutralises them
+def test_odd_ids_and_kernel_side_links_are_graded_normally(graded, student):
+    row = _grades(graded)[(student, "01_weights")]
+    assert (row["status"], row["score"]) == ("ok", str(int(autograded_points("01_weights"))))
+
+
+def test_no_message_holds_a_path_and_formulas_are_neutralised(graded):
+    text = (graded["out"] / "tests.csv").read_text() + (graded["out"] / "grades.csv").read_text()
+    assert str(graded["base"]) not in text and "/tmp/" not in text
+    assert "\n=1+2," not in text and "\n'=1+2," in text
+
+
+def test_out_holds_only_the_course_the_notebooks_and_the_reports(graded):
+    out = graded["out"]
+    expected = {"gradebook.db", "nbgrader_config.py", "grades.csv", "tests.csv", "grading.log"}
+    expected |= {"source", "release", "submitted", "autograded", "feedback", "export.csv"}  # export: another test
+    assert {p.name for p in out.iterdir()} - {"export.csv"} == expected - {"export.csv"}
+    for student in (out / "autograded").iterdir():
+        for folder in student.iterdir():
+            assert [p.name for p in folder.iterdir()] == [f"{ASSIGNMENTS[folder.name]}"], folder
+            assert all(p.stat().st_size < 4 << 20 and not p.is_symlink() for p in folder.iterdir())
+    assert not (out / "submitted" / "linked_nb").exists()
+    assert all(not p.is_symlink() for p in out.rglob("*"))
+
+
+def test_no_script_reaches_the_instructors_pages(graded):
+    """Markdown answers and HTML/JavaScript outputs are sanitised; the student's code is only shown as text."""
+    folder = graded["out"] / "autograded" / "html" / "02_activations"
+    nb = nbformat.read(folder / "activations.ipynb", as_version=4)
+    rendered = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    rendered += [f"{key} {value}" for o in outputs for key, value in o.get("data", {}).items()]
+    for text in rendered:
+        for marker in ('onerror="', "<script>alert", 'href="javascript:', "application/javascript"):
+            assert marker not in text.lower(), marker
+    page = (graded["out"] / "feedback" / "html" / "02_activations" / "activations.html").read_text()
+    assert "My derivation" in page
+    assert _active_content(page) == [], _active_content(page)[:3]
+
+
+def _active_content(page: str) -> list[str]:
+    """Event handlers, javascript: links and scripts that a browser would run from the student's work."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Scan(HTMLParser):
+        in_script = False
+
+        def handle_starttag(self, tag, attrs):
+            self.in_script = tag == "script"
+            for name, value in attrs:
+                if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+                    found.append(f"<{tag} {name}={value}>")
+
+        def handle_data(self, data):
+            if self.in_script and "alert(" in data:
+                found.append(data[:80])
+
+    Scan().feed(page)
+    return found
+
+
+def test_honest_grades_do_not_depend_on_hostile_classmates(graded, tmp_path):
+    honest = tmp_path / "honest"
+    for student in HONEST:
+        shutil.copytree(graded["submitted"] / student, honest / student)
+    out = tmp_path / "out"
+    result = subprocess.run([*GRADE, str(honest), "--out", str(out)], capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = _rows(out / "tests.csv")
+    together = [r for r in _rows(graded["out"] / "tests.csv") if r["student_id"] in HONEST]
+    assert alone == together
