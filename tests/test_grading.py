@@ -1,4 +1,4 @@
-"""int8lab grade on a generated class: scores, statuses, tampering, isolation, feedback, determinism."""
+"""int8lab grade on a generated class: scores, statuses, hostile students, isolation, feedback, determinism."""
 
 import base64
 import csv

@@ -146,6 +146,7 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
     os.mkfifo(root / "fifo" / "01_weights" / "weights.ipynb")
     (root / "folderlink").symlink_to(root / "fifo")
     (root / "-bad[id]" / "01_weights").mkdir(parents=True)
+    (root / "new\nline" / "01_weights").mkdir(parents=True)
     assignments = {"01_weights": type("A", (), {"notebook": "weights.ipynb"})()}
     jobs = {job.student: job for job in intake.find_jobs(root, assignments)}
     for student in ("linked", "fifo"):
@@ -153,6 +154,7 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
             intake.read_notebook(jobs[student].notebook)
     assert jobs["folderlink"].status is Status.MISSING and "link" in jobs["folderlink"].reason
     assert jobs["-bad[id]"].status is Status.MISSING  # a usable id: graded (its folder is empty)
+    assert jobs["new\nline"].status is Status.INVALID_STUDENT_ID
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])
