@@ -273,6 +273,9 @@ def test_misconception_loses_the_checks_that_catch_it_and_is_named(graded, stude
     for grade_id in kept:
         assert rows[grade_id]["score"] == rows[grade_id]["max_score"], grade_id
     assert _grades(graded)[(student, assignment)]["status"] == "ok"
+    # The feedback page shows the judge's message, misconception named, in the test cell.
+    page = next((graded["out"] / "feedback" / student / assignment).glob("*.html")).read_text()
+    assert MISCONCEPTIONS[key][:60] in visible_text(page).replace("\n", " ")
 
 
 @pytest.mark.parametrize(

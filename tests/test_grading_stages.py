@@ -244,3 +244,15 @@ def test_watchdog_kills_the_worker_of_an_overdue_job(tmp_path):
     (tmp_path / "worker").write_text(f"{worker.pid} {time.time() - 11 - JOB_GRACE_SECONDS}")
     assert _overdue(tmp_path, Limits(notebook_timeout=10))
     assert worker.wait(timeout=10) == -9
+
+
+def test_a_quantized_tensor_is_refused_with_a_message_that_says_what_to_return():
+    import torch
+
+    quantized = torch.quantize_per_tensor(torch.tensor([0.5, -1.0]), 1 / 127, 0, torch.qint8)
+    encoded = records._encoded(quantized)
+    assert "float32" in encoded["object"]
+    judge = Judge.from_source(TINY)
+    right = _record("double_test", 3, double_of_next=torch.tensor([2.0, 4, 6]))
+    verdict = judge.judge({**right, ("double_test", 2): {"values": {"y": encoded}}})["double_test"]
+    assert "quantized tensor" in verdict.message and "float32" in verdict.message

@@ -56,6 +56,8 @@ def encode(value, depth: int = 0):
         return {"dict": [[str(k), encode(v, depth + 1)] for k, v in value.items()]}
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
+        if value.is_quantized:
+            return {"object": f"quantized tensor ({value.dtype}); return its int8 values in a float32 tensor"}
         array = value.detach().cpu()
         if array.dtype == torch.bfloat16:
             array = array.float()
@@ -97,7 +99,14 @@ def _write(line: dict) -> None:
 
 def returned(cell: str, statement: int, values: dict) -> None:
     """Record the names a probe statement bound."""
-    _write({"cell": cell, "statement": statement, "values": {name: encode(v) for name, v in values.items()}})
+    _write({"cell": cell, "statement": statement, "values": {name: _encoded(v) for name, v in values.items()}})
+
+
+def _encoded(value):
+    try:
+        return encode(value)
+    except Exception:  # an object whose conversion raises is recorded by its type
+        return {"object": type(value).__name__}
 
 
 def failed(cell: str, statement: int, error: BaseException) -> None:
