@@ -22,9 +22,9 @@ _abs = builtins.abs
 #: Known misconceptions, by key: the sentence a student sees when a wrong answer matches one.
 MISCONCEPTIONS = {
     "naive_output_scale": (
-        "your output scale looks like max|activations|/127: it ignores s_w, s_In and the earlier layers' "
-        "scales. The integer accumulator holds Out / (s_W1 s_In s_O1 ... s_Wk), so the scale must be computed "
-        "on that quantity; see equation (2.4)"
+        "your output scale looks like max|activations|/127, a scale for the float output Out; but what a "
+        "layer's integer accumulator holds is not Out. Work out what it holds in derivations 2.2 and 2.3, "
+        "then fix NetQuantized.quantize_activations"
     ),
     "missing_chain": (
         "your output scale divides by s_w and s_In but not by the earlier layers' (s_w_i * s_out_i) products "
@@ -163,8 +163,8 @@ def check_scale(what: str, got, expected: float, misconceptions=None, rtol: floa
     key = matching_misconception(value, misconceptions, rtol=rtol)
     if key is None and value != 0 and _isclose(value * expected, 1.0, rel_tol=1e-4):
         key = "inverse_scale"
-    if key is None and (math.isnan(value) or value == 0):
-        key = "zero_scale"  # a scale of 0 (or 0/0) only comes from max|x| = 0
+    if key is None and expected == 1.0 and (math.isnan(value) or value == 0):
+        key = "zero_scale"  # 1.0 is the all-zero input's scale: 0 or 0/0 means max|x| = 0 was divided by
     raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{explain(key)}")
 
 

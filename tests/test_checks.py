@@ -47,10 +47,20 @@ def test_int8_rules_stay_out_of_int32_results():
 
 
 def test_scale_mistakes_are_recognised():
-    for got, key in [(127.0, "inverse_scale"), (0.0, "zero_scale"), (math.nan, "zero_scale")]:
+    for got, expected, key in [
+        (127.0, 1 / 127, "inverse_scale"),
+        (0.0, 1.0, "zero_scale"),
+        (math.nan, 1.0, "zero_scale"),
+    ]:
         with pytest.raises(CheckFailed) as error:
-            check_scale("s", got, 1 / 127)
+            check_scale("s", got, expected)
         assert MISCONCEPTIONS[key] in str(error.value), got
+
+
+def test_a_zero_scale_for_a_non_zero_input_is_not_called_the_all_zero_case():
+    with pytest.raises(CheckFailed) as error:
+        check_scale("quantized_weights(tensor([-0.37]))[1]", 0.0, 0.37 / 127)
+    assert MISCONCEPTIONS["zero_scale"] not in str(error.value)
     with pytest.raises(CheckFailed, match="expected a float scale"):
         check_scale("s", None, 0.1)
 
