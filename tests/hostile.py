@@ -134,3 +134,30 @@ def visible_text(page: str) -> str:
     """What a browser shows of an HTML page: tags stripped, entities decoded."""
     without_code = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S | re.I)
     return html.unescape(re.sub(r"<[^>]+>", "", without_code))
+
+
+def active_content(page: str) -> list[str]:
+    """Event handlers, javascript: links and scripts that a browser would run from the student's work."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Scan(HTMLParser):
+        in_script = False
+
+        def handle_starttag(self, tag, attrs):
+            self.in_script = tag == "script"
+            if tag in ("svg", "iframe", "object", "embed"):
+                found.append(f"<{tag}>")
+            for name, value in attrs:
+                if name.startswith("on") or (value or "").strip().lower().startswith(
+                    ("javascript:", "vbscript:", "data:text", "data:application")
+                ):
+                    found.append(f"<{tag} {name}={value}>")
+
+        def handle_data(self, data):
+            if self.in_script and "alert(" in data:
+                found.append(data[:80])
+
+    Scan().feed(page)
+    return found

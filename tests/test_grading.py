@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from hostile import HOSTILE, hidden_lines, visible_text
+from hostile import HOSTILE, active_content, hidden_lines, visible_text
 from sample_submissions import ASSIGNMENTS, autograded_points, graded_cells, submission, write_submission
 
 from int8lab.checks import MISCONCEPTIONS
@@ -464,30 +464,7 @@ def test_no_script_reaches_the_instructors_pages(graded):
             assert marker not in text.lower(), marker
     page = (graded["out"] / "feedback" / "html" / "02_activations" / "activations.html").read_text()
     assert "My derivation" in page
-    assert _active_content(page) == [], _active_content(page)[:3]
-
-
-def _active_content(page: str) -> list[str]:
-    """Event handlers, javascript: links and scripts that a browser would run from the student's work."""
-    from html.parser import HTMLParser
-
-    found = []
-
-    class Scan(HTMLParser):
-        in_script = False
-
-        def handle_starttag(self, tag, attrs):
-            self.in_script = tag == "script"
-            for name, value in attrs:
-                if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
-                    found.append(f"<{tag} {name}={value}>")
-
-        def handle_data(self, data):
-            if self.in_script and "alert(" in data:
-                found.append(data[:80])
-
-    Scan().feed(page)
-    return found
+    assert active_content(page) == [], active_content(page)[:3]
 
 
 def test_honest_grades_do_not_depend_on_hostile_classmates(graded, tmp_path):

@@ -1,5 +1,6 @@
 """Each grading stage on small inputs: records, test-cell plans, the judge, intake, rebuild, reports."""
 
+import copy
 import json
 import os
 
@@ -7,7 +8,7 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from hostile import hidden_lines
+from hostile import active_content, hidden_lines
 from sample_submissions import released, submission
 
 from int8lab.grading import intake, rebuild, records, report, run
@@ -178,6 +179,8 @@ def test_a_kernel_that_cannot_start_stops_the_run_with_its_own_stderr(tmp_path, 
 
 
 PAYLOADS = [
+    "[see](javascript:alert(document.domain))",
+    "[data](data:text/html,<script>alert(1)</script>)",
     "<script>alert(1)</script>",
     '<img src="x" onerror="alert(1)">',
     '<a href="javascript:alert(1)">click</a>',
@@ -193,6 +196,9 @@ def _displayed(mime: str, value: str):
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_sanitizer_makes_payloads_inert_in_markdown_and_outputs(payload):
+    """Rendered as the feedback page renders it, nothing of the payload can run."""
+    from nbconvert import HTMLExporter
+
     from int8lab.grading.sanitize import sanitize_notebook
 
     nb = nbformat.v4.new_notebook()
@@ -200,13 +206,15 @@ def test_sanitizer_makes_payloads_inert_in_markdown_and_outputs(payload):
     code = nbformat.v4.new_code_cell("x")
     code.outputs = [
         _displayed("text/html", payload),
+        _displayed("text/markdown", payload),
         _displayed("application/javascript", "alert(1)"),
         _displayed("image/svg+xml", payload),
     ]
     nb.cells.append(code)
-    text = nbformat.writes(sanitize_notebook(nb)).lower()
-    for marker in ("<script", "onerror", "onload", "onmouseover", "javascript:", "<svg", "<iframe"):
-        assert marker not in text, marker
+    unsafe, _ = HTMLExporter(template_name="basic").from_notebook_node(copy.deepcopy(nb))
+    assert active_content(unsafe), "the payload is not active even unsanitised: the test proves nothing"
+    page, _ = HTMLExporter(template_name="basic").from_notebook_node(sanitize_notebook(nb))
+    assert active_content(page) == []
 
 
 def test_sanitizer_keeps_plots_tables_and_text():
@@ -228,7 +236,7 @@ def test_sanitizer_keeps_plots_tables_and_text():
     assert outputs[0].data["image/png"] == "iVBORw0KGgo="
     assert outputs[1].data["text/html"] == table
     assert outputs[2].text == "accuracy 96.67%\n"
-    assert clean.cells[0].source == "**Bold** and $s = x / 127$"
+    assert clean.cells[0].source.strip() == "<p><strong>Bold</strong> and $s = x / 127$</p>"
 
 
 def test_watchdog_kills_the_worker_of_an_overdue_job(tmp_path):

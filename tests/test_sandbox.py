@@ -150,3 +150,21 @@ def test_the_report_names_every_layer(tmp_path):
     text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
     for layer in ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory"):
         assert layer in text.lower() or layer in text, layer
+
+
+def test_no_kernel_outlives_its_job_without_a_cgroup(tmp_path):
+    """Without a pids cgroup to empty, the kernel (and a thread it left running) still ends with its job."""
+    import time
+
+    import nbformat
+    import psutil
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    busy = "import threading, time\nthreading.Thread(target=lambda: [time.sleep(0.1) for _ in iter(int, 1)]).start()"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(busy)])
+    run.execute(notebook, tmp_path / "job", Limits(cell_timeout=30), cgroups=None)
+    time.sleep(1)
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert left == []

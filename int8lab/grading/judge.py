@@ -21,6 +21,7 @@ from .records import RecordError, Unrecorded, decode
 from .testcells import Role, TestCell
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+MAX_MESSAGE = 600  # characters of a failure message kept in tests.csv and the feedback
 NOT_RUN = "the test did not run in your notebook, so nothing could be checked (it was skipped, changed or stopped)"
 
 
@@ -151,4 +152,5 @@ def failure_message(exc: BaseException) -> str:
     if text.strip() == "NotImplementedError:":
         return STUB
     first = text.strip().split("\n")[0] or type(exc).__name__
+    first = first if len(first) <= MAX_MESSAGE else first[: MAX_MESSAGE - 1] + "…"
     return _ADDRESS.sub("0x…", first)

@@ -204,7 +204,7 @@ def read_records(text: str) -> dict[tuple[str, int], dict]:
     for line in text.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             continue
         if not isinstance(record, dict) or not isinstance(record.get("cell"), str):
             continue

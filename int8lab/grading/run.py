@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
@@ -38,6 +39,9 @@ SANDBOX_SCRIPT = Path(__file__).resolve().with_name("sandbox.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "int8lab-sandbox"
 MAX_OUTPUT_BYTES = 1 << 20  # one output larger than this is replaced by a note
+MAX_NOTEBOOK_OUTPUT_BYTES = 16 << 20  # outputs beyond this total are replaced by a note
+#: The largest file the kernel may write (RLIMIT_FSIZE): its records and stderr go to the real disk.
+MAX_FILE_BYTES = MAX_RECORD_BYTES
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Run:
 def _readable_paths() -> list[str]:
     from ..data import cache_dir
 
-    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/opt"]
+    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev"]
     site = [p for p in sys.path if p.endswith("site-packages")]
     return [*system, sys.base_prefix, sys.prefix, str(PACKAGE_DIR), str(cache_dir()), *site]
 
@@ -92,7 +96,7 @@ def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits,
     launcher += ["--stderr", str(job_dir / "kernel-stderr.log"), "--records", str(job_dir / "records.jsonl")]
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
-    launcher += ["--quota", str(limits.disk_bytes)]
+    launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
     for path in _readable_paths():
@@ -139,6 +143,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         run.status, run.reason = Status.KERNEL_DIED, f"the kernel stopped answering ({type(exc).__name__})"
     finally:
         watchdog.cancel()
+        _shut_down(manager)  # nbclient leaves a kernel it did not create running
         _kill(cgroups.pids(cgroup) if cgroup else [])
         if cgroup:
             cgroups.remove(cgroup)
@@ -169,6 +174,17 @@ class _Client(NotebookClient):
         return await super()._async_handle_timeout(timeout, cell)
 
 
+def _shut_down(manager) -> None:
+    """Kill the kernel's launcher (its PID namespace dies with it: PDEATHSIG), whatever state it is in."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        if run_sync(manager.is_alive)():
+            run_sync(manager.shutdown_kernel)(now=True)
+    except Exception:  # a kernel that never started or already died: nothing left to stop
+        pass
+
+
 def _kill(pids: list[int]) -> None:
     import os
     import signal
@@ -194,12 +210,15 @@ def _records(path: Path) -> dict:
 
 
 def _capped(notebook):
+    """Outputs over 1 MiB each, or beyond 16 MiB in all, replaced by a note."""
+    total = 0
     for cell in notebook.cells:
         for index, output in enumerate(cell.get("outputs", [])):
             size = len(json.dumps(output))
-            if size > MAX_OUTPUT_BYTES:
-                note = f"[an output of {size} bytes was removed: the limit is {MAX_OUTPUT_BYTES}]\n"
-                cell.outputs[index] = {"output_type": "stream", "name": "stdout", "text": note}
+            total += size
+            if size > MAX_OUTPUT_BYTES or total > MAX_NOTEBOOK_OUTPUT_BYTES:
+                note = f"[an output of {size} bytes was removed: the limits are 1 MiB each, 16 MiB in all]\n"
+                cell.outputs[index] = nbformat.v4.new_output("stream", name="stdout", text=note)
     return notebook
 
 
@@ -220,8 +239,12 @@ def _last_json_line(path: Path) -> dict | None:
         return None
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def _tail(path: Path, lines: int = 30, limit: int = 64 << 10) -> str:
+    """The last lines of a file the kernel wrote, reading at most its last ``limit`` bytes."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - limit))
+            text = handle.read(limit).decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,7 +1,9 @@
 """Sanitize what an instructor's browser renders of a submission, with nbconvert's sanitizer (bleach).
 
 Applied to every notebook OUT keeps (formgrader shows it, the feedback page is made from it):
-markdown and raw cells and HTML/markdown outputs are cleaned to a list of harmless tags, and
+markdown cells are rendered to HTML first (so that a markdown link such as
+``[x](javascript:...)`` is cleaned like an HTML one), then they, raw cells and HTML/markdown
+outputs are cleaned to a list of harmless tags and http/https/mailto links, and
 outputs of any other type than plain text, PNG/JPEG images, LaTeX and JSON are dropped
 (JavaScript, SVG, widgets). Scripts, event handlers and ``javascript:`` URLs do not survive;
 plots (PNG) and tables (``<table>``) do.
@@ -9,6 +11,7 @@ plots (PNG) and tables (``<table>``) do.
 
 from __future__ import annotations
 
+from nbconvert.filters.markdown_mistune import markdown2html_mistune
 from nbconvert.preprocessors.sanitize import SanitizeHTML
 
 TAGS = [
@@ -32,6 +35,13 @@ def sanitize_notebook(nb):
     """``nb``, cleaned in place (and returned) for display in a browser."""
     sanitizer = SanitizeHTML(tags=TAGS, attributes=ATTRIBUTES, strip=True)
     for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            cell.source = markdown2html_mistune(cell.source)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "text/markdown" in data:  # rendered like a markdown cell, then cleaned as HTML
+                rendered = markdown2html_mistune("".join(data.pop("text/markdown")))
+                data.setdefault("text/html", rendered)
         sanitizer.preprocess_cell(cell, {}, index)
         for name, bundle in list(cell.get("attachments", {}).items()):
             cell.attachments[name] = {k: v for k, v in bundle.items() if k in SAFE_ATTACHMENTS}
