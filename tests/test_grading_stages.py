@@ -264,3 +264,17 @@ def test_a_quantized_tensor_is_refused_with_a_message_that_says_what_to_return()
     right = _record("double_test", 3, double_of_next=torch.tensor([2.0, 4, 6]))
     verdict = judge.judge({**right, ("double_test", 2): {"values": {"y": encoded}}})["double_test"]
     assert "quantized tensor" in verdict.message and "float32" in verdict.message
+
+
+def test_a_forged_accuracy_is_recomputed_from_the_recorded_logits():
+    """A derived probe (no student call of its own) is recomputed by the judge, not taken from its record."""
+    source = nbformat.read(SOURCES["02_activations"], as_version=4)
+    judge = Judge.from_source(source)
+    test = next(t for t in judge.tests if t.grade_id == "net_quantized_keeps_float_accuracy")
+    index = {name: i for i, s in enumerate(test.statements) for name in s.binds}
+    from int8lab.grading.selfcheck import probe_in_process
+
+    forged = dict(probe_in_process(source))
+    forged[(test.grade_id, index["int8_logits"])] = {"values": {"int8_logits": records.encode(torch.zeros(360, 10))}}
+    forged[(test.grade_id, index["int8_accuracy"])] = {"values": {"int8_accuracy": 1e308}}
+    assert "reaches 10.00%" in judge.judge(forged)[test.grade_id].message

@@ -106,7 +106,7 @@ class Judge:
     def _judge_test(self, test: TestCell, namespace: dict, records) -> Verdict:
         try:
             for index, statement in enumerate(test.statements):
-                if statement.role is Role.PROBE:
+                if statement.role is Role.PROBE and not (statement.derived and _plain(statement, namespace)):
                     namespace.update(_replay(records.get((test.grade_id, index)), statement))
                 else:
                     exec(compile(statement.source, f"<{test.grade_id}>", "exec"), namespace)
@@ -118,6 +118,14 @@ class Judge:
         except Exception as exc:
             return Verdict(test.grade_id, 0.0, test.points, failure_message(exc))
         return Verdict(test.grade_id, test.points, test.points, "")
+
+
+def _plain(statement, namespace: dict) -> bool:
+    """Whether every name the statement reads is bound to plain data (no object the judge cannot use)."""
+    import ast
+
+    reads = {n.id for n in ast.walk(ast.parse(statement.source)) if isinstance(n, ast.Name)}
+    return not any(isinstance(namespace.get(name), Unrecorded | StudentCode) for name in reads)
 
 
 def _replay(record: dict | None, statement) -> dict:

@@ -38,6 +38,9 @@ class Statement:
     source: str
     role: Role
     binds: tuple[str, ...] = ()
+    #: A PROBE that calls no student code itself, only reads names earlier probes bound: the judge
+    #: recomputes it from those values when they are all plain data, instead of trusting its record.
+    derived: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,14 +136,17 @@ def plan_tests(source_nb) -> tuple[set[str], list[TestCell]]:
             raise TestCellError(f"test cell {meta['grade_id']} is not valid Python: {exc}") from None
         statements = []
         for node in tree.body:
-            binds = bound_names(node)
-            if read_names(node) & tainted:
+            binds, reads = bound_names(node), read_names(node)
+            derived = False
+            if reads & tainted:
                 role = Role.PROBE if binds else Role.CHECK
+                derived = not reads & student_names
                 tainted |= binds
             else:
                 role = Role.INPUT
                 tainted -= binds
-            statements.append(Statement(ast.get_source_segment(visible, node), role, tuple(sorted(binds))))
+            source = ast.get_source_segment(visible, node)
+            statements.append(Statement(source, role, tuple(sorted(binds)), derived and role is Role.PROBE))
         plans.append(TestCell(meta["grade_id"], float(meta.get("points", 0)), tuple(statements), hidden, visible))
     return student_names, plans
 
