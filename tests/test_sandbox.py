@@ -168,3 +168,18 @@ def test_no_kernel_outlives_its_job_without_a_cgroup(tmp_path):
     time.sleep(1)
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert left == []
+
+
+def test_a_flood_of_output_is_dropped_beyond_the_limit(tmp_path):
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    flood = "import sys\nfor _ in range(90):\n    sys.stdout.write('x' * (1 << 20))\n    sys.stdout.flush()"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(flood), nbformat.v4.new_code_cell("2 + 2")])
+    done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60))
+    kept = nbformat.writes(done.executed)
+    assert len(kept) < 20 << 20
+    assert "was dropped" in kept  # cut while it arrived, not after: the grader never held it all
+    assert str(done.status) == "ok" and done.executed.cells[1].execution_count == 2  # the kernel went on

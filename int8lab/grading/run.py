@@ -40,6 +40,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "int8lab-sandbox"
 MAX_OUTPUT_BYTES = 1 << 20  # one output larger than this is replaced by a note
 MAX_NOTEBOOK_OUTPUT_BYTES = 16 << 20  # outputs beyond this total are replaced by a note
+MAX_RECEIVED_BYTES = 64 << 20  # output the grader accepts from one kernel at all
 #: The largest file the kernel may write (RLIMIT_FSIZE): its records and stderr go to the real disk.
 MAX_FILE_BYTES = MAX_RECORD_BYTES
 
@@ -165,13 +166,34 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
 
 
 class _Client(NotebookClient):
-    """nbclient's NotebookClient, noting whether a cell ran past its time limit."""
+    """nbclient's NotebookClient, noting whether a cell ran past its time limit, and keeping no more
+    than ``MAX_RECEIVED_BYTES`` of output in memory, whatever the kernel sends."""
 
     timed_out = False
+    received = 0
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self.timed_out = True
         return await super()._async_handle_timeout(timeout, cell)
+
+    def output(self, outs, msg, display_id, cell_index):
+        self.received += _size(msg.get("content", {}))
+        if self.received > MAX_RECEIVED_BYTES:
+            note = f"[output beyond {MAX_RECEIVED_BYTES} bytes in all was dropped]\n"
+            if not any(o.get("text") == note for o in outs):
+                outs.append(nbformat.v4.new_output("stream", name="stderr", text=note))
+            return None
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _size(content) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, dict):
+        return sum(_size(v) for v in content.values())
+    if isinstance(content, list):
+        return sum(_size(v) for v in content)
+    return 8
 
 
 def _shut_down(manager) -> None:
@@ -210,16 +232,30 @@ def _records(path: Path) -> dict:
 
 
 def _capped(notebook):
-    """Outputs over 1 MiB each, or beyond 16 MiB in all, replaced by a note."""
-    total = 0
+    """Outputs over 1 MiB replaced by a note; beyond 16 MiB kept in all, the rest removed (one note)."""
+    total, over = 0, False
     for cell in notebook.cells:
-        for index, output in enumerate(cell.get("outputs", [])):
+        if "outputs" not in cell:
+            continue
+        kept = []
+        for output in cell.outputs:
             size = len(json.dumps(output))
-            total += size
-            if size > MAX_OUTPUT_BYTES or total > MAX_NOTEBOOK_OUTPUT_BYTES:
-                note = f"[an output of {size} bytes was removed: the limits are 1 MiB each, 16 MiB in all]\n"
-                cell.outputs[index] = nbformat.v4.new_output("stream", name="stdout", text=note)
+            if over:
+                continue
+            if size > MAX_OUTPUT_BYTES:
+                kept.append(_note(f"[an output of {size} bytes was removed: the limit is {MAX_OUTPUT_BYTES}]"))
+            elif total + size > MAX_NOTEBOOK_OUTPUT_BYTES:
+                over = True
+                kept.append(_note(f"[outputs beyond {MAX_NOTEBOOK_OUTPUT_BYTES} bytes in all were removed]"))
+            else:
+                total += size
+                kept.append(output)
+        cell.outputs = kept
     return notebook
+
+
+def _note(text: str):
+    return nbformat.v4.new_output("stream", name="stderr", text=text + "\n")
 
 
 def _disk_full(run: Run) -> bool:
