@@ -141,3 +141,21 @@ def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch
 
 def test_every_named_misconception_has_a_wrong_implementation():
     assert {key for key, _, _ in WRONG_IMPLEMENTATIONS} == set(MISCONCEPTIONS)
+
+
+FORWARD = _forward()
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        FORWARD.replace("torch.clamp(torch.round(x / self.input_scale)", "torch.clamp((x / self.input_scale)"),
+        FORWARD.replace("layer(x) / layer.output_scale", "layer(x) * layer.weight.scale / layer.output_scale"),
+    ],
+    ids=["input_not_rounded", "multiplies_by_weight_scale"],
+)
+def test_the_visible_forward_test_catches_forward_mistakes(mistake):
+    """The student's own visible test, not only the hidden ones, fails these forwards."""
+    assert mistake != FORWARD
+    outcomes = run_tests("02_activations", mistake, after=SOLUTION_CELL["02_activations"])
+    assert outcomes["net_quantized_forward_small_network"] is not None
