@@ -159,3 +159,14 @@ def test_the_visible_forward_test_catches_forward_mistakes(mistake):
     assert mistake != FORWARD
     outcomes = run_tests("02_activations", mistake, after=SOLUTION_CELL["02_activations"])
     assert outcomes["net_quantized_forward_small_network"] is not None
+
+
+def test_a_low_accuracy_from_forward_blames_forward_not_the_scales():
+    """fc3 left without requantizing: the accuracy test points at NetQuantized.forward."""
+    old = "torch.round(layer(x) / layer.output_scale)"
+    assert old in FORWARD
+    patch = FORWARD.replace(old, "torch.round(layer(x) / (layer.output_scale if name != 'fc3' else 1.0))")
+    message = run_tests("02_activations", patch, after=SOLUTION_CELL["02_activations"])[
+        "net_quantized_keeps_float_accuracy"
+    ]
+    assert "NetQuantized.forward" in message and MISCONCEPTIONS["naive_output_scale"] not in message
