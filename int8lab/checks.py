@@ -30,6 +30,14 @@ MISCONCEPTIONS = {
         "your output scale divides by s_w and s_In but not by the earlier layers' (s_w_i * s_out_i) products "
         "in ss; see equation (2.4)"
     ),
+    "chain_previous_only": (
+        "your output scale divides by the last (s_w, s_out) pair of ss only; derivation 2.3 shows what the "
+        "accumulator carries from every earlier layer"
+    ),
+    "chain_outputs_only": (
+        "your output scale divides by the earlier layers' output scales but not by their weight scales; see "
+        "derivation 2.3"
+    ),
     "multiplied_scale": (
         "the scale was multiplied instead of divided: this lab's convention is q = round(x / s) "
         "(the original lab multiplied by n = 1/s)"

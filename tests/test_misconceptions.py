@@ -98,6 +98,16 @@ WRONG_IMPLEMENTATIONS = [
     ("missing_chain", "02_activations", _activations("np.abs(activations / s_w / s_initial_input).max()")),
     ("multiplied_scale", "02_activations", _activations("np.abs(activations * s_w * s_initial_input * product).max()")),
     (
+        "chain_previous_only",
+        "02_activations",
+        _activations("np.abs(activations / (s_w * s_initial_input * (ss[-1][0] * ss[-1][1] if ss else 1.0))).max()"),
+    ),
+    (
+        "chain_outputs_only",
+        "02_activations",
+        _activations("np.abs(activations / (s_w * s_initial_input * float(np.prod([o for _, o in ss])))).max()"),
+    ),
+    (
         "max_not_abs",
         "02_activations",
         "NetQuantized.quantize_initial_input = staticmethod(lambda pixels: float(np.max(pixels)) / 127)",
