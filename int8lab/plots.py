@@ -17,18 +17,25 @@ from .models import LAYER_NAMES  # noqa: E402
 MAX_COLOR, SIGMA_COLOR = "tab:red", "tab:green"
 
 
-def _histogram_grid(arrays: Mapping[str, np.ndarray], title: str, xlabel: str):
+def _histogram_grid(arrays: Mapping[str, np.ndarray], title: str, xlabel: str, spread: str = "sigma"):
+    """Histograms with ±max|x| and a measure of the bulk: ±3σ (``"sigma"``, for weights centred on 0)
+    or the 99.9th percentile of |x| (``"percentile"``: always inside the data, one-sided data included)."""
     names = list(arrays)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), constrained_layout=True, squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         values = np.asarray(arrays[name], dtype=np.float64).ravel()
         peak = float(np.abs(values).max()) if values.size else 0.0
-        three_sigma = 3.0 * float(values.std()) if values.size else 0.0
+        if spread == "sigma":
+            bulk, label = (3.0 * float(values.std()) if values.size else 0.0), "3σ"
+        else:
+            bulk, label = (float(np.percentile(np.abs(values), 99.9)) if values.size else 0.0), "p99.9 |x|"
+        two_sided = not values.size or values.min() < 0
         ax.hist(values, bins=80, color="tab:blue", alpha=0.8, log=True)
         ax.axvline(peak, color=MAX_COLOR, linestyle="-", label=f"max|x| = {peak:.3g}")
-        ax.axvline(-peak, color=MAX_COLOR, linestyle="-")
-        ax.axvline(three_sigma, color=SIGMA_COLOR, linestyle="--", label=f"3σ = {three_sigma:.3g}")
-        ax.axvline(-three_sigma, color=SIGMA_COLOR, linestyle="--")
+        ax.axvline(bulk, color=SIGMA_COLOR, linestyle="--", label=f"{label} = {bulk:.3g}")
+        if two_sided:  # a ReLU output has no negative side to mark
+            ax.axvline(-peak, color=MAX_COLOR, linestyle="-")
+            ax.axvline(-bulk, color=SIGMA_COLOR, linestyle="--")
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count (log scale)")
@@ -44,8 +51,10 @@ def plot_weight_histograms(model: nn.Module, layers=LAYER_NAMES):
 
 
 def plot_activation_histograms(activations: Mapping[str, np.ndarray]):
-    """One histogram per key of ``profile_activations``' result, with ±max|x| and ±3σ marked."""
-    return _histogram_grid(activations, "Activation distributions per layer (profiled)", "activation value (float)")
+    """One histogram per key of ``profile_activations``' result, with max|x| and the 99.9th percentile of |x|
+    marked (on both sides only where the values take both signs)."""
+    title, xlabel = "Activation distributions per layer (profiled)", "activation value (float)"
+    return _histogram_grid(activations, title, xlabel, spread="percentile")
 
 
 def plot_clipping_tradeoff(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]):
@@ -54,11 +63,15 @@ def plot_clipping_tradeoff(curves: Mapping[str, tuple[np.ndarray, np.ndarray, fl
     Args:
         curves: ``{layer: (thresholds, mse, sigma)}``: thresholds as fractions of max|w|
             (1.0 = no clipping), the mean squared error of q * s against w at each, and the
-            layer's 3σ as a fraction of max|w| (marked on its line).
+            layer's 3σ as a fraction of max|w| (a star on its line; a 3σ beyond the last
+            threshold has no star, and the legend says so).
     """
     fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
     for name, (thresholds, mse, three_sigma) in curves.items():
-        (line,) = ax.plot(thresholds, mse, marker=".", label=name)
+        beyond = three_sigma > float(np.max(thresholds))
+        (line,) = ax.plot(thresholds, mse, marker=".", label=f"{name} (3σ beyond max|w|)" if beyond else name)
+        if beyond:
+            continue
         ax.plot(
             [three_sigma],
             [np.interp(three_sigma, thresholds, mse)],
