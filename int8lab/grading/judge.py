@@ -122,10 +122,7 @@ class Judge:
 
 def _plain(statement, namespace: dict) -> bool:
     """Whether every name the statement reads is bound to plain data (no object the judge cannot use)."""
-    import ast
-
-    reads = {n.id for n in ast.walk(ast.parse(statement.source)) if isinstance(n, ast.Name)}
-    return not any(isinstance(namespace.get(name), Unrecorded | StudentCode) for name in reads)
+    return not any(isinstance(namespace.get(name), Unrecorded | StudentCode) for name in statement.reads)
 
 
 def _replay(record: dict | None, statement) -> dict:

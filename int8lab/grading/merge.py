@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 
 from .model import Result
+from .testcells import nbgrader_meta
 
 
 def merge(out: Path, results: list[Result], assignments: dict) -> None:
@@ -54,19 +55,15 @@ def merge(out: Path, results: list[Result], assignments: dict) -> None:
 
 
 def _solution_ids(release) -> list[str]:
-    return [c.metadata["nbgrader"]["grade_id"] for c in release.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    return [nbgrader_meta(c)["grade_id"] for c in release.cells if nbgrader_meta(c).get("solution")]
 
 
 def unchanged_answers(graded, release) -> set[str]:
     """Grade ids of the answer cells the student left exactly as released."""
-    released = {
-        c.metadata["nbgrader"]["grade_id"]: c.source.strip()
-        for c in release.cells
-        if c.metadata.get("nbgrader", {}).get("solution")
-    }
+    answers = [c for c in release.cells if nbgrader_meta(c).get("solution")]
+    released = {nbgrader_meta(c)["grade_id"]: c.source.strip() for c in answers}
     return {
-        c.metadata["nbgrader"]["grade_id"]
+        nbgrader_meta(c)["grade_id"]
         for c in graded.cells
-        if c.metadata.get("nbgrader", {}).get("grade_id") in released
-        and c.source.strip() == released[c.metadata["nbgrader"]["grade_id"]]
+        if nbgrader_meta(c).get("grade_id") in released and c.source.strip() == released[nbgrader_meta(c)["grade_id"]]
     }

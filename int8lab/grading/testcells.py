@@ -38,6 +38,7 @@ class Statement:
     source: str
     role: Role
     binds: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
     #: A PROBE that calls no student code itself, only reads names earlier probes bound: the judge
     #: recomputes it from those values when they are all plain data, instead of trusting its record.
     derived: bool = False
@@ -146,7 +147,8 @@ def plan_tests(source_nb) -> tuple[set[str], list[TestCell]]:
                 role = Role.INPUT
                 tainted -= binds
             source = ast.get_source_segment(visible, node)
-            statements.append(Statement(source, role, tuple(sorted(binds)), derived and role is Role.PROBE))
+            derived = derived and role is Role.PROBE
+            statements.append(Statement(source, role, tuple(sorted(binds)), tuple(sorted(reads)), derived))
         plans.append(TestCell(meta["grade_id"], float(meta.get("points", 0)), tuple(statements), hidden, visible))
     return student_names, plans
 
