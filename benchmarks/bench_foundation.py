@@ -29,7 +29,7 @@ def main():
     print(f"cold training (digits, Net):        {cold:6.2f} s   target <= 15 s")
     _, warm = timed(trained_model, "digits", progress=False)
     print(f"cached load (second call):          {warm:6.3f} s   target < 1 s")
-    print(f"float test accuracy:                {evaluate(model, test_loader):6.2f} %  target >= 95 %")
+    print(f"float test accuracy:                {evaluate(model, test_loader):6.2f} %  target >= 98 %")
     # The digits train split has 1437 images: repeat it so that 1600 samples really are 1600.
     repeated = torch.utils.data.ConcatDataset([train_loader.dataset, train_loader.dataset])
     big_loader = torch.utils.data.DataLoader(repeated, batch_size=64)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_notebooks.py
 
-Target: 60 s in total on a 2-core machine. Each notebook runs in a fresh kernel, as in `make demo`.
+Target: 20 s in total on a 2-core machine. Each notebook runs in a fresh kernel, as in `make demo`.
 """
 
 import tempfile
@@ -23,7 +23,7 @@ def main():
     total = time.perf_counter() - started
     for notebook, seconds in timings.items():
         print(f"{notebook:<36}{seconds:6.1f} s")
-    print(f"{'all three (warm cache)':<36}{total:6.1f} s   target <= 60 s")
+    print(f"{'all three (warm cache)':<36}{total:6.1f} s   target <= 20 s")
 
 
 if __name__ == "__main__":

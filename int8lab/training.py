@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -30,9 +31,13 @@ NO_TRAINING_ENV = "INT8LAB_NO_TRAINING"
 class TrainSettings:
     """Everything that changes the trained weights; part of the cache key."""
 
-    epochs: int = 8
+    epochs: int = 15
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    #: The peak of a one-cycle schedule: warm up to it, then anneal towards zero.
+    learning_rate: float = 3e-3
+    #: Each batch is shifted by up to this many pixels in x and y (the background fills in):
+    #: on digits this lifts test accuracy from about 97% to about 99% for 0.3 s more training.
+    max_shift: int = 2
     seed: int = 0
 
 
@@ -142,22 +147,35 @@ def _try_load(path: Path, model_class: type[Net], dataset: str) -> Net | None:
         return None
 
 
+def shifted(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (float32, (N, C, H, W), background -1) moved by one random offset of up to ``max_shift`` pixels."""
+    if max_shift == 0:
+        return images
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (max_shift,) * 4, value=-1.0)
+    dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
+    return padded[:, :, dy : dy + height, dx : dx + width]
+
+
 def _train(model_class, dataset, settings: TrainSettings, progress: bool, root) -> Net:
     torch.manual_seed(settings.seed)
     model = model_class(IN_CHANNELS[dataset])
     train_loader, _ = load_data(dataset, batch_size=settings.batch_size, root=root)
     train_loader.generator.manual_seed(settings.seed)
+    steps = settings.epochs * len(train_loader)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.learning_rate, total_steps=steps)
+    shifts = torch.Generator().manual_seed(settings.seed)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    steps = settings.epochs * len(train_loader)
     with tqdm(total=steps, desc=f"training {model_class.__name__} on {dataset}", disable=not progress) as bar:
         for epoch in range(settings.epochs):
             for images, labels in train_loader:
                 optimizer.zero_grad()
-                loss = loss_fn(model(images), labels)
+                loss = loss_fn(model(shifted(images, settings.max_shift, shifts)), labels)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
     return model.eval()

@@ -76,10 +76,12 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert "chained scales" in result.stdout and "%" in result.stdout
     numbers = json.loads(table.read_text())
     assert set(numbers) == {"float", "weights_int8", "naive_int8", "chained_int8", "bias_float", "bias_int8"}
-    assert numbers["float"] >= 95.0
-    assert abs(numbers["chained_int8"] - numbers["float"]) <= 1.0
+    # 0.3 points is one test image of 360: the int8 networks may lose at most one.
+    assert numbers["float"] >= 98.0
+    assert abs(numbers["chained_int8"] - numbers["float"]) <= 0.3
     assert numbers["naive_int8"] <= numbers["float"] - 20.0
-    assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 1.0
+    assert numbers["bias_float"] >= 98.0
+    assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 0.3
     executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
