@@ -4,7 +4,7 @@ Infrastructure only (data, models, training cache, profiling, guards, plots): th
 students implement live in the notebooks, never here.
 """
 
-from .data import DatasetUnavailableError, cache_dir, load_data
+from .data import DatasetUnavailableError, cache_dir, dataset_name, load_data
 from .guards import Int8RangeError, check_int_range, install_int8_guards
 from .models import LAYER_NAMES, Net, NetWithBias
 from .profiling import profile_activations
@@ -18,6 +18,7 @@ __all__ = [
     "Net",
     "NetWithBias",
     "cache_dir",
+    "dataset_name",
     "check_int_range",
     "evaluate",
     "install_int8_guards",

@@ -7,9 +7,20 @@ import sys
 from pathlib import Path
 
 
+def _choose_dataset(args) -> None:
+    """``--dataset`` sets the lab-wide switch, which the kernels this command starts inherit."""
+    import os
+
+    from .data import DATASET_ENV
+
+    if args.dataset:
+        os.environ[DATASET_ENV] = args.dataset
+
+
 def _demo(args) -> int:
     from .demo import run
 
+    _choose_dataset(args)
     return run(Path(args.out), Path(args.json) if args.json else None, Path(args.solutions) if args.solutions else None)
 
 
@@ -17,6 +28,7 @@ def _grade(args) -> int:
     from .grading.model import GradingError, Limits
     from .grading.pipeline import grade
 
+    _choose_dataset(args)
     limits = Limits(args.timeout, args.notebook_timeout, args.memory << 20, disk_bytes=args.disk << 20)
     try:
         grade(
@@ -37,9 +49,7 @@ def _grade(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="int8lab", description="int8 post-training quantization lab")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="run the three solution notebooks end to end on the digits data and print the accuracy table"
-    )
+    demo = commands.add_parser("demo", help="run the three solution notebooks end to end and print the accuracy table")
     demo.add_argument(
         "--out", default="results", help="folder for the executed notebooks and figures (default: results)"
     )
@@ -68,6 +78,12 @@ def main(argv=None) -> int:
     )
     grade.add_argument("--keep-work", action="store_true", help="keep each submission's scratch folder in OUT/.work")
     grade.set_defaults(run=_grade)
+    for command in (demo, grade):
+        command.add_argument(
+            "--dataset",
+            choices=("digits", "cifar10"),
+            help="the dataset (default: $INT8LAB_DATASET, or digits); CIFAR-10 must be in the cache's cifar10/ folder",
+        )
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 DATASETS = ("digits", "cifar10")
+#: The one switch for the whole lab: every notebook, the demo and the grader read it.
+DATASET_ENV = "INT8LAB_DATASET"
+DEFAULT_DATASET = "digits"
 #: Input channels of each dataset's images, so that models can be built to match.
 IN_CHANNELS = {"digits": 1, "cifar10": 3}
 
@@ -46,8 +49,16 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("int8lab"))
 
 
+def dataset_name() -> str:
+    """The dataset the lab runs on: ``$INT8LAB_DATASET`` (``digits`` or ``cifar10``), ``digits`` when unset."""
+    name = os.environ.get(DATASET_ENV, "").strip() or DEFAULT_DATASET
+    if name not in DATASETS:
+        raise ValueError(f"{DATASET_ENV}={name!r} is not a dataset of the lab; set it to one of {', '.join(DATASETS)}")
+    return name
+
+
 def load_data(
-    name: str = "digits",
+    name: str | None = None,
     batch_size: int = 64,
     root: str | os.PathLike | None = None,
     download: bool = False,
@@ -56,7 +67,8 @@ def load_data(
     """Return ``(train_loader, test_loader)`` for a dataset.
 
     Args:
-        name: ``"digits"`` (bundled with scikit-learn, works offline) or ``"cifar10"``.
+        name: ``"digits"`` (bundled with scikit-learn, works offline) or ``"cifar10"``;
+            ``None`` takes ``dataset_name()``, the lab-wide setting.
         batch_size: images per batch in both loaders.
         root: CIFAR-10 only: the folder holding ``cifar-10-python.tar.gz`` or its extracted
             ``cifar-10-batches-py/``; defaults to ``<cache_dir()>/cifar10``.
@@ -68,6 +80,7 @@ def load_data(
     (C = 1 for digits, 3 for CIFAR-10), labels int64 of shape (B,). The train loader
     shuffles with a fixed seed: a new loader's first pass is the same on every run.
     """
+    name = name or dataset_name()
     if name == "digits":
         train, test = _digits_tensors()
     elif name == "cifar10":

@@ -85,7 +85,9 @@ def _save_figures(nb, stem: Path) -> None:
 
 def format_table(results: dict[str, float]) -> str:
     width = max(len(label) for label in TABLE.values())
-    lines = [f"{'test accuracy on digits (360 images)':<{width}}  ", "-" * (width + 10)]
+    from .data import dataset_name
+
+    lines = [f"{'test accuracy on ' + dataset_name():<{width}}  ", "-" * (width + 10)]
     for key, label in TABLE.items():
         value = results.get(key)
         lines.append(f"{label:<{width}}  {value:6.2f}%" if value is not None else f"{label:<{width}}  missing")
@@ -105,8 +107,8 @@ def run(out_dir: Path, json_path: Path | None, solutions: Path | None = None) ->
         return 2
     started = time.perf_counter()
     # Train (or load) both networks here, with a visible progress bar, so the kernels only load them.
-    trained_model("digits")
-    trained_model("digits", bias=True)
+    trained_model()
+    trained_model(bias=True)
     try:
         results = execute_notebooks(solutions, out_dir)
     except DemoError as exc:

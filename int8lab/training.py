@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import IN_CHANNELS, cache_dir, load_data
+from .data import IN_CHANNELS, cache_dir, dataset_name, load_data
 from .models import Net, NetWithBias
 
 #: Bump when the checkpoint layout changes, so that old files are ignored rather than misread.
@@ -62,7 +62,7 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
 
 
 def trained_model(
-    dataset: str = "digits",
+    dataset: str | None = None,
     bias: bool = False,
     settings: TrainSettings | None = None,
     progress: bool = True,
@@ -70,10 +70,13 @@ def trained_model(
 ) -> Net:
     """Return the trained float ``Net`` (or ``NetWithBias`` when ``bias``) for ``dataset``, in eval mode.
 
+    ``dataset`` defaults to ``dataset_name()``: ``$INT8LAB_DATASET``, or digits.
+
     The first call trains and writes a checkpoint under ``cache_dir()``, keyed by dataset,
     architecture and ``settings``; later calls, from any process, load it. A damaged
     checkpoint is retrained, never loaded half-way.
     """
+    dataset = dataset or dataset_name()
     settings = settings or DEFAULT_SETTINGS[dataset]
     model_class = NetWithBias if bias else Net
     path = checkpoint_path(dataset, model_class, settings)

@@ -1,4 +1,3 @@
-import io
 import pickle
 import tarfile
 import urllib.error
@@ -6,6 +5,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from tiny_cifar import write_tiny_cifar
 
 from int8lab import DatasetUnavailableError, load_data
 from int8lab import data as data_module
@@ -36,31 +36,8 @@ def test_unknown_dataset_is_named_in_the_error():
         load_data("mnist")
 
 
-def _cifar_batch(count, seed):
-    rng = np.random.default_rng(seed)
-    return {
-        b"data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
-        b"labels": [int(v) for v in rng.integers(0, 10, size=count)],
-        b"batch_label": b"tiny",
-    }
-
-
-def _write_tiny_cifar(root, per_batch=3):
-    """A CIFAR-10 python archive in the real layout, with a few random images per batch."""
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    batches = {name: _cifar_batch(per_batch, seed) for seed, name in enumerate(names)}
-    archive = root / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, batch in batches.items():
-            raw = pickle.dumps(batch, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    return batches
-
-
 def test_cifar_reader_decodes_the_tiny_archive(tmp_path):
-    batches = _write_tiny_cifar(tmp_path)
+    batches = write_tiny_cifar(tmp_path)
     train_loader, test_loader = load_data("cifar10", batch_size=4, root=tmp_path)
     assert len(train_loader.dataset) == 15 and len(test_loader.dataset) == 3
     images, labels = test_loader.dataset.tensors
@@ -72,7 +49,7 @@ def test_cifar_reader_decodes_the_tiny_archive(tmp_path):
 
 
 def test_cifar_reader_accepts_the_extracted_folder(tmp_path):
-    _write_tiny_cifar(tmp_path)
+    write_tiny_cifar(tmp_path)
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
         tar.extractall(tmp_path / "extracted", filter="data")
     train_loader, _ = load_data("cifar10", root=tmp_path / "extracted")
@@ -118,3 +95,16 @@ def test_prepared_digits_are_cached_and_read_back_identically(tmp_path, monkeypa
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     finally:
         data_module._digits_tensors.cache_clear()
+
+
+def test_one_setting_chooses_the_dataset(monkeypatch, tmp_path):
+    monkeypatch.delenv(data_module.DATASET_ENV, raising=False)
+    assert data_module.dataset_name() == "digits"
+    monkeypatch.setenv(data_module.DATASET_ENV, "cifar10")
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path))
+    write_tiny_cifar(tmp_path / "cifar10")
+    train_loader, _ = load_data()  # no name: the setting decides
+    assert train_loader.dataset.tensors[0].shape[1] == 3
+    monkeypatch.setenv(data_module.DATASET_ENV, "mnist")
+    with pytest.raises(ValueError, match="INT8LAB_DATASET='mnist'.*digits, cifar10"):
+        load_data()

@@ -1,6 +1,7 @@
 """Project-level rules: no answers in the importable package, pinned installs, matching environments."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -85,3 +86,27 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
+
+
+def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(tmp_path):
+    """INT8LAB_DATASET=cifar10 reaches every notebook: all three run and pass their visible tests on CIFAR-10."""
+    from tiny_cifar import write_tiny_cifar
+
+    cache = tmp_path / "cache"
+    write_tiny_cifar(cache / "cifar10", per_batch=300, learnable=True)
+    table = tmp_path / "table.json"
+    env = {**os.environ, "INT8LAB_CACHE": str(cache), "INT8LAB_DATASET": "cifar10"}
+    result = subprocess.run(
+        [sys.executable, "-m", "int8lab", "demo", "--out", str(tmp_path / "results"), "--json", str(table)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy on cifar10" in result.stdout
+    numbers = json.loads(table.read_text())
+    assert all(value is not None for value in numbers.values()), numbers
+    # Had any notebook or kernel fallen back to digits, it would have trained a digits model here.
+    trained = sorted(path.name for path in (cache / "checkpoints").glob("*.pt"))
+    assert trained and all("-cifar10-" in name for name in trained), trained

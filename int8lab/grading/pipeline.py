@@ -79,8 +79,8 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
     """Stop before grading anyone if the judge fails the reference solution or no kernel can start."""
     from ..training import trained_model
 
-    trained_model("digits", progress=progress)  # kernels only read the model cache
-    trained_model("digits", bias=True, progress=progress)
+    trained_model(progress=progress)  # kernels only read the model cache
+    trained_model(bias=True, progress=progress)
     for name, assignment in assignments.items():
         try:
             selfcheck.check_reference(name, assignment.source)

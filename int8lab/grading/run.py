@@ -69,7 +69,7 @@ def _kernel_environment(kernel_dir: Path) -> dict:
     """The kernel's whole environment: every folder it writes is inside ``kernel_dir``."""
     import os
 
-    from ..data import cache_dir
+    from ..data import DATASET_ENV, cache_dir, dataset_name
 
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
     return {
@@ -86,6 +86,7 @@ def _kernel_environment(kernel_dir: Path) -> dict:
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "INT8LAB_CACHE": str(cache_dir()),
+        DATASET_ENV: dataset_name(),  # the judge's hidden tests read the same dataset in the worker
         "INT8LAB_NO_TRAINING": "1",  # grading reads the model cache, never trains
         "PYTHONDONTWRITEBYTECODE": "1",
     }
