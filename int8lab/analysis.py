@@ -83,3 +83,65 @@ def precision_report(
 def quantization_mse(weights: torch.Tensor, dequantized: torch.Tensor) -> float:
     """Mean squared error between float weights and their int8 reconstruction (q * s)."""
     return float(torch.mean((weights.detach().double() - dequantized.detach().double()) ** 2))
+
+
+#: The largest |product| of one int8 weight and one int8 activation: symmetric weight scales
+#: keep weights within ±127, while activations reach -128.
+LARGEST_PRODUCT = 127 * 128
+INT16_MAX = 2**15 - 1
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class AccumulatorWidth:
+    """How large one layer's integer accumulator can get, and how large it got.
+
+    fan_in: int8 products summed into each output (in_channels x kernel area, or in_features).
+    bound: fan_in x 127 x 128, the largest |sum| any inputs could give.
+    observed: the largest |accumulator| seen on the images measured.
+    """
+
+    fan_in: int
+    bound: int
+    observed: float
+
+
+def accumulator_widths(int8_net: nn.Module, loader: DataLoader, max_samples: int = 400) -> dict[str, AccumulatorWidth]:
+    """Per layer of ``int8_net``, the worst-case and the observed size of its integer accumulator.
+
+    ``int8_net`` must feed int8 values (integers in float32 tensors) to layers holding int8
+    weights; what each layer module returns before requantization is then its accumulator.
+    """
+    observed = dict.fromkeys(LAYER_NAMES, 0.0)
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            observed[name] = max(observed[name], float(output.detach().abs().max()))
+
+        return hook
+
+    handles = [getattr(int8_net, name).register_forward_hook(record(name)) for name in LAYER_NAMES]
+    try:
+        profile_activations(int8_net, loader, max_samples=max_samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    widths = {}
+    for name in LAYER_NAMES:
+        fan_in = getattr(int8_net, name).weight[0].numel()
+        widths[name] = AccumulatorWidth(fan_in, fan_in * LARGEST_PRODUCT, observed[name])
+    return widths
+
+
+def logit_error(int8_net: nn.Module, float_net: nn.Module, loader: DataLoader, logit_scale: float) -> float:
+    """Mean |int8 logits x ``logit_scale`` - float logits| over ``loader``, in the float logits' units.
+
+    ``logit_scale`` is the float value of one step of the int8 logits.
+    """
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for images, _ in loader:
+            difference = int8_net(images).double() * logit_scale - float_net(images).double()
+            total += float(difference.abs().sum())
+            count += difference.numel()
+    return total / count

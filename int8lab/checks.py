@@ -46,6 +46,18 @@ MISCONCEPTIONS = {
         "your scale is 1/s: that is the original lab's n = 127 / max|x| convention; here the scale is "
         "s = max|x| / 127 and q = round(x / s)"
     ),
+    "range_scale": (
+        "your scale looks like (max - min) / 255: that is an asymmetric scale, which needs a zero point; this "
+        "lab's int8 is symmetric, with no zero point, so the scale covers max|x| with 127 steps"
+    ),
+    "scale_128": (
+        "your scale divides by 128: int8's positive side ends at 127, so a largest value of +max|x| would round "
+        "to 128 and be clamped; divide by 127"
+    ),
+    "inverse_unsigned_scale": (
+        "your scale looks like 255 / max|x|: that is inverted (q = round(x / s) here, not x * n) and counts "
+        "uint8's 255 steps instead of int8's 127 on each side of zero"
+    ),
     "floor_not_round": "the values look floored or truncated (floor, trunc or int()) instead of rounded to nearest",
     "no_clamp": ("values fall outside the integer range (int8: [-128, 127]; int32 for a bias): clamp after rounding"),
     "clamp_127": "-128 never appears where it should: the clamp uses [-127, 127] instead of int8's [-128, 127]",
@@ -54,9 +66,24 @@ MISCONCEPTIONS = {
         "the scale looks computed from max(x) instead of max(|x|): it fails when the largest magnitude is negative"
     ),
     "zero_scale": "an all-zero tensor gives max|x| = 0: dividing by a scale of 0 produces NaN",
+    "layer_not_requantized": (
+        "a layer's integer accumulator was rounded without first being divided by its output_scale (often fc3, "
+        "the last one): in NetQuantized.forward every layer, fc3 included, divides by layer.output_scale, then "
+        "rounds and clamps"
+    ),
+    "multiplied_weight_scale": (
+        "NetQuantized.forward multiplies by layer.weight.scale: the output scales from quantize_activations "
+        "already account for every weight scale (derivation 2.3), so forward divides by layer.output_scale only"
+    ),
+    "bias_own_scale": (
+        "your bias has a scale of its own, max|bias| / 127, like a weight; but the bias is added to the integer "
+        "accumulator, so its integers must count in the accumulator's units: see derivation 3.2, then fix "
+        "NetQuantizedWithBias.quantized_bias"
+    ),
     "bias_int8_clamp": "the bias was clamped to the int8 range; a bias is stored in int32: [-2**31, 2**31 - 1]",
     "bias_missing_chain": (
-        "the bias scale lacks the earlier layers' product: s_bias = s_w * s_In * prod(s_w_i * s_out_i for ss)"
+        "your bias scale leaves out what the earlier layers in ss contribute to fc3's accumulator: derivation 3.2 "
+        "asks for the scale for fc3, not for a first layer; then fix NetQuantizedWithBias.quantized_bias"
     ),
     "forgot_round": (
         "an activation holds non-integers: round (torch.round, not floor, trunc or int()) after dividing by the scale"

@@ -129,3 +129,65 @@ def plot_precision_loss(reports: Mapping[str, Mapping], accuracies: Mapping[str,
     ax.legend(fontsize="small", loc="lower right")
     fig.suptitle("Same int8 network, two ways to choose the output scales")
     return fig
+
+
+def plot_bias_handling(rows: Mapping[str, tuple[float, float, float]]):
+    """Ways of putting fc3's bias into the integer network, side by side, the first one being the reference.
+
+    Args:
+        rows: ``{handling: (bias_error, logit_error, accuracy)}``: the largest error of the bias the
+            integer accumulator adds, in float units; the mean error of the dequantized logits
+            against the float network's; and the test accuracy in percent. Both errors are
+            drawn on log scales, and each mistake's logit error is labelled with how much it
+            exceeds the reference's.
+    """
+    import textwrap
+
+    names = list(rows)
+    colors = ["tab:green"] + ["tab:red"] * (len(names) - 1)
+    ticks = [textwrap.fill(name, 16) + f"\n{rows[name][2]:.2f}% acc." for name in names]
+    bias_errors = [rows[name][0] for name in names]
+    logit_errors = [rows[name][1] for name in names]
+    reference = logit_errors[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5), constrained_layout=True)
+    bars = left.bar(range(len(names)), bias_errors, color=colors)
+    left.bar_label(bars, labels=[f"{v:.2g}" for v in bias_errors], fontsize="small")
+    left.set_ylabel("largest |added bias - float bias| (float units, log)")
+    left.set_title("The bias the accumulator adds")
+    bars = right.bar(range(len(names)), logit_errors, color=colors)
+    excess = [
+        f"{v:.4f}" + ("" if i == 0 else f"\n{(v / reference - 1) * 100:+.0f}%") for i, v in enumerate(logit_errors)
+    ]
+    right.bar_label(bars, labels=excess, fontsize="small")
+    right.set_ylabel("mean |dequantized logit - float logit| (float units, log)")
+    right.set_title("The logits that come out (% against the first bar)")
+    right.set_ylim(min(logit_errors) * 0.8, max(logit_errors) * 2.0)
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(names)), ticks, fontsize="small")
+    fig.suptitle("fc3's bias, five ways: green is the reference, red the mistakes")
+    return fig
+
+
+def plot_accumulator_widths(widths: Mapping[str, object]):
+    """Per layer, the worst-case accumulator (fan-in x 127 x 128) and the largest one observed,
+    against what int16 and int32 hold.
+
+    Args:
+        widths: ``{layer: AccumulatorWidth}`` from ``analysis.accumulator_widths``.
+    """
+    names = list(widths)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
+    bound = ax.bar(x - 0.2, [widths[n].bound for n in names], 0.4, color="tab:gray", label="bound: fan-in × 127 × 128")
+    seen = ax.bar(x + 0.2, [widths[n].observed for n in names], 0.4, color="tab:blue", label="largest observed")
+    ax.bar_label(bound, labels=[f"{widths[n].bound:,}" for n in names], fontsize="x-small")
+    ax.bar_label(seen, labels=[f"{widths[n].observed:,.0f}" for n in names], fontsize="x-small")
+    ax.axhline(2**15 - 1, color="tab:red", linestyle="--", label="int16 max (32,767)")
+    ax.axhline(2**31 - 1, color="black", linestyle=":", label="int32 max (2,147,483,647)")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{n}\nfan-in {widths[n].fan_in}" for n in names])
+    ax.set_ylabel("|accumulator| (log scale)")
+    ax.set_title("How wide must the accumulator be?")
+    ax.legend(fontsize="small", loc="center right")
+    return fig

@@ -1,4 +1,4 @@
-"""Collect the headline accuracies of a run of the notebooks, for ``int8lab demo --json``."""
+"""Collect the headline figures (accuracies, errors) of a run of the notebooks, for ``int8lab demo --json``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 RESULTS_ENV = "INT8LAB_RESULTS"
 
 
-def record_result(key: str, accuracy: float) -> None:
-    """Add ``key: accuracy`` to the file named by ``$INT8LAB_RESULTS``; do nothing when it is unset."""
+def record_result(key: str, value: float) -> None:
+    """Add ``key: value`` (an accuracy in percent, or another figure of the run) to the file named by
+    ``$INT8LAB_RESULTS``; do nothing when it is unset."""
     target = os.environ.get(RESULTS_ENV)
     if not target:
         return
@@ -21,7 +22,7 @@ def record_result(key: str, accuracy: float) -> None:
     with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-        results[key] = round(float(accuracy), 4)
+        results[key] = round(float(value), 6)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)

@@ -19,6 +19,9 @@ def quantized_weights(weights):
 """
 
 
+WEIGHTS_RETURN = "    return torch.clamp(torch.round(weights / scale), -128, 127), scale\n"
+
+
 def _weights(body, largest="weights.abs().max().item()"):
     return WEIGHTS_TEMPLATE.format(largest=largest, body=body)
 
@@ -28,7 +31,7 @@ def forward(self, x):
     x = torch.clamp({round}(x / self.input_scale), {low}, 127)
     for name in LAYER_NAMES:
         layer = getattr(self, name)
-        x = {clamp_open}{round}(layer(x) / layer.output_scale){clamp_close}
+        x = {clamp_open}{round}(layer(x) / {divide}){clamp_close}
         if name in ("conv1", "conv2"):
             x = self.pool(F.relu(x))
         elif name != "fc3" or {relu_on_logits}:
@@ -41,9 +44,10 @@ NetQuantized.forward = forward
 """
 
 
-def _forward(round="torch.round", low=-128, clamp=True, relu_on_logits=False):
+def _forward(round="torch.round", low=-128, clamp=True, relu_on_logits=False, divide="layer.output_scale"):
     return FORWARD_TEMPLATE.format(
         round=round,
+        divide=divide,
         low=low,
         clamp_open="torch.clamp(" if clamp else "",
         clamp_close=f", {low}, 127)" if clamp else "",
@@ -94,6 +98,22 @@ WRONG_IMPLEMENTATIONS = [
         "def quantized_weights(weights):\n    scale = weights.abs().max().item() / 127\n"
         "    return torch.clamp(torch.round(weights / scale), -128, 127), scale\n",
     ),
+    *[
+        (key, "01_weights", f"def quantized_weights(weights):\n    scale = {scale}\n{WEIGHTS_RETURN}")
+        for key, scale in (
+            ("range_scale", "(weights.max() - weights.min()).item() / 255"),
+            ("scale_128", "weights.abs().max().item() / 128"),
+            ("inverse_unsigned_scale", "255 / weights.abs().max().item()"),
+        )
+    ],
+    *[
+        (key, "02_activations", f"NetQuantized.quantize_initial_input = staticmethod(lambda pixels: float({scale}))")
+        for key, scale in (
+            ("range_scale", "(pixels.max() - pixels.min()) / 255"),
+            ("scale_128", "np.abs(pixels).max() / 128"),
+            ("inverse_unsigned_scale", "255 / np.abs(pixels).max()"),
+        )
+    ],
     ("naive_output_scale", "02_activations", _activations("np.abs(activations).max()")),
     ("missing_chain", "02_activations", _activations("np.abs(activations / s_w / s_initial_input).max()")),
     ("multiplied_scale", "02_activations", _activations("np.abs(activations * s_w * s_initial_input * product).max()")),
@@ -121,6 +141,8 @@ WRONG_IMPLEMENTATIONS = [
     ("forgot_clamp", "02_activations", _forward(clamp=False)),
     ("clamp_127", "02_activations", _forward(low=-127)),
     ("relu_misplaced", "02_activations", _forward(relu_on_logits=True)),
+    ("layer_not_requantized", "02_activations", _forward(divide="(layer.output_scale if name != 'fc3' else 1.0)")),
+    ("multiplied_weight_scale", "02_activations", _forward(divide="layer.output_scale * layer.weight.scale")),
     ("bias_int8_clamp", "03_biases", _bias("torch.clamp(torch.round(bias / chained), -128, 127)")),
     (
         "bias_missing_chain",
@@ -128,6 +150,7 @@ WRONG_IMPLEMENTATIONS = [
         _bias("torch.clamp(torch.round(bias / (s_w * s_initial_input)), -2**31, 2**31 - 1)"),
     ),
     ("no_clamp", "03_biases", _bias("torch.round(bias / chained)")),
+    ("bias_own_scale", "03_biases", _bias("torch.round(bias / (bias.abs().max().item() / 127))")),
 ]
 SOLUTION_CELL = {
     "01_weights": "quantized_weights_impl",
@@ -169,6 +192,16 @@ def test_the_visible_forward_test_catches_forward_mistakes(mistake):
     assert mistake != FORWARD
     outcomes = run_tests("02_activations", mistake, after=SOLUTION_CELL["02_activations"])
     assert outcomes["net_quantized_forward_small_network"] is not None
+
+
+@pytest.mark.parametrize("key", ["layer_not_requantized", "multiplied_weight_scale", "relu_misplaced"])
+def test_the_visible_forward_test_names_forward_mistakes(key):
+    """The visible test's own message names these forward mistakes, before any hidden test runs."""
+    patch = next(patch for name, assignment, patch in WRONG_IMPLEMENTATIONS if name == key and "forward" in patch)
+    message = run_tests("02_activations", patch, after=SOLUTION_CELL["02_activations"])[
+        "net_quantized_forward_small_network"
+    ]
+    assert message and MISCONCEPTIONS[key] in message and "NetQuantized.forward" in message
 
 
 def test_a_low_accuracy_from_forward_blames_forward_not_the_scales():

@@ -83,6 +83,12 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert numbers["naive_int8"] <= numbers["float"] - 20.0
     assert numbers["bias_float"] >= 98.0
     assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 0.3
+    # Notebook 3's evidence plot: every wrong bias handling measurably worse than the int32 bias.
+    recorded = json.loads((tmp_path / "results" / "accuracy.json").read_text())
+    for measure in ("bias_error", "logit_error"):
+        figures = {key.split("/", 1)[1]: value for key, value in recorded.items() if key.startswith(measure + "/")}
+        right = figures.pop("int32 (your quantized_bias)")
+        assert len(figures) == 4 and all(wrong > right * 1.05 for wrong in figures.values()), (measure, right, figures)
     executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
