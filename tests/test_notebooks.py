@@ -68,3 +68,17 @@ def test_released_stubs_fail_every_test(assignment):
 def test_harness_sees_the_solution_pass(assignment):
     outcomes = run_tests(assignment)
     assert outcomes and all(message is None for message in outcomes.values()), outcomes
+
+
+@pytest.mark.parametrize("assignment", sorted(SOURCES))
+def test_each_notebook_is_a_lesson_with_objectives_time_summary_and_self_check(assignment):
+    """Opens with learning objectives and an estimated time; ends with a summary and 3-5 self-check questions."""
+    import re
+
+    cells = json.loads(RELEASED[assignment].read_text())["cells"]
+    opening, closing = "".join(cells[0]["source"]), "".join(cells[-1]["source"])
+    assert "**You will learn to**" in opening and re.search(r"\*\*Estimated time:\*\* about \d+ minutes", opening)
+    assert closing.startswith("## Summary and self-check")
+    questions = re.findall(r"^\d+\. ", closing.split("**Check yourself.**", 1)[1], flags=re.MULTILINE)
+    assert 3 <= len(questions) <= 5
+    assert closing.count("<details><summary>Answer</summary>") == len(questions)
