@@ -13,7 +13,7 @@ SUBMISSIONS ?= autograder/submitted
 OUT ?= graded
 WORKERS ?= 2
 
-.PHONY: help venv demo test lint format bench bench-grading release validate grade clean
+.PHONY: help venv demo test lint format bench bench-grading release validate grade guide clean
 
 help:
 	@echo "make demo    run the lab end to end on the embedded digits data (ARGS='--json out.json')"
@@ -24,6 +24,7 @@ help:
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make grade   autograde SUBMISSIONS (default autograder/submitted) into OUT (default graded)"
 	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
+	@echo "make guide   regenerate docs/instructors-guide.md from solutions/ and the misconception catalogue"
 	@echo "make clean   remove .venv and build leftovers"
 
 venv: $(STAMP)
@@ -62,6 +63,9 @@ grade: $(STAMP)
 
 release: $(STAMP)
 	for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment $$a --force --no-db) || exit 1; done
+
+guide: $(STAMP)
+	$(BIN)/python autograder/make_guide.py
 
 validate: $(STAMP)
 	$(BIN)/nbgrader validate solutions/*/*.ipynb

@@ -27,8 +27,8 @@ MISCONCEPTIONS = {
         "then fix NetQuantized.quantize_activations"
     ),
     "missing_chain": (
-        "your output scale divides by s_w and s_In but not by the earlier layers' (s_w_i * s_out_i) products "
-        "in ss; see equation (2.4)"
+        "your output scale accounts for this layer's weight scale and the input scale but for nothing from the "
+        "earlier layers in ss; derivation 2.3 shows what they leave in the accumulator"
     ),
     "chain_previous_only": (
         "your output scale divides by the last (s_w, s_out) pair of ss only; derivation 2.3 shows what the "

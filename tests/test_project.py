@@ -79,6 +79,7 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert set(numbers) == {"float", "weights_int8", "naive_int8", "chained_int8", "bias_float", "bias_int8"}
     # 0.3 points is one test image of 360: the int8 networks may lose at most one.
     assert numbers["float"] >= 98.0
+    assert abs(numbers["weights_int8"] - numbers["float"]) <= 0.3
     assert abs(numbers["chained_int8"] - numbers["float"]) <= 0.3
     assert numbers["naive_int8"] <= numbers["float"] - 20.0
     assert numbers["bias_float"] >= 98.0
@@ -116,3 +117,16 @@ def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(tmp_path):
     # Had any notebook or kernel fallen back to digits, it would have trained a digits model here.
     trained = sorted(path.name for path in (cache / "checkpoints").glob("*.pt"))
     assert trained and all("-cifar10-" in name for name in trained), trained
+
+
+def test_instructors_guide_is_generated_from_the_sources():
+    """docs/instructors-guide.md equals what make_guide.py writes now (a diff says what changed)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "autograder" / "make_guide.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    guide = (ROOT / "docs" / "instructors-guide.md").read_text()
+    from int8lab.checks import MISCONCEPTIONS
+
+    assert all(f"| `{key}` |" in guide for key in MISCONCEPTIONS)
+    assert guide.count("**Examples.**") == 3 and guide.count("**Estimated time:**") == 3
