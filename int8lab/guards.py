@@ -57,9 +57,12 @@ def install_int8_guards(model: nn.Module, layers=LAYER_NAMES) -> list:
     Returns the hook handles; call ``handle.remove()`` on each to take the guards off.
     """
 
+    # The message names the method that fed the layer, so that a student knows what to fix.
+    where = f"{type(model).__name__}.forward"
+
     def guard(name):
         def pre_hook(_module, inputs):
-            check_int_range(inputs[0], name)
+            check_int_range(inputs[0], f"{name} in {where}")
 
         return pre_hook
 

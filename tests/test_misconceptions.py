@@ -170,6 +170,18 @@ def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch
     assert failed, f"no test caught the {key} implementation"
     naming = [grade_id for grade_id, message in failed.items() if MISCONCEPTIONS[key] in message]
     assert naming, f"{key}: these tests failed without naming it: {failed}"
+    function = _patched_function(patch)
+    assert any(function in failed[grade_id] for grade_id in naming), f"{key}: no message names {function}: {failed}"
+
+
+def _patched_function(patch: str) -> str:
+    """The function a wrong implementation replaces, as a failure message should name it."""
+    import re
+
+    assigned = re.search(r"^(\w+)\.(\w+) = ", patch, flags=re.MULTILINE)
+    if assigned:
+        return assigned.group(2)
+    return re.search(r"^def (\w+)", patch, flags=re.MULTILINE).group(1)
 
 
 def test_every_named_misconception_has_a_wrong_implementation():
