@@ -20,15 +20,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "instructors-guide.md"
-ASSIGNMENTS = {
-    "01_weights": "weights.ipynb",
-    "02_activations": "activations.ipynb",
-    "03_biases": "biases.ipynb",
-}
+#: Every assignment: one folder of solutions/ holding one notebook.
+ASSIGNMENTS = {path.parent.name: path.name for path in sorted((ROOT / "solutions").glob("*/*.ipynb"))}
 #: Mistakes recognised without a test naming them: by the comparison helpers in any integer or
 #: scale comparison, and by the int8 guards on every layer's input (forgot_round, forgot_clamp).
 DIAGNOSED_ANYWHERE = ("floor_not_round", "clamp_unsigned", "clamp_127", "no_clamp", "zero_scale", "inverse_scale")
 GUARDED = ("forgot_round", "forgot_clamp")
+#: Who names a mistake that no test names itself.
+RECOGNISED_BY = {
+    **dict.fromkeys(GUARDED, "(the int8 guards)"),
+    "dequantized_forward": "(`IntegerModule` and the integer kernels, on every call)",
+}
 
 #: The ranges `make test` checks on a fresh run, per notebook: (what, range, where it is checked).
 EXPECTED = {
@@ -50,12 +52,19 @@ EXPECTED = {
             "tests/test_project.py (demo)",
         ),
     ],
+    "04_integer_only": [
+        ("integer-only NetWithBias", "within 0.5 points of the chained int8 network", "tests/test_project.py (demo)"),
+        ("PyTorch's int8 engine (x86)", "at least 98%, the same class as IntegerOnlyNet on at least 98% of images",
+         "tests/test_project.py (demo)"),
+        ("a student's calibrated IntegerOnlyNet", "the same class as notebook 3's network on at least 99% of "
+         "images, or the test fails", "integer_only_net_agrees_with_float_requantized"),
+    ],
 }
 
 DESIGN = """\
 ## Derive first, then code: how the notebooks avoid giving answers away
 
-- Each derivation (2.2, 2.3, 3.2) stands before the code that uses it and is graded by hand.
+- Each derivation (2.2, 2.3, 3.2, 4.2) stands before the code that uses it and is graded by hand.
   Markdown, docstrings, test docstrings and failure messages state the convention
   ($q = \\mathrm{clamp}(\\mathrm{round}(x/s))$, $s = \\max|x|/127$ for a tensor) but never the
   output-scale chain or the bias scale: a docstring says "the scale derived in 3.2", and a
@@ -154,7 +163,7 @@ def render() -> str:
         "|---|---|---|",
     ]
     for key, sentence in MISCONCEPTIONS.items():
-        default = "(the int8 guards)" if key in GUARDED else "(the comparison helpers)"
+        default = RECOGNISED_BY.get(key, "(the comparison helpers)")
         where = ", ".join(f"`{grade_id}`" for grade_id in named_in.get(key, [])) or default
         lines.append(f"| `{key}` | {where} | This matches a known misconception: {_cell(sentence)}. |")
     lines += ["", DESIGN]

@@ -1,8 +1,9 @@
-"""Print how long the three solution notebooks take to execute with a warm model cache.
+"""Print how long each solution notebook takes to execute with a warm model cache.
 
     .venv/bin/python benchmarks/bench_notebooks.py
 
-Target: 20 s in total on a 2-core machine. Each notebook runs in a fresh kernel, as in `make demo`.
+Targets on a 2-core machine: notebooks 01 to 03 within 20 s together, notebook 04 within 30 s.
+Each notebook runs in a fresh kernel, as in `make demo`; the times include the kernel's start.
 """
 
 import tempfile
@@ -14,16 +15,19 @@ from int8lab.demo import REPO_ROOT, execute_notebooks
 
 
 def main():
-    trained_model("digits", progress=False)  # warm the cache: the figure is for execution, not training
-    trained_model("digits", bias=True, progress=False)
+    trained_model(progress=False)  # warm the cache: the figure is for execution, not training
+    trained_model(bias=True, progress=False)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         execute_notebooks(REPO_ROOT / "solutions", Path(out), timings=timings)
     total = time.perf_counter() - started
     for notebook, seconds in timings.items():
-        print(f"{notebook:<36}{seconds:6.1f} s")
-    print(f"{'all three (warm cache)':<36}{total:6.1f} s   target <= 20 s")
+        target = "   target <= 30 s" if notebook.startswith("04_") else ""
+        print(f"{notebook:<40}{seconds:6.1f} s{target}")
+    first_three = sum(seconds for notebook, seconds in timings.items() if notebook[:2] in ("01", "02", "03"))
+    print(f"{'notebooks 01-03 (warm cache)':<40}{first_three:6.1f} s   target <= 20 s")
+    print(f"{'all notebooks, with the demo overhead':<40}{total:6.1f} s")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,26 @@ MISCONCEPTIONS = {
         "NetQuantized.forward multiplies by layer.weight.scale: the output scales from quantize_activations "
         "already account for every weight scale (derivation 2.3), so forward divides by layer.output_scale only"
     ),
+    "m0_not_normalised": (
+        "your m0 is not normalised into [2**(bits-1), 2**bits): with a fixed shift, a small multiplier gets an "
+        "m0 with few significant bits and loses precision; choose the shift that puts m0's top bit at bits - 1 "
+        "(fixed_point_multiplier)"
+    ),
+    "shift_truncates": (
+        "requantize shifts right without rounding: >> rounds towards minus infinity; add half of 2**shift "
+        "(away from zero, as the docstring states) before shifting"
+    ),
+    "shift_wrong_direction": (
+        "requantize shifts the wrong way: m0 * 2**-shift is a right shift by shift bits, not a left shift"
+    ),
+    "int32_overflow": (
+        "acc * m0 was computed in int32 and wrapped around: an int32 accumulator times a 31-bit m0 needs up to "
+        "62 bits, so requantize must multiply in int64"
+    ),
+    "dequantized_forward": (
+        "a float tensor reached an integer layer: IntegerOnlyNet.forward must keep int8 activations and int32 "
+        "accumulators from the quantized input to the logits, with no division by a float scale"
+    ),
     "bias_own_scale": (
         "your bias has a scale of its own, max|bias| / 127, like a weight; but the bias is added to the integer "
         "accumulator, so its integers must count in the accumulator's units: see derivation 3.2, then fix "

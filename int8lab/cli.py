@@ -49,7 +49,7 @@ def _grade(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="int8lab", description="int8 post-training quantization lab")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the three solution notebooks end to end and print the accuracy table")
+    demo = commands.add_parser("demo", help="run the solution notebooks end to end and print the accuracy table")
     demo.add_argument(
         "--out", default="results", help="folder for the executed notebooks and figures (default: results)"
     )

@@ -1,4 +1,4 @@
-"""``int8lab demo``: execute the three solution notebooks end to end and print the accuracy table."""
+"""``int8lab demo``: execute the solution notebooks end to end and print the accuracy table."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from pathlib import Path
 from .results import RESULTS_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("01_weights/weights.ipynb", "02_activations/activations.ipynb", "03_biases/biases.ipynb")
+NOTEBOOKS = (
+    "01_weights/weights.ipynb",
+    "02_activations/activations.ipynb",
+    "03_biases/biases.ipynb",
+    "04_integer_only/integer_only.ipynb",
+)
 #: JSON key -> what the table calls it.
 TABLE = {
     "float": "float Net",
@@ -21,6 +26,9 @@ TABLE = {
     "chained_int8": "int8 weights + activations, chained scales",
     "bias_float": "float NetWithBias",
     "bias_int8": "int8 NetWithBias, int32 bias",
+    "integer_only_int8": "integer-only NetWithBias (m0 and shift)",
+    "torch_int8": "PyTorch int8 engine (x86), NetWithBias",
+    "integer_only_agreement": "same class: integer-only and PyTorch int8",
 }
 
 

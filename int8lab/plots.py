@@ -191,3 +191,35 @@ def plot_accumulator_widths(widths: Mapping[str, object]):
     ax.set_title("How wide must the accumulator be?")
     ax.legend(fontsize="small", loc="center right")
     return fig
+
+
+def plot_multiplier_bits(bits, relative_errors: Mapping[str, np.ndarray], changed: Mapping[str, np.ndarray]):
+    """Requantization against the width of the fixed-point multiplier m0.
+
+    Args:
+        bits: the widths tried, e.g. 4 to 31.
+        relative_errors: ``{layer: |m0 * 2**-shift - M| / M at each width}``.
+        changed: ``{layer: share (0 to 1) of the layer's int8 outputs that differ from the 31-bit result}``,
+            each layer requantizing the same accumulators.
+    """
+    bits = np.asarray(bits)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4), constrained_layout=True)
+    for name, errors in relative_errors.items():
+        left.plot(bits, np.maximum(errors, 1e-18), marker=".", label=name)
+    left.plot(bits, 2.0**-bits, color="black", linestyle="--", label="bound 2^-bits")
+    left.set_yscale("log")
+    left.set_xlabel("bits of m0")
+    left.set_ylabel("relative error of m0 · 2^-shift (log)")
+    left.set_title("The multiplier's error")
+    left.legend(fontsize="small")
+    for name, share in changed.items():
+        percent = 100.0 * np.asarray(share, dtype=np.float64)
+        # A log axis shows the long tail of rare changes; a share of exactly 0 has no point on it.
+        right.plot(bits, np.where(percent > 0, percent, np.nan), marker=".", label=name)
+    right.set_yscale("log")
+    right.set_xlabel("bits of m0")
+    right.set_ylabel("int8 outputs that change vs 31 bits (%, log; none: no point)")
+    right.set_title("What the error does to each layer's int8 outputs")
+    right.legend(fontsize="small")
+    fig.suptitle("How many bits does the fixed-point multiplier need?")
+    return fig

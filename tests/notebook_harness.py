@@ -13,11 +13,8 @@ import nbformat
 from int8lab.grading.selfcheck import judge_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = {
-    "01_weights": ROOT / "solutions" / "01_weights" / "weights.ipynb",
-    "02_activations": ROOT / "solutions" / "02_activations" / "activations.ipynb",
-    "03_biases": ROOT / "solutions" / "03_biases" / "biases.ipynb",
-}
+#: Every assignment: one folder of solutions/ holding one notebook.
+SOURCES = {path.parent.name: path for path in sorted((ROOT / "solutions").glob("*/*.ipynb"))}
 
 
 def run_tests(assignment: str, patch: str = "", after: str | None = None) -> dict[str, str | None]:

@@ -152,11 +152,64 @@ WRONG_IMPLEMENTATIONS = [
     ("no_clamp", "03_biases", _bias("torch.round(bias / chained)")),
     ("bias_own_scale", "03_biases", _bias("torch.round(bias / (bias.abs().max().item() / 127))")),
 ]
+REQUANTIZE_TEMPLATE = """
+def requantize(accumulator, m0, shift):
+    product = {product}
+    {rounding}
+    return torch.clamp(rounded, {low}, 127).to(torch.int8)
+"""
+ROUNDING = (
+    "magnitude = (product.abs() + (1 << (shift - 1))) >> shift\n"
+    "    rounded = torch.where(product < 0, -magnitude, magnitude)"
+)
+
+
+def _requantize(product="accumulator.to(torch.int64) * m0", rounding=ROUNDING, low=-128):
+    return REQUANTIZE_TEMPLATE.format(product=product, rounding=rounding, low=low)
+
+
+INTEGER_ONLY = [
+    (
+        "m0_not_normalised",
+        "04_integer_only",
+        "def fixed_point_multiplier(real_multiplier, bits=31):\n"
+        "    return (round(real_multiplier * 2**bits), bits) if real_multiplier else (0, 0)\n",
+    ),
+    ("shift_truncates", "04_integer_only", _requantize(rounding="rounded = product >> shift")),
+    ("shift_wrong_direction", "04_integer_only", _requantize(rounding="rounded = product << shift")),
+    ("int32_overflow", "04_integer_only", _requantize(product="accumulator * m0")),
+    ("clamp_127", "04_integer_only", _requantize(low=-127)),
+    (
+        "dequantized_forward",
+        "04_integer_only",
+        textwrap.dedent("""
+        def forward(self, x):
+            for name in LAYER_NAMES:
+                accumulator = self.accumulate(name, x) + self.biases.get(name, 0)
+                m0, shift = self.multipliers[name]
+                x = torch.clamp(torch.round(accumulator * (m0 / 2**shift)), -128, 127).to(torch.int8)
+                if name in ("conv1", "conv2"):
+                    x = max_pool2x2_int8(relu_int8(x))
+                elif name != "fc3":
+                    x = relu_int8(x)
+                if name == "conv2":
+                    x = torch.flatten(x, 1)
+            return x
+
+        IntegerOnlyNet.forward = forward
+        """),
+    ),
+]
+WRONG_IMPLEMENTATIONS += INTEGER_ONLY
+
 SOLUTION_CELL = {
     "01_weights": "quantized_weights_impl",
     "02_activations": "net_quantized_impl",
     "03_biases": "net_quantized_with_bias_impl",
+    "04_integer_only": "integer_only_net_impl",
 }
+#: Where a patch of one function goes when an assignment has several solution cells.
+FUNCTION_CELL = {"fixed_point_multiplier": "fixed_point_multiplier_impl", "requantize": "requantize_impl"}
 
 
 @pytest.mark.parametrize(
@@ -165,7 +218,8 @@ SOLUTION_CELL = {
     ids=[f"{assignment}-{key}-{i}" for i, (key, assignment, _) in enumerate(WRONG_IMPLEMENTATIONS)],
 )
 def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch):
-    outcomes = run_tests(assignment, patch, after=SOLUTION_CELL[assignment])
+    after = FUNCTION_CELL.get(_patched_function(patch), SOLUTION_CELL[assignment])
+    outcomes = run_tests(assignment, patch, after=after)
     failed = {grade_id: message for grade_id, message in outcomes.items() if message}
     assert failed, f"no test caught the {key} implementation"
     naming = [grade_id for grade_id, message in failed.items() if MISCONCEPTIONS[key] in message]

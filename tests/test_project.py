@@ -76,7 +76,17 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chained scales" in result.stdout and "%" in result.stdout
     numbers = json.loads(table.read_text())
-    assert set(numbers) == {"float", "weights_int8", "naive_int8", "chained_int8", "bias_float", "bias_int8"}
+    assert set(numbers) == {
+        "float",
+        "weights_int8",
+        "naive_int8",
+        "chained_int8",
+        "bias_float",
+        "bias_int8",
+        "integer_only_int8",
+        "torch_int8",
+        "integer_only_agreement",
+    }
     # 0.3 points is one test image of 360: the int8 networks may lose at most one.
     assert numbers["float"] >= 98.0
     assert abs(numbers["weights_int8"] - numbers["float"]) <= 0.3
@@ -84,6 +94,9 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert numbers["naive_int8"] <= numbers["float"] - 20.0
     assert numbers["bias_float"] >= 98.0
     assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 0.3
+    # Notebook 4: integer-only requantization loses nothing measurable against the float division.
+    assert abs(numbers["integer_only_int8"] - numbers["chained_int8"]) <= 0.5
+    assert numbers["torch_int8"] >= 98.0 and numbers["integer_only_agreement"] >= 98.0
     # Notebook 3's evidence plot: every wrong bias handling measurably worse than the int32 bias.
     recorded = json.loads((tmp_path / "results" / "accuracy.json").read_text())
     for measure in ("bias_error", "logit_error"):
@@ -129,4 +142,11 @@ def test_instructors_guide_is_generated_from_the_sources():
     from int8lab.checks import MISCONCEPTIONS
 
     assert all(f"| `{key}` |" in guide for key in MISCONCEPTIONS)
-    assert guide.count("**Examples.**") == 3 and guide.count("**Estimated time:**") == 3
+    notebooks = len(list((ROOT / "solutions").glob("*/*.ipynb")))
+    derivations = sum(
+        1
+        for path in (ROOT / "solutions").glob("*/*.ipynb")
+        for cell in json.loads(path.read_text())["cells"]
+        if cell["cell_type"] == "markdown" and cell.get("metadata", {}).get("nbgrader", {}).get("grade")
+    )
+    assert guide.count("**Examples.**") == derivations and guide.count("**Estimated time:**") == notebooks

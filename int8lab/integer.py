@@ -1,0 +1,150 @@
+"""Integer kernels for notebook 4: convolution, matrix product and pooling on real int8 tensors.
+
+PyTorch has no integer convolution on the CPU, so ``conv2d_int32`` lays the input's patches
+out as rows (``Tensor.unfold``, a view that works for any dtype) and multiplies them by the
+filters with an int32 matrix product. Every product of two int8 values and every partial sum
+is an integer, so the result is exact as long as the sum fits in int32.
+
+Each kernel checks its dtypes and says what went wrong: a float tensor reaching a layer means
+the forward pass dequantized somewhere. None of this computes a graded answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.overrides
+
+from .checks import explain
+
+
+class IntegerPipelineError(TypeError):
+    """A tensor with the wrong dtype reached an integer kernel."""
+
+
+class AccumulatorRecord:
+    """What ``recorded_accumulators`` saw: ``largest[name]`` (int), and ``tensors[name]`` when captured."""
+
+    def __init__(self, capture: bool):
+        self.capture = capture
+        self.largest: dict[str, int] = {}
+        self.tensors: dict[str, list[torch.Tensor]] = {}
+
+
+_recording: AccumulatorRecord | None = None
+
+
+def _require(tensor: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+        got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        if dtype == torch.int8 and got == torch.int32:
+            hint = " An int32 accumulator reached the next layer: requantize every layer's accumulator to int8 first."
+        elif dtype == torch.int8 and isinstance(got, torch.dtype) and got.is_floating_point:
+            hint = explain("dequantized_forward")
+        else:
+            hint = ""
+        raise IntegerPipelineError(f"{what} must be a {dtype} tensor, got {got}.{hint}")
+
+
+def _record(name: str | None, accumulator: torch.Tensor) -> None:
+    if _recording is None or name is None or not accumulator.numel():
+        return
+    _recording.largest[name] = max(_recording.largest.get(name, 0), int(accumulator.abs().max()))
+    if _recording.capture:
+        _recording.tensors.setdefault(name, []).append(accumulator.clone())
+
+
+@contextlib.contextmanager
+def recorded_accumulators(capture: bool = False):
+    """Within the block, note each named layer's largest |accumulator| (and, with ``capture``, keep them all)."""
+    global _recording
+    outer, _recording = _recording, AccumulatorRecord(capture)
+    try:
+        yield _recording
+    finally:
+        _recording = outer
+
+
+class _FloatWatch(torch.overrides.TorchFunctionMode):
+    """Notes every torch function or tensor method that returns a floating-point tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        if any(isinstance(out, torch.Tensor) and out.is_floating_point() for out in outputs):
+            self.seen.append(getattr(func, "__name__", repr(func)))
+        return result
+
+
+class IntegerModule(nn.Module):
+    """A module whose ``forward`` takes and returns torch.int8 and computes no float on the way.
+
+    Calling it checks the input's dtype, runs ``forward`` while watching every torch operation,
+    and raises ``IntegerPipelineError`` if one of them produced a float tensor or if the result
+    is not int8. ``module.forward(x)`` runs without the watch (for timing).
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        _require(x, torch.int8, f"the input of {name}")
+        with _FloatWatch() as watch:
+            result = super().__call__(x)
+        if watch.seen:
+            ops = ", ".join(dict.fromkeys(watch.seen))
+            raise IntegerPipelineError(f"{name}.forward computed in float ({ops}).{explain('dequantized_forward')}")
+        _require(result, torch.int8, f"the result of {name}.forward")
+        return result
+
+
+def conv2d_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    """Valid 2-D convolution, stride 1, of int8 images with int8 filters, accumulated in int32.
+
+    Args:
+        x: torch.int8, shape (N, C, H, W).
+        weight: torch.int8, shape (O, C, k, k).
+        name: the layer's name, for ``recorded_accumulators``.
+
+    Returns:
+        torch.int32 of shape (N, O, H - k + 1, W - k + 1): each output is the sum of C·k·k
+        products of an int8 weight and an int8 pixel.
+    """
+    _require(x, torch.int8, f"the input of {name or 'a convolution'}")
+    _require(weight, torch.int8, f"the weight of {name or 'a convolution'}")
+    batch, channels, height, width = x.shape
+    out_channels, _, k, _ = weight.shape
+    rows, cols = height - k + 1, width - k + 1
+    # (N, C, rows, cols, k, k): every k x k patch, for every channel, as a view of x.
+    patches = x.to(torch.int32).unfold(2, k, 1).unfold(3, k, 1)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(batch, rows * cols, channels * k * k)
+    filters = weight.to(torch.int32).reshape(out_channels, channels * k * k)
+    accumulator = (patches @ filters.T).permute(0, 2, 1).reshape(batch, out_channels, rows, cols)
+    _record(name, accumulator)
+    return accumulator
+
+
+def linear_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    """``x @ weight.T`` for int8 ``x`` (N, F) and int8 ``weight`` (O, F), accumulated in int32 (N, O)."""
+    _require(x, torch.int8, f"the input of {name or 'a linear layer'}")
+    _require(weight, torch.int8, f"the weight of {name or 'a linear layer'}")
+    accumulator = x.to(torch.int32) @ weight.to(torch.int32).T
+    _record(name, accumulator)
+    return accumulator
+
+
+def max_pool2x2_int8(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pooling, stride 2, of int8 feature maps (N, C, H, W) with even H and W: still int8."""
+    _require(x, torch.int8, "the input of max-pooling")
+    batch, channels, height, width = x.shape
+    return x.reshape(batch, channels, height // 2, 2, width // 2, 2).amax(dim=(3, 5))
+
+
+def relu_int8(x: torch.Tensor) -> torch.Tensor:
+    """ReLU on int8 values: negative values become 0, the dtype stays int8."""
+    _require(x, torch.int8, "the input of ReLU")
+    return torch.clamp(x, min=0)
