@@ -91,6 +91,14 @@ MISCONCEPTIONS = {
         "acc * m0 was computed in int32 and wrapped around: an int32 accumulator times a 31-bit m0 needs up to "
         "62 bits, so requantize must multiply in int64"
     ),
+    "float_requantize": (
+        "requantize computed in float: the hardware it models has no float unit on this path; multiply in "
+        "int64, then round with an integer shift (>> after adding half of 2**shift) and torch.where for the sign"
+    ),
+    "bias_not_added": (
+        "the logits look computed without fc3's int32 bias: in IntegerOnlyNet.forward, add self.biases[name] to "
+        "the layer's accumulator before requantizing it"
+    ),
     "dequantized_forward": (
         "a float tensor reached an integer layer: IntegerOnlyNet.forward must keep int8 activations and int32 "
         "accumulators from the quantized input to the logits, with no division by a float scale"

@@ -82,6 +82,22 @@ class _FloatWatch(torch.overrides.TorchFunctionMode):
         return result
 
 
+def integer_only(function, misconception: str = "float_requantize"):
+    """``function`` wrapped so that a call raises ``IntegerPipelineError`` if any torch operation in it
+    returned a float tensor; the error names the operations and ``misconception``."""
+
+    def watched(*args, **kwargs):
+        with _FloatWatch() as watch:
+            result = function(*args, **kwargs)
+        if watch.seen:
+            ops = ", ".join(dict.fromkeys(watch.seen))
+            name = getattr(function, "__name__", "the function")
+            raise IntegerPipelineError(f"{name} computed in float ({ops}).{explain(misconception)}")
+        return result
+
+    return watched
+
+
 class IntegerModule(nn.Module):
     """A module whose ``forward`` takes and returns torch.int8 and computes no float on the way.
 

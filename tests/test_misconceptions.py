@@ -180,6 +180,13 @@ INTEGER_ONLY = [
     ("int32_overflow", "04_integer_only", _requantize(product="accumulator * m0")),
     ("clamp_127", "04_integer_only", _requantize(low=-127)),
     (
+        "float_requantize",
+        "04_integer_only",
+        "def requantize(accumulator, m0, shift):\n"
+        "    x = accumulator.double() * m0 / 2**shift\n"
+        "    return torch.clamp(torch.sign(x) * torch.floor(x.abs() + 0.5), -128, 127).to(torch.int8)\n",
+    ),
+    (
         "dequantized_forward",
         "04_integer_only",
         textwrap.dedent("""
@@ -188,6 +195,24 @@ INTEGER_ONLY = [
                 accumulator = self.accumulate(name, x) + self.biases.get(name, 0)
                 m0, shift = self.multipliers[name]
                 x = torch.clamp(torch.round(accumulator * (m0 / 2**shift)), -128, 127).to(torch.int8)
+                if name in ("conv1", "conv2"):
+                    x = max_pool2x2_int8(relu_int8(x))
+                elif name != "fc3":
+                    x = relu_int8(x)
+                if name == "conv2":
+                    x = torch.flatten(x, 1)
+            return x
+
+        IntegerOnlyNet.forward = forward
+        """),
+    ),
+    (
+        "bias_not_added",
+        "04_integer_only",
+        textwrap.dedent("""
+        def forward(self, x):
+            for name in LAYER_NAMES:
+                x = requantize(self.accumulate(name, x), *self.multipliers[name])
                 if name in ("conv1", "conv2"):
                     x = max_pool2x2_int8(relu_int8(x))
                 elif name != "fc3":
