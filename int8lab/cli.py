@@ -29,7 +29,8 @@ def _grade(args) -> int:
     from .grading.pipeline import grade
 
     _choose_dataset(args)
-    limits = Limits(args.timeout, args.notebook_timeout, args.memory << 20, disk_bytes=args.disk << 20)
+    memory, disk = args.memory << 20, args.disk << 20
+    limits = Limits(args.timeout, args.notebook_timeout, memory, disk_bytes=disk, run_demos=not args.skip_demos)
     try:
         grade(
             Path(args.submissions),
@@ -44,6 +45,15 @@ def _grade(args) -> int:
         print(f"int8lab grade: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _feedback(args) -> int:
+    from .grading.pipeline import regenerate_feedback
+
+    problems = regenerate_feedback(Path(args.course), args.assignment or None)
+    for problem in problems:
+        print(f"int8lab feedback: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv=None) -> int:
@@ -74,10 +84,23 @@ def main(argv=None) -> int:
     grade.add_argument("--disk", type=int, default=512, help="disk each notebook may write, in MiB (default: 512)")
     grade.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
     grade.add_argument(
+        "--skip-demos",
+        action="store_true",
+        help="do not run the release's plot and study cells (no test needs them; about half the time of a "
+        "notebook): the feedback then shows their source with a note instead of their output",
+    )
+    grade.add_argument(
         "--solutions", metavar="DIR", help="the source notebooks' folder, with hidden tests (default: ./solutions)"
     )
     grade.add_argument("--keep-work", action="store_true", help="keep each submission's scratch folder in OUT/.work")
     grade.set_defaults(run=_grade)
+    feedback = commands.add_parser(
+        "feedback",
+        help="regenerate the feedback pages of a graded course folder (after manual grading), math included",
+    )
+    feedback.add_argument("course", help="the OUT folder of int8lab grade")
+    feedback.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    feedback.set_defaults(run=_feedback)
     for command in (demo, grade):
         command.add_argument(
             "--dataset",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import matplotlib
+import matplotlib.ticker
 
 if matplotlib.get_backend().lower() not in {"module://matplotlib_inline.backend_inline", "inline"}:
     matplotlib.use("Agg", force=False)
@@ -217,9 +218,11 @@ def plot_multiplier_bits(bits, relative_errors: Mapping[str, np.ndarray], change
         # A log axis shows the long tail of rare changes; a share of exactly 0 has no point on it.
         right.plot(bits, np.where(percent > 0, percent, np.nan), marker=".", label=name)
     right.set_yscale("log")
+    right.set_xlim(left.get_xlim())
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right.set_xlabel("bits of m0")
-    right.set_ylabel("int8 outputs that change vs 31 bits (%, log; none: no point)")
-    right.set_title("What the error does to each layer's int8 outputs")
+    right.set_ylabel("int8 outputs changed vs 31 bits (%, log)")
+    right.set_title("Each layer's int8 outputs (a share of 0 is not drawn)")
     right.legend(fontsize="small")
     fig.suptitle("How many bits does the fixed-point multiplier need?")
     return fig

@@ -21,6 +21,8 @@ from int8lab.checks import MISCONCEPTIONS
 ROOT = Path(__file__).resolve().parents[1]
 GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "8", "--notebook-timeout", "90"]
 GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64"]
+# The big class skips the release's plot cells (speed); the small class below runs them, as by default.
+GRADE_FAST = [*GRADE, "--skip-demos"]
 HONEST = ("perfect", "stubs", "mis_multiplied", "mis_naive", "mis_bias_int8", "floor", "zeros")
 
 WRONG_MULTIPLIED = """
@@ -203,7 +205,11 @@ def graded(tmp_path_factory, float_net):
     submitted = build_class(base, out)
     originals = {p: p.read_bytes() for p in submitted.rglob("*.ipynb") if p.is_file() and not p.is_symlink()}
     originals.update({p: p.read_bytes() for p in (ROOT / "solutions").rglob("*.ipynb")})
-    result = subprocess.run([*GRADE, str(submitted), "--out", str(out)], capture_output=True, text=True, timeout=3000)
+    # Every warning shown (ResourceWarning included), so that the stderr test below sees any that a run emits.
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    result = subprocess.run(
+        [*GRADE_FAST, str(submitted), "--out", str(out)], capture_output=True, text=True, timeout=3000, env=env
+    )
     return {"out": out, "submitted": submitted, "run": result, "originals": originals, "base": base}
 
 
@@ -229,6 +235,9 @@ def test_grader_exits_zero_and_summarises(graded):
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"graded {len(_grades(graded))} submission(s)" in run.stderr
     assert "sandbox enforced:" in run.stderr
+    # nbgrader's add_submission used to autoflush half-built rows (SAWarning), and nbclient left the
+    # sockets to kernels it did not start open (ResourceWarning): the grader's stderr holds no warning.
+    assert "Warning" not in run.stderr, run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
@@ -477,3 +486,80 @@ def test_honest_grades_do_not_depend_on_hostile_classmates(graded, tmp_path):
     alone = _rows(out / "tests.csv")
     together = [r for r in _rows(graded["out"] / "tests.csv") if r["student_id"] in HONEST]
     assert alone == together
+
+
+def test_skipped_plot_cells_show_their_source_and_a_note_in_the_feedback(graded):
+    """With --skip-demos, each plot cell the student left alone appears as its source under a visible note."""
+    from int8lab.grading.rebuild import SKIPPED_DEMO_NOTE
+
+    notebook = nbformat.read(graded["out"] / "autograded" / "perfect" / "01_weights" / "weights.ipynb", as_version=4)
+    notes = [c for c in notebook.cells if c.cell_type == "markdown" and c.source.startswith(SKIPPED_DEMO_NOTE)]
+    assert any("plot_weight_histograms(float_net)" in c.source for c in notes)
+    assert not any(c.cell_type == "code" and "plot_weight_histograms(float_net)" in c.source for c in notebook.cells)
+
+
+@pytest.fixture(scope="module")
+def small_class(tmp_path_factory, float_net):
+    """Three students of 01_weights graded with the defaults (plot cells run), every warning shown."""
+    base = tmp_path_factory.mktemp("small")
+    cases = {"ann": submission("01_weights"), "bob": submission("01_weights", solved=False)}
+    cases["cat"] = submission("01_weights", append=WRONG_MULTIPLIED)
+    for student, notebook in cases.items():
+        write_submission(base / "submitted", student, "01_weights", notebook)
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    command = [*GRADE, str(base / "submitted"), "--out", str(base / "out"), "--assignment", "01_weights"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    return {"out": base / "out", "run": result}
+
+
+def test_small_class_grades_without_a_warning(small_class):
+    run = small_class["run"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "graded 3 submission(s)" in run.stderr
+    assert "Warning" not in run.stderr, run.stderr[-3000:]
+
+
+def test_feedback_shows_every_cell_of_the_release_with_its_plots(small_class):
+    """Each markdown cell of the release is followed by its code cell, plots included, in the perfect feedback."""
+    out = small_class["out"]
+    graded = nbformat.read(out / "autograded" / "ann" / "01_weights" / "weights.ipynb", as_version=4)
+    release = nbformat.read(ROOT / "notebooks" / "01_weights" / "weights.ipynb", as_version=4)
+    # Markdown is rendered to HTML for the feedback (sanitize.py), so cells are matched by id.
+    shown = [c.get("id") for c in graded.cells]
+    by_id = {c.get("id"): c for c in graded.cells}
+    for first, second in zip(release.cells, release.cells[1:], strict=False):
+        if first.cell_type == "markdown" and second.cell_type == "code":
+            assert shown[shown.index(first.id) + 1] == second.id, first.source[:80]
+            assert by_id[second.id].cell_type == "code"
+    page = (out / "feedback" / "ann" / "01_weights" / "weights.html").read_text()
+    histograms = [c for c in graded.cells if "plot_weight_histograms(float_net)" in c.source]
+    assert any("image/png" in o.get("data", {}) for o in histograms[0].outputs)
+    assert page.count('src="data:image/png;base64,') >= 2  # the weight histograms and the clipping curves
+
+
+def test_feedback_page_loads_no_script_from_outside_the_machine(small_class):
+    """The page's only script is MathJax from the folder next to it, with every part its configuration loads."""
+    folder = small_class["out"] / "feedback" / "ann" / "01_weights"
+    page = (folder / "weights.html").read_text()
+    sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", page)
+    assert [source.split("?")[0] for source in sources] == ["mathjax/MathJax.js"], sources
+    assert not re.search(r"<(link|img|iframe)[^>]+(href|src)=[\"']https?://", page)
+    parts = ["MathJax.js", "config/TeX-AMS-MML_HTMLorMML-full.js", "config/Safe.js", "extensions/Safe.js"]
+    parts += ["jax/output/HTML-CSS/fonts/STIX-Web/fontdata.js"]
+    parts += ["fonts/HTML-CSS/STIX-Web/woff/STIXMathJax_Main-Regular.woff"]
+    for part in parts:
+        assert (folder / "mathjax" / part).is_file(), part
+    assert "$$" in page  # the derivations' math is there for MathJax to render
+
+
+def test_feedback_command_regenerates_pages_with_their_math(small_class):
+    """After manual grading, `int8lab feedback OUT` rewrites the pages and puts MathJax back next to them."""
+    folder = small_class["out"] / "feedback" / "bob" / "01_weights"
+    shutil.rmtree(folder)
+    result = subprocess.run(
+        [sys.executable, "-m", "int8lab", "feedback", str(small_class["out"])], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (folder / "weights.html").is_file() and (folder / "mathjax" / "MathJax.js").is_file()
+    missing = subprocess.run([sys.executable, "-m", "int8lab", "feedback", str(folder)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no gradebook.db" in missing.stderr

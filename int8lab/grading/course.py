@@ -38,6 +38,13 @@ def configure(c, root: Path, repository: bool = False) -> None:
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     c.ExecutePreprocessor.timeout = 120
     c.Execute.timeout = 120
+    # Feedback pages load MathJax from a folder next to them (feedback.add_mathjax), not from a CDN.
+    from nbgrader.server_extensions.formgrader import handlers as formgrader_handlers
+
+    from . import feedback
+
+    c.HTMLExporter.template_name = feedback.TEMPLATE_NAME
+    c.HTMLExporter.extra_template_basedirs = [formgrader_handlers.template_path, str(feedback.TEMPLATES)]
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",

@@ -8,7 +8,6 @@ wait for a human.
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import nbformat
@@ -20,9 +19,7 @@ from .testcells import nbgrader_meta
 def merge(out: Path, results: list[Result], assignments: dict) -> None:
     from nbgrader.api import Gradebook, MissingEntry
 
-    # nbgrader's add_submission triggers SQLAlchemy autoflush notes that say nothing to an instructor.
-    with warnings.catch_warnings(), Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
-        warnings.simplefilter("ignore")
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
         for result in results:
             if result.graded is None:
                 continue  # nothing ran: no submission to record
@@ -32,7 +29,11 @@ def merge(out: Path, results: list[Result], assignments: dict) -> None:
             try:
                 gradebook.find_submission(job.assignment, job.student)
             except MissingEntry:
-                gradebook.add_submission(job.assignment, job.student)
+                # nbgrader builds the new submission's notebooks and grades before adding it to the
+                # session; a lazy load in between would autoflush them half-attached (SQLAlchemy 2's
+                # "not in session" SAWarning). Its own commit flushes them once they are complete.
+                with gradebook.db.no_autoflush:
+                    gradebook.add_submission(job.assignment, job.student)
             unchanged = unchanged_answers(result.graded, assignment.release)
             for grade_id, _, autograded in assignment.cells:
                 grade = gradebook.find_grade(grade_id, notebook, job.assignment, job.student)

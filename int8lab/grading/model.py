@@ -34,6 +34,9 @@ class Limits:
     memory_bytes: int = 6 << 30
     disk_bytes: int = 512 << 20
     processes: int = 128
+    #: Run the release's demonstration cells (plots, studies) so that the feedback shows their output;
+    #: when False they are skipped for speed and the feedback shows their source with a note.
+    run_demos: bool = True
 
 
 @dataclass

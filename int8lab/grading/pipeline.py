@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import course, intake, merge, report, run, selfcheck
+from . import course, feedback, intake, merge, report, run, selfcheck
 from .cgroups import PidsCgroups
 from .model import GradingError, Job, Limits, Result, Status
 from .workers import grade_all
@@ -114,11 +114,26 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
         (destination / job.notebook.name).write_bytes(data)
 
 
+def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[str]:
+    """nbgrader's feedback pages for a graded course folder, with MathJax next to them; returns the problems."""
+    if not (out / "gradebook.db").is_file():
+        return [f"{out} is not a course folder graded by int8lab grade (it has no gradebook.db)"]
+    names = assignments or sorted(p.name for p in (out / "autograded").glob("*/*") if p.is_dir())
+    return _feedback(out, sorted(set(names)))
+
+
 def _feedback(out: Path, assignments) -> list[str]:
     try:
         course.nbgrader(out, "generate_feedback", *assignments)
     except GradingError as exc:
         return [f"feedback: {exc}"]
+    try:
+        feedback.add_mathjax(out)
+    except (ImportError, OSError) as exc:
+        return [
+            f"feedback: the pages are written, but their math needs MathJax next to them and it could not be "
+            f"added ({exc}); is jupyter-server-mathjax installed?"
+        ]
     return []
 
 

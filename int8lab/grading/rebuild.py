@@ -14,8 +14,20 @@ import nbformat
 
 from .testcells import TestCell, nbgrader_meta, probe_source
 
+#: What the feedback shows in place of a demonstration cell that was not run.
+SKIPPED_DEMO_NOTE = (
+    "**Not run during grading.** This cell of the release only shows plots or numbers, and no test "
+    "depends on it; it was skipped to grade faster. Run your notebook to see its output. Its code:"
+)
 
-def rebuild_submission(student, release, skip_untouched_demos: bool = True) -> tuple[object, list[str]]:
+
+def skipped_demo(cell):
+    """A markdown cell that shows ``cell``'s source under ``SKIPPED_DEMO_NOTE``."""
+    fence = "````" if "```" in cell.source else "```"
+    return nbformat.v4.new_markdown_cell(f"{SKIPPED_DEMO_NOTE}\n\n{fence}python\n{cell.source}\n{fence}")
+
+
+def rebuild_submission(student, release, skip_untouched_demos: bool = False) -> tuple[object, list[str]]:
     """The release notebook with the student's answers in it, whatever the student did to the rest.
 
     Solution cells come from the student (matched by grade id); every other nbgrader cell
@@ -24,8 +36,9 @@ def rebuild_submission(student, release, skip_untouched_demos: bool = True) -> t
     student added stay where they were, after the nbgrader cell they followed. With
     ``skip_untouched_demos``, the release's own plain code cells (plots, the study) that the
     student left as they were are not run: no test depends on them (tests/test_notebooks.py
-    runs the tests without them), and they are most of the execution time. Returns the
-    notebook and notes on what had to be restored.
+    runs the tests without them), and they are about half of the execution time; a markdown
+    cell shows each one's source with a note instead. Returns the notebook and notes on what
+    had to be restored.
     """
     demos = (
         {c.source for c in release.cells if c.cell_type == "code" and not nbgrader_meta(c)}
@@ -48,6 +61,7 @@ def rebuild_submission(student, release, skip_untouched_demos: bool = True) -> t
             anchor = grade_id
             continue
         if cell.cell_type == "code" and cell.source in demos:
+            extras.setdefault(anchor, []).append(skipped_demo(cell))
             continue
         own = copy.deepcopy(cell)
         own.metadata.pop("nbgrader", None)

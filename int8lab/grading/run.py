@@ -145,7 +145,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         run.status, run.reason = Status.KERNEL_DIED, f"the kernel stopped answering ({type(exc).__name__})"
     finally:
         watchdog.cancel()
-        _shut_down(manager)  # nbclient leaves a kernel it did not create running
+        _shut_down(manager, client)  # nbclient leaves a kernel it did not create running
         _kill(cgroups.pids(cgroup) if cgroup else [])
         if cgroup:
             cgroups.remove(cgroup)
@@ -197,14 +197,22 @@ def _size(content) -> int:
     return 8
 
 
-def _shut_down(manager) -> None:
-    """Kill the kernel's launcher (its PID namespace dies with it: PDEATHSIG), whatever state it is in."""
+def _shut_down(manager, client=None) -> None:
+    """Kill the kernel's launcher (its PID namespace dies with it: PDEATHSIG), whatever state it is in,
+    and close the sockets nbclient opened to it: it closes them only for kernels it started itself."""
     from jupyter_core.utils import run_sync
 
     try:
         if run_sync(manager.is_alive)():
             run_sync(manager.shutdown_kernel)(now=True)
     except Exception:  # a kernel that never started or already died: nothing left to stop
+        pass
+    kernel_client = getattr(client, "kc", None)
+    if kernel_client is not None:
+        kernel_client.stop_channels()
+    try:
+        run_sync(manager.cleanup_resources)()
+    except Exception:  # nothing was started, so nothing to clean
         pass
 
 
