@@ -43,8 +43,15 @@ def configure(c, root: Path, repository: bool = False) -> None:
 
     from . import feedback
 
-    c.HTMLExporter.template_name = feedback.TEMPLATE_NAME
+    # Formgrader's submission pages load MathJax from the Jupyter server (jupyter-server-mathjax), not a CDN.
+    c.HTMLExporter.template_name = feedback.FORMGRADE_TEMPLATE_NAME
     c.HTMLExporter.extra_template_basedirs = [formgrader_handlers.template_path, str(feedback.TEMPLATES)]
+    # generate_feedback's exporter (its child) gets the feedback pages' template instead.
+    c.GenerateFeedback.HTMLExporter.template_name = feedback.TEMPLATE_NAME
+    c.GenerateFeedback.HTMLExporter.extra_template_basedirs = [
+        formgrader_handlers.template_path,
+        str(feedback.TEMPLATES),
+    ]
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "int8lab_feedback"
+#: formgrader's submission page, with MathJax from the Jupyter server instead of a CDN.
+FORMGRADE_TEMPLATE_NAME = "int8lab_formgrade"
 #: What the pages' MathJax configuration loads: the combined TeX/MathML/HTML-CSS configuration that
 #: Jupyter's MathJax is trimmed for, the Safe extension, and the STIX-Web fonts it ships.
 MATHJAX_PARTS = (
