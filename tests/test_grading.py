@@ -307,6 +307,13 @@ def test_broken_submissions_get_their_status(graded, student, statuses):
     assert _grades(graded)[(student, "01_weights")]["status"] in statuses
 
 
+def test_an_interrupted_cell_keeps_the_points_of_the_tests_after_it(graded):
+    """The loop ends the solution cell, after the functions: the cell is interrupted and the notebook goes on."""
+    grades = _grades(graded)
+    assert grades[("loop", "01_weights")]["status"] == "timeout"
+    assert grades[("loop", "01_weights")]["score"] == grades[("perfect", "01_weights")]["score"]
+
+
 @pytest.mark.parametrize("student", ["deleted", "edited", "markdown"])
 def test_tampered_test_cells_are_restored_and_run(graded, student):
     wrong = _tests(graded, "mis_multiplied", "01_weights")

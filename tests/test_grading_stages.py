@@ -278,3 +278,28 @@ def test_a_forged_accuracy_is_recomputed_from_the_recorded_logits():
     forged[(test.grade_id, index["int8_logits"])] = {"values": {"int8_logits": records.encode(torch.zeros(360, 10))}}
     forged[(test.grade_id, index["int8_accuracy"])] = {"values": {"int8_accuracy": 1e308}}
     assert "reaches 10.00%" in judge.judge(forged)[test.grade_id].message
+
+
+BYPASSES = [
+    "<section>\n[see my derivation](javascript:fetch('/api/contents'))\n</section>",
+    "> ```\n> a\n>\n> [x](javascript:alert(1))\n> ```",
+]
+
+
+@pytest.mark.parametrize("payload", BYPASSES, ids=["link_in_html_block", "link_in_quoted_fence"])
+def test_the_templates_second_markdown_pass_is_cleaned_too(payload, tmp_path):
+    """Feedback and formgrader render markdown again after sanitize.py; the course config makes that pass safe."""
+    from nbconvert.exporters import HTMLExporter
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    from traitlets.config import Config
+
+    from int8lab.grading.course import configure
+    from int8lab.grading.sanitize import safe_markdown2html, sanitize_notebook
+
+    once = sanitize_notebook(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(payload)])).cells[0].source
+    assert "javascript:" in markdown2html_mistune(once)  # the bypass: the plain second pass revives the link
+    assert "javascript:" not in safe_markdown2html(once)
+    config = Config()
+    configure(config, tmp_path)
+    exporter = HTMLExporter(config=config)
+    assert exporter.environment.filters["markdown2html"] is safe_markdown2html

@@ -43,6 +43,8 @@ def configure(c, root: Path, repository: bool = False) -> None:
 
     from . import feedback
 
+    # The templates render markdown again after sanitize.py: that second pass is cleaned too.
+    c.HTMLExporter.filters = {"markdown2html": "int8lab.grading.sanitize.safe_markdown2html"}
     # Formgrader's submission pages load MathJax from the Jupyter server (jupyter-server-mathjax), not a CDN.
     c.HTMLExporter.template_name = feedback.FORMGRADE_TEMPLATE_NAME
     c.HTMLExporter.extra_template_basedirs = [formgrader_handlers.template_path, str(feedback.TEMPLATES)]

@@ -55,6 +55,8 @@ class Run:
     records: dict = field(default_factory=dict)
     sandbox: dict | None = None
     stderr: str = ""
+    #: The notebook watchdog killed the kernel: the run stopped at a moment that varies.
+    cut_short: bool = False
 
 
 def _readable_paths() -> list[str]:
@@ -150,6 +152,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         if cgroup:
             cgroups.remove(cgroup)
         shutil.rmtree(sockets, ignore_errors=True)
+    run.cut_short = stopped.is_set()
     if stopped.is_set():
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
@@ -208,8 +211,11 @@ def _shut_down(manager, client=None) -> None:
     except Exception:  # a kernel that never started or already died: nothing left to stop
         pass
     kernel_client = getattr(client, "kc", None)
-    if kernel_client is not None:
-        kernel_client.stop_channels()
+    try:
+        if kernel_client is not None:
+            kernel_client.stop_channels()
+    except Exception:  # channels of a kernel that died half-way: nothing left to close
+        pass
     try:
         run_sync(manager.cleanup_resources)()
     except Exception:  # nothing was started, so nothing to clean

@@ -31,9 +31,23 @@ ATTRIBUTES = {
 SAFE_ATTACHMENTS = ("image/png", "image/jpeg")
 
 
+def _sanitizer() -> SanitizeHTML:
+    return SanitizeHTML(tags=TAGS, attributes=ATTRIBUTES, strip=True)
+
+
+def safe_markdown2html(source: str) -> str:
+    """nbconvert's markdown filter followed by the same cleaning as ``sanitize_notebook``.
+
+    The feedback and formgrader templates render every markdown cell (and comment) a second time.
+    Text that the first cleaning left alone as text can become live markdown then (a link inside an
+    HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
+    """
+    return _sanitizer().sanitize_html_tags(markdown2html_mistune(source))
+
+
 def sanitize_notebook(nb):
     """``nb``, cleaned in place (and returned) for display in a browser."""
-    sanitizer = SanitizeHTML(tags=TAGS, attributes=ATTRIBUTES, strip=True)
+    sanitizer = _sanitizer()
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             cell.source = markdown2html_mistune(cell.source)

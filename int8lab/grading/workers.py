@@ -37,8 +37,9 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> R
     rebuilt, notes = rebuild.rebuild_submission(submitted, assignment.release, skip_untouched_demos=skip)
     tests = assignment.judge.tests
     done = run.execute(rebuild.probe_notebook(rebuilt, tests), job_dir, limits, cgroups)
-    # A run the watchdog cut short stopped at a moment that varies: nothing of it counts.
-    verdicts = assignment.judge.judge({} if done.status is Status.TIMEOUT else done.records)
+    # A run the notebook watchdog cut short stopped at a moment that varies: nothing of it counts. A cell
+    # that ran past its own limit was interrupted and the notebook went on: the later probes count.
+    verdicts = assignment.judge.judge({} if done.cut_short else done.records)
     graded = sanitize_notebook(rebuild.graded_notebook(done.executed, tests, verdicts))
     reason = "; ".join(filter(None, [done.reason, job.reason, *notes]))
     result = Result(job, done.status, reason, verdicts, graded, done.sandbox)
