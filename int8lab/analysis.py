@@ -105,6 +105,11 @@ class AccumulatorWidth:
     bound: int
     observed: float
 
+    @classmethod
+    def measured(cls, fan_in: int, observed: float) -> AccumulatorWidth:
+        """The width of a layer summing ``fan_in`` products, whose largest |accumulator| seen was ``observed``."""
+        return cls(fan_in, fan_in * LARGEST_PRODUCT, float(observed))
+
 
 def accumulator_widths(int8_net: nn.Module, loader: DataLoader, max_samples: int = 400) -> dict[str, AccumulatorWidth]:
     """Per layer of ``int8_net``, the worst-case and the observed size of its integer accumulator.
@@ -129,7 +134,7 @@ def accumulator_widths(int8_net: nn.Module, loader: DataLoader, max_samples: int
     widths = {}
     for name in LAYER_NAMES:
         fan_in = getattr(int8_net, name).weight[0].numel()
-        widths[name] = AccumulatorWidth(fan_in, fan_in * LARGEST_PRODUCT, observed[name])
+        widths[name] = AccumulatorWidth.measured(fan_in, observed[name])
     return widths
 
 

@@ -9,6 +9,7 @@ requantize with their own output pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import re
@@ -55,12 +56,13 @@ class _EagerNet(nn.Module):
         return self.dequant(self.fc3(x))
 
 
+@contextlib.contextmanager
 def _quiet():
-    context = warnings.catch_warnings()
-    context.__enter__()
-    for category, message in _EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    return context
+    """The two expected deprecation warnings silenced, and only those."""
+    with warnings.catch_warnings():
+        for category, message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def torch_int8_model(float_net: nn.Module, calibration: DataLoader, max_samples: int = 400) -> nn.Module:
@@ -83,8 +85,7 @@ def torch_int8_model(float_net: nn.Module, calibration: DataLoader, max_samples:
         weight=tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
     )
     pairs = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"], ["fc2", "relu4"]]
-    context = _quiet()
-    try:
+    with _quiet():
         model = tq.fuse_modules(model, pairs)
         tq.prepare(model, inplace=True)
         seen = 0
@@ -95,8 +96,6 @@ def torch_int8_model(float_net: nn.Module, calibration: DataLoader, max_samples:
                 if seen >= max_samples:
                     break
         tq.convert(model, inplace=True)
-    finally:
-        context.__exit__(None, None, None)
     return _Quiet(model)
 
 
@@ -108,21 +107,15 @@ class _Quiet(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context = _quiet()
-        try:
+        with _quiet():
             return self.model(x)
-        finally:
-            context.__exit__(None, None, None)
 
 
 def serialized_bytes(state: dict) -> int:
     """Size in bytes of ``state`` (a state dict, or any dict of tensors and numbers) as ``torch.save`` writes it."""
     buffer = io.BytesIO()
-    context = _quiet()
-    try:
+    with _quiet():
         torch.save(state, buffer)
-    finally:
-        context.__exit__(None, None, None)
     return len(buffer.getvalue())
 
 

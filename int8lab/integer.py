@@ -82,18 +82,24 @@ class _FloatWatch(torch.overrides.TorchFunctionMode):
         return result
 
 
+def _without_float(call, what: str, misconception: str):
+    """``call()``, raising ``IntegerPipelineError`` (naming ``what`` and ``misconception``) if any torch
+    operation in it returned a float tensor."""
+    with _FloatWatch() as watch:
+        result = call()
+    if watch.seen:
+        ops = ", ".join(dict.fromkeys(watch.seen))
+        raise IntegerPipelineError(f"{what} computed in float ({ops}).{explain(misconception)}")
+    return result
+
+
 def integer_only(function, misconception: str = "float_requantize"):
     """``function`` wrapped so that a call raises ``IntegerPipelineError`` if any torch operation in it
     returned a float tensor; the error names the operations and ``misconception``."""
+    name = getattr(function, "__name__", "the function")
 
     def watched(*args, **kwargs):
-        with _FloatWatch() as watch:
-            result = function(*args, **kwargs)
-        if watch.seen:
-            ops = ", ".join(dict.fromkeys(watch.seen))
-            name = getattr(function, "__name__", "the function")
-            raise IntegerPipelineError(f"{name} computed in float ({ops}).{explain(misconception)}")
-        return result
+        return _without_float(lambda: function(*args, **kwargs), name, misconception)
 
     return watched
 
@@ -109,11 +115,9 @@ class IntegerModule(nn.Module):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         _require(x, torch.int8, f"the input of {name}")
-        with _FloatWatch() as watch:
-            result = super().__call__(x)
-        if watch.seen:
-            ops = ", ".join(dict.fromkeys(watch.seen))
-            raise IntegerPipelineError(f"{name}.forward computed in float ({ops}).{explain('dequantized_forward')}")
+        result = _without_float(
+            lambda: super(IntegerModule, self).__call__(x), f"{name}.forward", "dequantized_forward"
+        )
         _require(result, torch.int8, f"the result of {name}.forward")
         return result
 

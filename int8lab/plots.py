@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from .analysis import INT16_MAX, INT32_MAX  # noqa: E402
 from .models import LAYER_NAMES  # noqa: E402
 
 MAX_COLOR, SIGMA_COLOR = "tab:red", "tab:green"
@@ -184,8 +185,8 @@ def plot_accumulator_widths(widths: Mapping[str, object]):
     seen = ax.bar(x + 0.2, [widths[n].observed for n in names], 0.4, color="tab:blue", label="largest observed")
     ax.bar_label(bound, labels=[f"{widths[n].bound:,}" for n in names], fontsize="x-small")
     ax.bar_label(seen, labels=[f"{widths[n].observed:,.0f}" for n in names], fontsize="x-small")
-    ax.axhline(2**15 - 1, color="tab:red", linestyle="--", label="int16 max (32,767)")
-    ax.axhline(2**31 - 1, color="black", linestyle=":", label="int32 max (2,147,483,647)")
+    ax.axhline(INT16_MAX, color="tab:red", linestyle="--", label=f"int16 max ({INT16_MAX:,})")
+    ax.axhline(INT32_MAX, color="black", linestyle=":", label=f"int32 max ({INT32_MAX:,})")
     ax.set_yscale("log")
     ax.set_xticks(x, [f"{n}\nfan-in {widths[n].fan_in}" for n in names])
     ax.set_ylabel("|accumulator| (log scale)")

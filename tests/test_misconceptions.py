@@ -168,6 +168,27 @@ def _requantize(product="accumulator.to(torch.int64) * m0", rounding=ROUNDING, l
     return REQUANTIZE_TEMPLATE.format(product=product, rounding=rounding, low=low)
 
 
+INTEGER_FORWARD_TEMPLATE = """
+def forward(self, x):
+    for name in LAYER_NAMES:
+        {layer}
+        if name in ("conv1", "conv2"):
+            x = max_pool2x2_int8(relu_int8(x))
+        elif name != "fc3":
+            x = relu_int8(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+IntegerOnlyNet.forward = forward
+"""
+
+
+def _integer_forward(layer: str) -> str:
+    """IntegerOnlyNet.forward with ``layer`` (code indented for the loop) as each layer's integer step."""
+    return INTEGER_FORWARD_TEMPLATE.format(layer=layer)
+
+
 INTEGER_ONLY = [
     (
         "m0_not_normalised",
@@ -189,40 +210,16 @@ INTEGER_ONLY = [
     (
         "dequantized_forward",
         "04_integer_only",
-        textwrap.dedent("""
-        def forward(self, x):
-            for name in LAYER_NAMES:
-                accumulator = self.accumulate(name, x) + self.biases.get(name, 0)
-                m0, shift = self.multipliers[name]
-                x = torch.clamp(torch.round(accumulator * (m0 / 2**shift)), -128, 127).to(torch.int8)
-                if name in ("conv1", "conv2"):
-                    x = max_pool2x2_int8(relu_int8(x))
-                elif name != "fc3":
-                    x = relu_int8(x)
-                if name == "conv2":
-                    x = torch.flatten(x, 1)
-            return x
-
-        IntegerOnlyNet.forward = forward
-        """),
+        _integer_forward(
+            "accumulator = self.accumulate(name, x) + self.biases.get(name, 0)\n"
+            "        m0, shift = self.multipliers[name]\n"
+            "        x = torch.clamp(torch.round(accumulator * (m0 / 2**shift)), -128, 127).to(torch.int8)"
+        ),
     ),
     (
         "bias_not_added",
         "04_integer_only",
-        textwrap.dedent("""
-        def forward(self, x):
-            for name in LAYER_NAMES:
-                x = requantize(self.accumulate(name, x), *self.multipliers[name])
-                if name in ("conv1", "conv2"):
-                    x = max_pool2x2_int8(relu_int8(x))
-                elif name != "fc3":
-                    x = relu_int8(x)
-                if name == "conv2":
-                    x = torch.flatten(x, 1)
-            return x
-
-        IntegerOnlyNet.forward = forward
-        """),
+        _integer_forward("x = requantize(self.accumulate(name, x), *self.multipliers[name])"),
     ),
 ]
 WRONG_IMPLEMENTATIONS += INTEGER_ONLY
