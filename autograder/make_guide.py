@@ -41,7 +41,11 @@ EXPECTED = {
     "02_activations": [
         ("chained int8 network", "within 0.3 points of float", "tests/test_project.py (demo)"),
         ("naive output scales", "at least 20 points below float", "tests/test_project.py (demo)"),
-        ("a student's calibrated network", "within 2 points of float, or the test fails", "net_quantized_keeps_float_accuracy"),
+        (
+            "a student's calibrated network",
+            "within 2 points of float, or the test fails",
+            "net_quantized_keeps_float_accuracy",
+        ),
     ],
     "03_biases": [
         ("float NetWithBias", "at least 98%", "tests/test_project.py (demo)"),
@@ -54,17 +58,46 @@ EXPECTED = {
     ],
     "04_integer_only": [
         ("integer-only NetWithBias", "within 0.5 points of the chained int8 network", "tests/test_project.py (demo)"),
-        ("PyTorch's int8 engine (x86)", "at least 98%, the same class as IntegerOnlyNet on at least 98% of images",
-         "tests/test_project.py (demo)"),
-        ("a student's calibrated IntegerOnlyNet", "the same class as notebook 3's network on at least 99% of "
-         "images, or the test fails", "integer_only_net_agrees_with_float_requantized"),
+        (
+            "PyTorch's int8 engine (x86)",
+            "at least 98%, the same class as IntegerOnlyNet on at least 98% of images",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "a student's calibrated IntegerOnlyNet",
+            "the same class as notebook 3's network on at least 99% of images, or the test fails",
+            "integer_only_net_agrees_with_float_requantized",
+        ),
+    ],
+    "05_ranges_and_bits": [
+        ("every recipe at 8 bits", "within 1 point of float", "tests/test_project.py (demo)"),
+        (
+            "every recipe at 2 bits (weights and activations)",
+            "more than 1 point below float",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "2-bit weights alone",
+            "per-channel scales at least 20 points above one scale per tensor",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "activations alone at 4, 3 and 2 bits",
+            "unsigned at least as accurate as signed; at 2 bits signed below 20%, unsigned above 80%",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "3-bit unsigned activations alone",
+            "the mse threshold the most accurate of the four methods",
+            "tests/test_project.py (demo)",
+        ),
     ],
 }
 
 DESIGN = """\
 ## Derive first, then code: how the notebooks avoid giving answers away
 
-- Each derivation (2.2, 2.3, 3.2, 4.2) stands before the code that uses it and is graded by hand.
+- Each derivation (2.2, 2.3, 3.2, 4.2, 5.4) stands before the code that uses it and is graded by hand.
   Markdown, docstrings, test docstrings and failure messages state the convention
   ($q = \\mathrm{clamp}(\\mathrm{round}(x/s))$, $s = \\max|x|/127$ for a tensor) but never the
   output-scale chain or the bias scale: a docstring says "the scale derived in 3.2", and a
@@ -106,8 +139,20 @@ def _assignment_section(assignment: str, catalogue, named_in: dict[str, list[str
     lines = [f"## {title}", ""]
     objectives = _between(opening, "**You will learn to**", "**Estimated time:**")
     time = re.search(r"\*\*Estimated time:\*\*([^\n]+)", opening)
-    lines += ["**Objectives.**", "", objectives, "", f"**Estimated time:**{time.group(1) if time else ' not stated'}", ""]
-    lines += ["**Graded cells.**", "", "| grade id | points | what it checks | mistakes it names |", "|---|---|---|---|"]
+    lines += [
+        "**Objectives.**",
+        "",
+        objectives,
+        "",
+        f"**Estimated time:**{time.group(1) if time else ' not stated'}",
+        "",
+    ]
+    lines += [
+        "**Graded cells.**",
+        "",
+        "| grade id | points | what it checks | mistakes it names |",
+        "|---|---|---|---|",
+    ]
     derivations = []
     for index, cell in enumerate(cells):
         grading = cell.get("metadata", {}).get("nbgrader", {})
@@ -125,7 +170,11 @@ def _assignment_section(assignment: str, catalogue, named_in: dict[str, list[str
         for key in named:
             named_in.setdefault(key, []).append(grade_id)
         lines.append(f"| `{grade_id}` | {points} | {_cell(docstring)} | {', '.join(f'`{k}`' for k in named)} |")
-    lines += ["", "**Expected numbers** (checked by `make test` on a fresh run; `make demo` prints this machine's).", ""]
+    lines += [
+        "",
+        "**Expected numbers** (checked by `make test` on a fresh run; `make demo` prints this machine's).",
+        "",
+    ]
     lines += ["| what | range | checked by |", "|---|---|---|"]
     lines += [f"| {_cell(what)} | {_cell(value)} | `{where}` |" for what, value, where in EXPECTED[assignment]]
     lines.append("")

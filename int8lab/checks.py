@@ -121,6 +121,40 @@ MISCONCEPTIONS = {
         "a ReLU is applied where the float network has none (on the input or on fc3's logits), which changes "
         "the results; requantize every layer, then apply exactly the float network's ReLUs and pooling"
     ),
+    "bits_ignored": (
+        "the codes are clamped to 8-bit ranges whatever `bits` says: b-bit codes hold [-2**(b-1), 2**(b-1) - 1] "
+        "signed and [0, 2**b - 1] unsigned"
+    ),
+    "narrow_range": (
+        "the signed codes stop at -(2**(b-1) - 1): the most negative code -2**(b-1) (int8's -128) is legal too"
+    ),
+    "unsigned_as_signed": (
+        "unsigned codes are clamped to the signed range: unsigned b-bit codes hold [0, 2**b - 1], "
+        "which is the point of them"
+    ),
+    "unsigned_half_range": (
+        "unsigned codes stop at 2**(b-1) - 1: they reach 2**b - 1, twice as many levels as signed codes have above 0"
+    ),
+    "statistics_not_abs": (
+        "the percentile or the mean and standard deviation look taken of x instead of |x|: "
+        "a threshold bounds how far from zero values reach, in both directions"
+    ),
+    "sigma_not_capped": (
+        "mean + k*std of |x| is returned even where it exceeds max|x|: cap the threshold at max|x|, "
+        "beyond which it only wastes levels"
+    ),
+    "mse_not_dequantized": (
+        "the search looks like it compared the codes quantize(x, s, ...) with x; compare the dequantized "
+        "values quantize(x, s, ...) * s with x"
+    ),
+    "per_tensor_scale": (
+        "one scale for the whole tensor: per-channel quantization gives each output channel c (dim 0) "
+        "its own scale max|w[c]| / (2**(bits-1) - 1)"
+    ),
+    "per_input_channel": (
+        "the scales look taken over dim 1 (input channels): one scale per output channel means per row "
+        "of dim 0, the maximum over all of that channel's other dimensions"
+    ),
 }
 
 

@@ -17,6 +17,7 @@ NOTEBOOKS = (
     "02_activations/activations.ipynb",
     "03_biases/biases.ipynb",
     "04_integer_only/integer_only.ipynb",
+    "05_ranges_and_bits/ranges_and_bits.ipynb",
 )
 #: JSON key -> what the table calls it.
 TABLE = {
@@ -29,6 +30,8 @@ TABLE = {
     "integer_only_int8": "integer-only NetWithBias (m0 and shift)",
     "torch_int8": "PyTorch int8 engine (x86), NetWithBias",
     "integer_only_agreement": "same class: integer-only and PyTorch int8",
+    "bits3_max": "3-bit weights + activations: max, per tensor, signed",
+    "bits3_best": "3-bit weights + activations: best recipe of notebook 5",
 }
 
 

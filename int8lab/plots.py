@@ -227,3 +227,110 @@ def plot_multiplier_bits(bits, relative_errors: Mapping[str, np.ndarray], change
     right.legend(fontsize="small")
     fig.suptitle("How many bits does the fixed-point multiplier need?")
     return fig
+
+
+def plot_bit_sweep(bits, curves: Mapping[str, Mapping[int, float]], float_accuracy: float):
+    """Accuracy against bit width, one line per curve (e.g. weights only, activations only, both).
+
+    Args:
+        bits: the bit widths, e.g. 8 down to 2.
+        curves: ``{label: {bits: accuracy in percent}}``.
+        float_accuracy: the float network's accuracy, drawn as a line with a band 1 point below it.
+    """
+    bits = list(bits)
+    fig, ax = plt.subplots(figsize=(7.5, 4.4), constrained_layout=True)
+    for label, accuracies in curves.items():
+        ax.plot(bits, [accuracies[b] for b in bits], marker="o", label=label)
+    ax.axhline(float_accuracy, color="black", linestyle="--", label=f"float ({float_accuracy:.1f}%)")
+    ax.axhspan(float_accuracy - 1.0, float_accuracy, color="tab:gray", alpha=0.2, label="within 1 point of float")
+    ax.axhline(10.0, color="tab:gray", linestyle=":", label="chance (10%)")
+    ax.set_xticks(bits)
+    ax.invert_xaxis()
+    ax.set_xlabel("bits")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title("Fewer bits: where the network breaks")
+    ax.legend(fontsize="small", loc="lower left")
+    return fig
+
+
+def plot_recipe_grid(bits, rows: Mapping[str, Mapping[int, float]], float_accuracy: float, tolerance: float = 1.0):
+    """A table of accuracies, one row per recipe and one column per bit width, as a heat map.
+
+    Cells that lose more than ``tolerance`` points against float are outlined in the row's
+    first such column: where that recipe tips.
+
+    Args:
+        bits: the bit widths (columns), widest first.
+        rows: ``{recipe label: {bits: accuracy in percent}}``.
+    """
+    bits, labels = list(bits), list(rows)
+    table = np.array([[rows[label][b] for b in bits] for label in labels])
+    fig, ax = plt.subplots(figsize=(1.1 * len(bits) + 4.5, 0.42 * len(labels) + 1.6), constrained_layout=True)
+    image = ax.imshow(table, cmap="RdYlGn", vmin=10.0, vmax=float_accuracy, aspect="auto")
+    for i, row in enumerate(table):
+        tipped = False
+        for j, value in enumerate(row):
+            lost = float_accuracy - value > tolerance
+            ax.text(
+                j, i, f"{value:.1f}", ha="center", va="center", fontsize="small", fontweight="bold" if lost else None
+            )
+            if lost and not tipped:
+                tipped = True
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    ax.set_xticks(range(len(bits)), [f"{b} bits" for b in bits])
+    ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    ax.set_title(f"Accuracy by recipe (boxed: the first width that loses more than {tolerance:g} point)")
+    return fig
+
+
+def plot_layer_sensitivity(bits, accuracies: Mapping[str, Mapping[int, float]], float_accuracy: float):
+    """Accuracy when only one layer is quantized, for each layer and bit width (grouped bars).
+
+    Args:
+        bits: the bit widths, one bar per layer in each group.
+        accuracies: ``{layer: {bits: accuracy in percent}}``.
+    """
+    bits, names = list(bits), list(accuracies)
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(8.5, 4.4), constrained_layout=True)
+    for k, name in enumerate(names):
+        x = np.arange(len(bits)) + (k - (len(names) - 1) / 2) * width
+        bars = ax.bar(x, [accuracies[name][b] for b in bits], width, label=name)
+        ax.bar_label(bars, labels=[f"{accuracies[name][b]:.0f}" for b in bits], fontsize="x-small")
+    ax.axhline(float_accuracy, color="black", linestyle="--", label=f"float ({float_accuracy:.1f}%)")
+    ax.set_xticks(range(len(bits)), [f"{b} bits" for b in bits])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("One layer at a time: its weights and its output at b bits, the rest float")
+    ax.legend(fontsize="small", loc="lower left", ncol=2)
+    return fig
+
+
+def plot_clip_thresholds(values: np.ndarray, thresholds: Mapping[str, float], title: str):
+    """A histogram of |values| (log counts) with each method's clipping threshold as a vertical line.
+
+    Args:
+        values: float array of any shape (one layer's activations, say).
+        thresholds: ``{method: threshold T}``; values beyond T are clipped to it.
+    """
+    magnitudes = np.abs(np.asarray(values, dtype=np.float64)).ravel()
+    fig, ax = plt.subplots(figsize=(7.5, 4), constrained_layout=True)
+    ax.hist(magnitudes, bins=120, color="tab:blue", alpha=0.6)
+    ax.set_yscale("log")
+    styles = ["-", "--", "-.", ":"]
+    for k, (method, threshold) in enumerate(thresholds.items()):
+        clipped = float((magnitudes > threshold).mean())
+        ax.axvline(
+            threshold,
+            color=f"C{k + 1}",
+            linestyle=styles[k % len(styles)],
+            linewidth=2,
+            label=f"{method}: T = {threshold:.3g} ({clipped:.2%} clipped)",
+        )
+    ax.set_xlabel("|value|")
+    ax.set_ylabel("count (log)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig

@@ -224,14 +224,103 @@ INTEGER_ONLY = [
 ]
 WRONG_IMPLEMENTATIONS += INTEGER_ONLY
 
+QUANTIZE_TEMPLATE = """
+def quantize(x, scale, bits, signed):
+    scales = torch.as_tensor(scale, dtype=torch.float32)
+    if not 2 <= bits <= 16 or not bool(torch.all(torch.isfinite(scales) & (scales > 0))):
+        raise ValueError("bad arguments")
+    low, high = {signed_range} if signed else {unsigned_range}
+    return torch.clamp(torch.round(x / scales), low, high)
+"""
+
+
+def _quantize(signed_range="(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)", unsigned_range="(0, 2**bits - 1)"):
+    return QUANTIZE_TEMPLATE.format(signed_range=signed_range, unsigned_range=unsigned_range)
+
+
+THRESHOLD_TEMPLATE = """
+def clip_threshold(values, method, bits=8, signed=True, percentile=99.99, k=3.0, candidates=100):
+    if method not in METHODS:
+        raise ValueError(method)
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0 or not np.isfinite(array).all():
+        raise ValueError("bad values")
+    magnitudes = np.abs(array).ravel()
+    statistics = {statistics}
+    largest = float(magnitudes.max())
+    if largest == 0 or method == "max":
+        return largest
+    if method == "percentile":
+        return float(np.percentile(statistics, percentile))
+    if method == "sigma":
+        return {sigma}
+    x = torch.as_tensor(array, dtype=torch.float32)
+    errors = []
+    for i in range(1, candidates + 1):
+        scale = largest * i / candidates / largest_level(bits, signed)
+        errors.append(float((({compared} - x) ** 2).mean()))
+    return largest * (int(np.argmin(errors)) + 1) / candidates
+"""
+
+
+def _threshold(
+    statistics="magnitudes",
+    sigma="float(min(statistics.mean() + k * statistics.std(), largest))",
+    compared="quantize(x, scale, bits, signed) * scale",
+):
+    return THRESHOLD_TEMPLATE.format(statistics=statistics, sigma=sigma, compared=compared)
+
+
+PER_CHANNEL_TEMPLATE = """
+def quantized_weights_per_channel(weights, bits=8):
+    largest = {largest}
+    scales = torch.where(largest > 0, largest / (2 ** (bits - 1) - 1), torch.ones_like(largest))
+    return quantize(weights, scales.reshape({shape}), bits, True), scales
+"""
+
+
+def _per_channel(largest, shape):
+    return PER_CHANNEL_TEMPLATE.format(largest=largest, shape=shape)
+
+
+RANGES_AND_BITS = [
+    ("bits_ignored", "05_ranges_and_bits", _quantize("(-128, 127)", "(0, 255)")),
+    ("narrow_range", "05_ranges_and_bits", _quantize(signed_range="(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)")),
+    ("unsigned_as_signed", "05_ranges_and_bits", _quantize(unsigned_range="(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)")),
+    ("unsigned_half_range", "05_ranges_and_bits", _quantize(unsigned_range="(0, 2 ** (bits - 1) - 1)")),
+    ("statistics_not_abs", "05_ranges_and_bits", _threshold(statistics="array.ravel()")),
+    ("sigma_not_capped", "05_ranges_and_bits", _threshold(sigma="float(statistics.mean() + k * statistics.std())")),
+    ("mse_not_dequantized", "05_ranges_and_bits", _threshold(compared="quantize(x, scale, bits, signed)")),
+    (
+        "per_tensor_scale",
+        "05_ranges_and_bits",
+        _per_channel("weights.abs().max().expand(weights.shape[0]).clone()", "-1, *([1] * (weights.dim() - 1))"),
+    ),
+    (
+        "per_input_channel",
+        "05_ranges_and_bits",
+        _per_channel(
+            "weights.abs().transpose(0, 1).reshape(weights.shape[1], -1).amax(dim=1)",
+            "1, -1, *([1] * (weights.dim() - 2))",
+        ),
+    ),
+]
+WRONG_IMPLEMENTATIONS += RANGES_AND_BITS
+
 SOLUTION_CELL = {
     "01_weights": "quantized_weights_impl",
     "02_activations": "net_quantized_impl",
     "03_biases": "net_quantized_with_bias_impl",
     "04_integer_only": "integer_only_net_impl",
+    "05_ranges_and_bits": "quantize_impl",
 }
 #: Where a patch of one function goes when an assignment has several solution cells.
-FUNCTION_CELL = {"fixed_point_multiplier": "fixed_point_multiplier_impl", "requantize": "requantize_impl"}
+FUNCTION_CELL = {
+    "fixed_point_multiplier": "fixed_point_multiplier_impl",
+    "requantize": "requantize_impl",
+    "clip_threshold": "clip_threshold_impl",
+    "quantized_weights_per_channel": "quantized_weights_per_channel_impl",
+}
 
 
 @pytest.mark.parametrize(

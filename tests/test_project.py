@@ -86,6 +86,8 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
         "integer_only_int8",
         "torch_int8",
         "integer_only_agreement",
+        "bits3_max",
+        "bits3_best",
     }
     # 0.3 points is one test image of 360: the int8 networks may lose at most one.
     assert numbers["float"] >= 98.0
@@ -103,9 +105,26 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
         figures = {key.split("/", 1)[1]: value for key, value in recorded.items() if key.startswith(measure + "/")}
         right = figures.pop("int32 (your quantized_bias)")
         assert len(figures) == 4 and all(wrong > right * 1.05 for wrong in figures.values()), (measure, right, figures)
+    _check_notebook_5_claims(recorded)
     executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
+
+
+def _check_notebook_5_claims(recorded: dict) -> None:
+    """What notebook 5's text says of its measurements (section 5.8's "What to take away"), on this run."""
+    float_accuracy = recorded["ranges/float"]
+    grid = {key: value for key, value in recorded.items() if key.startswith("ranges/grid/")}
+    assert len(grid) == 16 * 3
+    assert all(abs(v - float_accuracy) <= 1.0 for k, v in grid.items() if k.endswith("/8")), grid
+    assert all(float_accuracy - v > 1.0 for k, v in grid.items() if k.endswith("/2")), grid
+    assert recorded["ranges/weights/2/per_channel"] >= recorded["ranges/weights/2/per_tensor"] + 20.0
+    for bits in (4, 3, 2):
+        assert recorded[f"ranges/activations/{bits}/unsigned"] >= recorded[f"ranges/activations/{bits}/signed"]
+    assert recorded["ranges/activations/2/signed"] < 20.0 and recorded["ranges/activations/2/unsigned"] > 80.0
+    by_method = {m: recorded[f"ranges/activations/3/unsigned/{m}"] for m in ("max", "percentile", "sigma", "mse")}
+    assert by_method["mse"] == max(by_method.values()), by_method
+    assert recorded["bits3_best"] > recorded["bits3_max"]
 
 
 def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(tmp_path):
