@@ -124,6 +124,10 @@ def build_class(root: Path, out: Path) -> Path:
         ("stubs", "01_weights"): submission("01_weights", solved=False),
         ("stubs", "02_activations"): submission("02_activations", solved=False),
         ("stubs", "03_biases"): submission("03_biases", solved=False),
+        ("perfect", "04_integer_only"): submission("04_integer_only"),
+        ("stubs", "04_integer_only"): submission("04_integer_only", solved=False),
+        ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
+        ("stubs", "05_ranges_and_bits"): submission("05_ranges_and_bits", solved=False),
         ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
         ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
         ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
@@ -240,7 +244,7 @@ def test_grader_exits_zero_and_summarises(graded):
     assert "Warning" not in run.stderr, run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
+@pytest.mark.parametrize("assignment", sorted(ASSIGNMENTS))
 def test_perfect_submission_gets_every_autograded_point(graded, assignment):
     row = _grades(graded)[("perfect", assignment)]
     assert row["status"] == "ok"
@@ -248,7 +252,7 @@ def test_perfect_submission_gets_every_autograded_point(graded, assignment):
     assert all(r["message"] in ("", "graded by hand") for r in _tests(graded, "perfect", assignment).values())
 
 
-@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
+@pytest.mark.parametrize("assignment", sorted(ASSIGNMENTS))
 def test_untouched_stubs_score_zero(graded, assignment):
     row = _grades(graded)[("stubs", assignment)]
     assert (row["status"], float(row["score"])) == ("ok", 0.0)
