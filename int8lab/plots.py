@@ -304,7 +304,7 @@ def plot_layer_sensitivity(bits, accuracies: Mapping[str, Mapping[int, float]], 
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("One layer at a time: its weights and its output at b bits, the rest float")
-    ax.legend(fontsize="small", loc="lower left", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
     return fig
 
 

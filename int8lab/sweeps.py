@@ -159,11 +159,11 @@ class SimulatedQuantization:
 
 
 #: The "mse" search quantizes its values once per candidate: a large activation is searched on a sample.
-MSE_SAMPLE_SIZE = 1 << 16
+MSE_SAMPLE_SIZE = 1 << 14
 
 
 def mse_sample(values) -> np.ndarray:
-    """At most about ``MSE_SAMPLE_SIZE`` of ``values``: every k-th one, plus the one of largest magnitude.
+    """At most ``MSE_SAMPLE_SIZE`` + 1 of ``values``: every k-th one, plus the one of largest magnitude.
 
     The largest magnitude is kept so that the sample has the same max|x|, hence the same grid of
     candidate thresholds, as the whole tensor; the rest is an even, deterministic subsample.
