@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hostile import SCRIPT_MARK as MARK
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Screenshots land here (gitignored), so that a human can look at what the browser showed.
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-#: The payload every hostile page carries: each line is one way for script to show that it ran.
-MARK = "PWNED"
 
 
 def chromium_path() -> str:
@@ -162,7 +161,3 @@ class ScriptWatch:
         if page.evaluate(f"() => window.{MARK} !== undefined"):
             signs.append(f"global: window.{MARK}")
         return signs
-
-
-#: Script that leaves every mark ScriptWatch looks for.
-PAYLOAD_JS = f"document.title='{MARK}';console.log('{MARK}');window.{MARK}=1;alert('{MARK}')"

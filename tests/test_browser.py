@@ -6,13 +6,19 @@ for the student's tests and one graded course with its Jupyter server for the in
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
-from browser_support import ROOT, chromium, jupyter, screenshot
+from browser_support import ROOT, ScriptWatch, chromium, jupyter, screenshot
+from hostile import ANSWER_TEXT, SCRIPT_HTML, SCRIPT_OUTPUTS, script_in_derivations
+from sample_submissions import submission, write_submission
 
 from int8lab.checks import MISCONCEPTIONS
 
@@ -145,3 +151,124 @@ def test_locked_cells_cannot_be_edited_but_the_answer_cell_can(page, lab):
     assert not _typing_changes(setup, "\nprint('edited')")
     assert not _typing_changes(visible_test, "\nprint('edited')")
     assert _typing_changes(_cell(notebook, "YOUR CODE HERE"), "\n# my notes")
+
+
+# The instructor's side: a small class of 03_biases (one derivation graded by hand), plots drawn as by default.
+GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "30", "--notebook-timeout", "120"]
+GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64", "--assignment", "03_biases"]
+DERIVATION = "derivation_bias_scale"
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory, float_net):
+    """ann solves 03_biases; mallory solves it too, with script in her derivation and in her outputs."""
+    base = tmp_path_factory.mktemp("course")
+    write_submission(base / "submitted", "ann", "03_biases", submission("03_biases"))
+    hostile = submission("03_biases", append=SCRIPT_OUTPUTS, edit=script_in_derivations)
+    write_submission(base / "submitted", "mallory", "03_biases", hostile)
+    result = subprocess.run(
+        [*GRADE, str(base / "submitted"), "--out", str(base / "out")], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "out"
+
+
+@pytest.fixture(scope="module")
+def formgrader(course):
+    """A Jupyter server with nbgrader's formgrader, in the graded course folder."""
+    with jupyter("server", course, ready="formgrader/api/submitted_notebooks/03_biases/biases") as server:
+        yield server
+
+
+def _open_submission(page, formgrader, student: str) -> None:
+    """Formgrader's home page first, as the instructor would: its token login sets the cookie for the whole server
+    (a login on the submission page itself sets it for /formgrader/submissions only, and the grade API refuses)."""
+    page.goto(formgrader.url("formgrader"))
+    submissions = formgrader.get_json("formgrader/api/submitted_notebooks/03_biases/biases")
+    submission_id = next(s["id"] for s in submissions if s["student"] == student)
+    page.goto(f"{formgrader.base}/formgrader/submissions/{submission_id}")
+
+
+def _export(course: Path) -> dict[str, dict]:
+    """nbgrader export in the course folder, as the README tells the instructor: {student: row of 03_biases}."""
+    target = course / "export.csv"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "export", "--to", str(target)],
+        cwd=course,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with open(target, newline="") as handle:
+        return {row["student_id"]: row for row in csv.DictReader(handle) if row["assignment"] == "03_biases"}
+
+
+def test_instructor_grades_a_derivation_by_hand_in_formgrader(page, course, formgrader):
+    """A score and a comment typed into formgrader's page are saved, shown again, and counted by nbgrader export."""
+    before = float(_export(course)["ann"]["score"])
+    _open_submission(page, formgrader, "ann")
+    score = page.locator(f"input.score#{DERIVATION}")
+    comment = page.locator(f"textarea#{DERIVATION}-comment")
+    score.wait_for(timeout=30_000)
+    score.scroll_into_view_if_needed()
+    # Each field saves itself on change (formgrader's Backbone models): wait for the server's answer.
+    with page.expect_response(lambda r: "/formgrader/api/grade/" in r.url and r.request.method == "PUT") as saved:
+        score.fill("2")
+        score.press("Tab")
+    assert saved.value.ok, saved.value.status
+    with page.expect_response(lambda r: "/formgrader/api/comment/" in r.url and r.request.method == "PUT") as saved:
+        comment.fill("Right scale; say why the bias shares the accumulator's scale.")
+        comment.press("Tab")
+    assert saved.value.ok, saved.value.status
+    screenshot(page.locator(".nbgrader_cell", has=score).first, "formgrader-manual-grade")
+
+    page.reload()
+    score.wait_for(timeout=30_000)
+    assert score.input_value() == "2"
+    assert comment.input_value().startswith("Right scale")
+    after = _export(course)["ann"]
+    assert float(after["score"]) == before + 2, after
+
+
+def _shows_the_answer_without_running_it(page, watch: ScriptWatch) -> None:
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # an onerror fires once the broken image has failed, after the load
+    assert ANSWER_TEXT in page.inner_text("body")  # the hostile cells did reach the page
+    assert watch.fired(page) == []
+    assert page.locator('a[href^="javascript:"], [onerror], [onload]').count() == 0
+
+
+def test_hostile_submission_runs_no_script_in_formgrader(page, course, formgrader):
+    watch = ScriptWatch().attach(page)
+    _open_submission(page, formgrader, "mallory")
+    _shows_the_answer_without_running_it(page, watch)
+
+
+def test_hostile_feedback_page_runs_no_script(page, course):
+    watch = ScriptWatch().attach(page)
+    page.goto((course / "feedback" / "mallory" / "03_biases" / "biases.html").as_uri())
+    _shows_the_answer_without_running_it(page, watch)
+
+
+def test_script_detector_fires_on_an_unsanitised_page(page, tmp_path):
+    """The detector itself: nbconvert's plain HTMLExporter keeps the payload, and every sign of it is seen."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"{ANSWER_TEXT}\n\n{SCRIPT_HTML}"))
+    code = nbformat.v4.new_code_cell("display(HTML(payload))")
+    code.outputs.append(nbformat.v4.new_output("display_data", data={"text/html": SCRIPT_HTML, "text/plain": ""}))
+    nb.cells.append(code)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    path = tmp_path / "unsanitised.html"
+    path.write_text(body)
+    watch = ScriptWatch().attach(page)
+    page.goto(path.as_uri())
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
+    signs = watch.fired(page)
+    assert any(s.startswith("dialog") for s in signs) and any(s.startswith("console") for s in signs), signs
+    assert any(s.startswith("title") for s in signs) and any(s.startswith("global") for s in signs), signs
