@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import axe_playwright_python
 import nbformat
 import pytest
 from browser_support import ROOT, ScriptWatch, chromium, jupyter, screenshot
@@ -272,3 +273,40 @@ def test_script_detector_fires_on_an_unsanitised_page(page, tmp_path):
     signs = watch.fired(page)
     assert any(s.startswith("dialog") for s in signs) and any(s.startswith("console") for s in signs), signs
     assert any(s.startswith("title") for s in signs) and any(s.startswith("global") for s in signs), signs
+
+
+#: axe-core, as the axe-playwright-python package ships it (no download): injected into the page under test.
+AXE = Path(axe_playwright_python.__file__).parent / "axe.min.js"
+#: The axe rules that int8lab's feedback template decides (int8lab_feedback/index.html.j2 and the CSS it adds):
+#: the page's language and title, its landmarks, the contrast of its text and links, its images' alt text.
+INT8LAB_RULES = {
+    "html-has-lang",
+    "html-lang-valid",
+    "document-title",
+    "region",
+    "landmark-one-main",
+    "landmark-no-duplicate-main",
+    "landmark-unique",
+    "color-contrast",
+    "link-in-text-block",
+    "image-alt",
+}
+
+
+def _axe_violations(page) -> list[dict]:
+    page.add_script_tag(path=str(AXE))
+    return page.evaluate("async () => (await axe.run(document)).violations")
+
+
+@pytest.mark.parametrize("student", ["ann", "mallory"])
+def test_feedback_page_has_no_accessibility_violation_int8lab_controls(page, course, student):
+    """axe-core on the feedback page (plots included): none of INT8LAB_RULES fails; the other rules are printed."""
+    page.goto((course / "feedback" / student / "03_biases" / "biases.html").as_uri())
+    page.wait_for_load_state("networkidle")
+    assert page.locator("img").count() >= 1  # the plot cells ran: image-alt had something to check
+    violations = _axe_violations(page)
+    for violation in violations:
+        nodes = [node["html"][:100] for node in violation["nodes"][:3]]
+        print(f"axe {violation['id']} ({violation['impact']}, {len(violation['nodes'])} nodes): {nodes}")
+    ours = sorted(v["id"] for v in violations if v["id"] in INT8LAB_RULES)
+    assert ours == [], ours
