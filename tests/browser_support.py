@@ -113,10 +113,11 @@ def jupyter(app: str, root: Path, ready: str = "api/status", env: dict | None = 
                 time.sleep(0.3)
         yield server
     finally:
-        _end_session(process)
+        end_session(process)
 
 
-def _end_session(process: subprocess.Popen) -> None:
+def end_session(process: subprocess.Popen) -> None:
+    """End a process started with start_new_session=True, and every process it started (kernels, workers)."""
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)

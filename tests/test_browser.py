@@ -17,7 +17,7 @@ from pathlib import Path
 import axe_playwright_python
 import nbformat
 import pytest
-from browser_support import ROOT, ScriptWatch, chromium, jupyter, screenshot
+from browser_support import ROOT, ScriptWatch, chromium, end_session, jupyter, screenshot
 from hostile import ANSWER_TEXT, SCRIPT_HTML, SCRIPT_OUTPUTS, script_in_derivations
 from sample_submissions import submission, write_submission
 
@@ -160,18 +160,30 @@ GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64", "--assignment"
 DERIVATION = "derivation_bias_scale"
 
 
-@pytest.fixture(scope="module")
-def course(tmp_path_factory, float_net):
-    """ann solves 03_biases; mallory solves it too, with script in her derivation and in her outputs."""
+@pytest.fixture(scope="module", autouse=True)
+def _grading(tmp_path_factory, float_net):
+    """Starts grading the class when the module starts, so that it runs while the student's tests do.
+
+    ann solves 03_biases; mallory solves it too, with script in her derivation and in her outputs.
+    """
     base = tmp_path_factory.mktemp("course")
     write_submission(base / "submitted", "ann", "03_biases", submission("03_biases"))
     hostile = submission("03_biases", append=SCRIPT_OUTPUTS, edit=script_in_derivations)
     write_submission(base / "submitted", "mallory", "03_biases", hostile)
-    result = subprocess.run(
-        [*GRADE, str(base / "submitted"), "--out", str(base / "out")], capture_output=True, text=True, timeout=900
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return base / "out"
+    log = base / "grade.log"
+    with open(log, "wb") as sink:
+        command = [*GRADE, str(base / "submitted"), "--out", str(base / "out")]
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    yield {"process": process, "out": base / "out", "log": log}
+    end_session(process)
+
+
+@pytest.fixture(scope="module")
+def course(_grading):
+    """The graded course folder (OUT of int8lab grade)."""
+    returncode = _grading["process"].wait(timeout=900)
+    assert returncode == 0, _grading["log"].read_text()[-3000:]
+    return _grading["out"]
 
 
 @pytest.fixture(scope="module")
