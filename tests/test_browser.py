@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,10 @@ def page(browser):
 
 
 def _lab_settings(folder: Path) -> None:
-    """No news pop-up over the notebook, and every cell in the DOM (no virtual scrolling) so tests can find it."""
+    """No news pop-up over the notebook, every cell in the DOM (no virtual scrolling) so tests can find it, and no
+    autosave: each test opens the released notebook as it is on disk, whatever the test before it typed."""
     settings = {
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
         "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
         "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
     }
@@ -102,8 +105,9 @@ def _replace_source(cell, code: str) -> None:
 
 
 def _run_all(page) -> None:
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
+    """Run > Run All Cells, through the menu (not "Restart Kernel and Run All Cells…", which asks first)."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item:visible .lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
 
 def test_student_sees_the_misconception_then_the_passing_test_and_the_plot(page, lab):
