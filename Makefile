@@ -17,7 +17,7 @@ WORKERS ?= 2
 
 help:
 	@echo "make demo    run the lab end to end on the embedded digits data (ARGS='--json out.json')"
-	@echo "make test    lint, then every test"
+	@echo "make test    lint, then every test (browser tests need chromium; PYTEST_ARGS='-m \"not browser\"' deselects them)"
 	@echo "make lint    ruff"
 	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
 	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"

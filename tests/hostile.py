@@ -161,3 +161,35 @@ def active_content(page: str) -> list[str]:
 
     Scan().feed(page)
     return found
+
+
+#: What a browser test looks for when a page runs script it should not: a dialog, this mark in the console,
+#: the title or a global of that name.
+SCRIPT_MARK = "PWNED"
+SCRIPT_PAYLOAD = (
+    f"document.title='{SCRIPT_MARK}';console.log('{SCRIPT_MARK}');window.{SCRIPT_MARK}=1;alert('{SCRIPT_MARK}')"
+)
+#: The payload in every form a notebook page could run: inline script, event handlers, a javascript: link, SVG.
+SCRIPT_HTML = (
+    f"<script>{SCRIPT_PAYLOAD}</script>"
+    f'<img src="nowhere.png" onerror="{SCRIPT_PAYLOAD}">'
+    f'<a href="javascript:{SCRIPT_PAYLOAD}">click</a>'
+    f'<svg onload="{SCRIPT_PAYLOAD}"><circle r="4"/></svg>'
+)
+SCRIPT_SVG = f'<svg xmlns="http://www.w3.org/2000/svg" onload="{SCRIPT_PAYLOAD}"/>'
+#: Appended to the answer cell: the same payload as HTML, JavaScript and SVG outputs.
+SCRIPT_OUTPUTS = f"""
+from IPython.display import HTML, Javascript, display
+display(HTML({SCRIPT_HTML!r}))
+display(Javascript({SCRIPT_PAYLOAD!r}))
+display({{"image/svg+xml": {SCRIPT_SVG!r}}}, raw=True)
+"""
+#: Shown beside the payload in a derivation, so that a test can tell the answer reached the page.
+ANSWER_TEXT = "My derivation of the bias scale"
+
+
+def script_in_derivations(nb) -> None:
+    """Every markdown answer cell becomes some text and the script payload (an ``edit`` for submission())."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = f"{ANSWER_TEXT}\n\n{SCRIPT_HTML}\n\n[a link](javascript:{SCRIPT_PAYLOAD})"

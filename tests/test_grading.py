@@ -578,31 +578,15 @@ def test_feedback_command_regenerates_pages_with_their_math(small_class):
 
 def test_formgrader_submission_page_loads_mathjax_from_the_server(small_class):
     """Formgrader's manual-grading page renders, and its MathJax (which formgrade.js needs) comes from the server."""
-    import socket
-    import time
     import urllib.parse
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}", "--ip=127.0.0.1"]
-    command += ["--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={small_class['out']}"]
-    command += ["--allow-root"] if os.geteuid() == 0 else []
-    server = subprocess.Popen(command, cwd=small_class["out"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{base}/formgrader/api/submitted_notebooks/01_weights/weights") as answer:
-                    submissions = json.load(answer)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the Jupyter server did not start within a minute")
-        ann = next(s for s in submissions if s["student"] == "ann")
-        with urllib.request.urlopen(f"{base}/formgrader/submissions/{ann['id']}") as answer:
+    from browser_support import jupyter
+
+    listing = "formgrader/api/submitted_notebooks/01_weights/weights"
+    with jupyter("server", small_class["out"], ready=listing) as server:
+        ann = next(s for s in server.get_json(listing) if s["student"] == "ann")
+        with urllib.request.urlopen(server.url(f"formgrader/submissions/{ann['id']}")) as answer:
             page_url, page = answer.geturl(), answer.read().decode()
         sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", page)
         assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))], sources
@@ -610,6 +594,3 @@ def test_formgrader_submission_page_loads_mathjax_from_the_server(small_class):
         assert len(mathjax) == 1, sources
         with urllib.request.urlopen(urllib.parse.urljoin(page_url, mathjax[0])) as answer:
             assert b"MathJax" in answer.read(2000)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

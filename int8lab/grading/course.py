@@ -54,6 +54,10 @@ def configure(c, root: Path, repository: bool = False) -> None:
         formgrader_handlers.template_path,
         str(feedback.TEMPLATES),
     ]
+    # Lets int8lab_feedback/index.html.j2 extend nbgrader's page by name ('feedback/index.html.j2'); this
+    # replaces nbgrader's own setting, so its path to bootstrap.min.css (which the page inlines) is repeated.
+    bootstrap_css = Path(formgrader_handlers.__file__).parent / "static" / "node_modules" / "bootstrap" / "dist" / "css"
+    c.GenerateFeedback.HTMLExporter.extra_template_paths = [formgrader_handlers.template_path, str(bootstrap_css)]
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
