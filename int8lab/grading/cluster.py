@@ -47,28 +47,26 @@ class WorkerMismatch(RuntimeError):
 # ----------------------------------------------------------------------------- on the client
 
 
-def grade_on_dask(address: str, jobs, assignments, limits: Limits, workers: int, progress: bool):
-    """``(results, tally)``: every job's Result, and ``{worker name: jobs it ran}``.
+def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool):
+    """``(results, tally)``: every job's Result, and ``{worker: jobs it ran}``.
 
-    ``address``: ``tcp://HOST:PORT`` of a running scheduler, or ``local`` for a LocalCluster of
-    ``workers`` single-threaded processes. Raises ``GradingError`` when the cluster cannot grade.
+    ``client``: ``connect()``'s; ``jobs``: intake's Jobs; ``assignments``: ``{assignment id: course.Assignment}``.
+    Raises ``GradingError`` when a worker cannot grade like this machine.
     """
-    client, cluster = connect(address, workers)
-    try:
-        expected = expected_worker()
-        client.register_plugin(ShipModelCache(expected, cache_files(expected["dataset"])), name="int8lab-cache")
-        problems = _check_every_worker(client, expected)
-        if problems:
-            raise GradingError(_mismatch_message(problems))
-        return _grade(client, jobs, assignments, limits, expected, progress)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    expected = expected_worker()
+    client.register_plugin(ShipModelCache(expected, cache_files(expected["dataset"])), name="int8lab-cache")
+    problems = _check_every_worker(client, expected)
+    if problems:
+        raise GradingError(_mismatch_message(problems))
+    return _grade(client, jobs, assignments, limits, expected, progress)
 
 
 def connect(address: str, workers: int):
-    """``(client, local_cluster_or_None)``, with at least one worker; ``GradingError`` within seconds if not."""
+    """``(client, local_cluster_or_None)``, with at least one worker; ``GradingError`` within seconds if not.
+
+    ``address``: ``tcp://HOST:PORT`` of a running scheduler, or ``local`` for a LocalCluster of ``workers``
+    single-threaded processes. The caller closes both.
+    """
     try:
         import dask
         from distributed import Client, LocalCluster
@@ -255,20 +253,27 @@ class ShipModelCache(WorkerPlugin):
         self.expected, self.files = expected, files
 
     def setup(self, worker) -> None:
+        """Never raises: a worker that cannot hold the cache is named by ``check_worker`` with its reason."""
         from ..data import cache_dir
 
         root = cache_dir()
-        for relative, data in self.files.items():
-            path = root / relative
-            if path.is_file() and _sha256(path.read_bytes()) == _sha256(data):
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-            partial.write_bytes(data)
-            partial.replace(path)  # atomic: a kernel never reads half a checkpoint
+        try:
+            for relative, data in self.files.items():
+                path = root / relative
+                if path.is_file() and _sha256(path.read_bytes()) == _sha256(data):
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+                partial.write_bytes(data)
+                partial.replace(path)  # atomic: a kernel never reads half a checkpoint
+        except OSError as exc:
+            _shipped_digests.clear()
+            _shipped_digests[SHIPPING_FAILED] = f"cannot write the model cache into {root} ({exc.strerror})"
+            return
         _shipped_digests.update({relative: _sha256(data) for relative, data in self.files.items()})
 
 
+SHIPPING_FAILED = ""  # the key under which _shipped_digests holds why shipping failed
 #: What ShipModelCache wrote in this worker process: ``check_worker`` compares the cache against it.
 _shipped_digests: dict[str, str] = {}
 
@@ -305,6 +310,8 @@ def _cache_problem(dataset: str) -> str:
 
     if not _shipped_digests:
         return "the model cache was not shipped to this worker (the int8lab-cache plugin did not run)"
+    if SHIPPING_FAILED in _shipped_digests:
+        return _shipped_digests[SHIPPING_FAILED]
     for relative, digest in _shipped_digests.items():
         path = cache_dir() / relative
         if not path.is_file() or _sha256(path.read_bytes()) != digest:

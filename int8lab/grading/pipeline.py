@@ -22,7 +22,7 @@ import nbformat
 
 from . import course, feedback, intake, merge, report, run, selfcheck
 from .cgroups import PidsCgroups
-from .cluster import grade_on_dask
+from .cluster import connect, grade_on_dask
 from .model import GradingError, Job, Limits, Result, Status
 from .workers import grade_all
 
@@ -45,6 +45,7 @@ def grade(
     """
     started, limits, out = time.perf_counter(), limits or Limits(), out.resolve()
     assignments = course.load_assignments(course.find_solutions(solutions), assignment_ids)
+    client, cluster = connect(dask, workers) if dask else (None, None)  # an unreachable scheduler fails now
     work = _fresh_folder(out / ".work")
     cgroups = PidsCgroups.available()
     try:
@@ -59,8 +60,8 @@ def grade(
         course.prepare_out(out, work / "template")
         _keep_submitted(out, jobs)
         tally = None
-        if dask:  # the kernels run on the cluster's workers, each checked there first
-            results, tally = grade_on_dask(dask, jobs, assignments, limits, workers, progress)
+        if client:  # the kernels run on the cluster's workers, each checked there first
+            results, tally = grade_on_dask(client, jobs, assignments, limits, progress)
         else:
             results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         merge.merge(out, results, assignments)
@@ -72,6 +73,10 @@ def grade(
         report.print_summary(text)
         return results
     finally:
+        if client:
+            client.close()
+        if cluster:
+            cluster.close()
         if cgroups:
             cgroups.close()
         if not keep_work:
