@@ -93,7 +93,7 @@ def test_two_dask_workers_grade_byte_for_byte_like_the_local_pool(cluster, tmp_p
     client ships to it."""
     cluster.add_worker("alpha")
     cluster.add_worker("beta", cache=tmp_path / "beta-cache")
-    expected = _class(tmp_path / "submitted", 6)
+    expected = _class(tmp_path / "submitted", 4)
     cluster.wait_for_workers(2)
     remote = subprocess.run(
         [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "dask"), "--dask", cluster.address],
@@ -116,7 +116,9 @@ def test_two_dask_workers_grade_byte_for_byte_like_the_local_pool(cluster, tmp_p
     assert grades["student00"]["score"] == grades["student00"]["max_score"] != "0"  # a perfect one scored
     tally = next(line for line in remote.stderr.splitlines() if line.startswith("jobs run per Dask worker: "))
     assert "alpha (tcp://127.0.0.1:" in tally and "beta (tcp://127.0.0.1:" in tally, tally
-    assert sum(int(part.rsplit(": ", 1)[1]) for part in tally.split(": ", 1)[1].split(", ")) == 5  # 5 notebooks ran
+    assert (
+        sum(int(part.rsplit(": ", 1)[1]) for part in tally.split(": ", 1)[1].split(", ")) == 3
+    )  # 3 notebooks ran (the corrupt one never leaves the client)
     assert any((tmp_path / "beta-cache" / "checkpoints").glob("Net-digits-*.pt"))  # shipped, not trained
 
 
@@ -127,7 +129,7 @@ def test_a_worker_killed_mid_grading_loses_and_repeats_no_student(cluster, tmp_p
 
     for name in ("alpha", "beta"):
         cluster.add_worker(name)
-    expected = _class(tmp_path / "submitted", 10)
+    expected = _class(tmp_path / "submitted", 6)
     cluster.wait_for_workers(2)
     grading = subprocess.Popen(
         [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "out"), "--dask", cluster.address],
