@@ -132,7 +132,7 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
     tally: Counter = Counter()
     waiting = list(enumerate(jobs))
     window = TASKS_PER_THREAD * max(1, sum(client.nthreads().values()))
-    running: dict = {}  # future -> (job, notes, time the client prepared it)
+    running: dict = {}  # future -> (job, notes, seconds the client took to prepare it)
     stall_seconds = 2 * (limits.notebook_timeout + JOB_GRACE_SECONDS)
     last_progress = time.monotonic()
     with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
@@ -155,15 +155,17 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
                     pure=False,
                     retries=1,  # an exception of the grader's on that worker; worker deaths are the scheduler's
                 )
-                running[future] = (job, notes, started)
+                running[future] = (job, notes, time.perf_counter() - started)
             try:
                 done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing came back within the second (Dask raises where concurrent.futures returns)
                 done = set()
             for future in done:
-                job, notes, started = running.pop(future)
+                job, notes, preparing = running.pop(future)
+                started = time.perf_counter()
                 result = _collect(future, job, assignments[job.assignment], notes)
-                result.seconds = time.perf_counter() - started
+                # as in the local pool: this job's own time (prepare, run, finish), not its wait in the queue
+                result.seconds += preparing + time.perf_counter() - started
                 tally[result.worker or "(died)"] += 1
                 results.append(result)
                 bar.update()
@@ -186,7 +188,10 @@ def _collect(future, job: Job, assignment, notes: list[str]) -> Result:
     if future.status == "finished":
         ran = future.result()
         result = finish(job, assignment, ran, notes)
-        result.worker = str(ran.get("worker", ""))[:200] if isinstance(ran, dict) else ""
+        if isinstance(ran, dict):
+            result.worker = str(ran.get("worker", ""))[:200]
+            seconds = ran.get("seconds")
+            result.seconds = float(seconds) if isinstance(seconds, int | float) and 0 <= seconds < 1e6 else 0.0
         return result
     if future.status == "cancelled":
         raise GradingError("the Dask scheduler cancelled the grading (did it stop, or did this client lose it?)")
