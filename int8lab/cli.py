@@ -41,6 +41,7 @@ def _grade(args) -> int:
             solutions=Path(args.solutions) if args.solutions else None,
             keep_work=args.keep_work,
             dask=args.dask,
+            judges=args.judges,
         )
     except GradingError as exc:
         print(f"int8lab grade: {exc}", file=sys.stderr)
@@ -82,6 +83,13 @@ def main(argv=None) -> int:
         metavar="ADDRESS",
         help="run the notebooks on a Dask cluster: tcp://HOST:PORT of a running `dask scheduler`, or local "
         "(a LocalCluster of --workers processes); judging, the gradebook and the reports stay here",
+    )
+    grade.add_argument(
+        "--judges",
+        type=int,
+        default=0,
+        help="with --dask: processes of this machine that judge the runs coming back (default: one per three "
+        "worker threads, at most this machine's cores)",
     )
     grade.add_argument("--timeout", type=int, default=60, help="seconds one cell may run (default: 60)")
     grade.add_argument(

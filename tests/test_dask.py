@@ -88,7 +88,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_two_dask_workers_grade_byte_for_byte_like_the_local_pool(cluster, tmp_path, float_net):
-    """Catches any difference the trip through bytes and Dask makes (records, notebook, statuses, order), and a
+    """Catches any difference the trip through bytes and Dask makes (records, notebook, statuses, order), the
+    judges' processes on the client make (``--judges 2``; the kill test below judges in the client), and a
     worker without the model cache: the second worker starts with an empty cache of its own, which the
     client ships to it."""
     cluster.add_worker("alpha")
@@ -96,7 +97,16 @@ def test_two_dask_workers_grade_byte_for_byte_like_the_local_pool(cluster, tmp_p
     expected = _class(tmp_path / "submitted", 4)
     cluster.wait_for_workers(2)
     remote = subprocess.run(
-        [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "dask"), "--dask", cluster.address],
+        [
+            *GRADE,
+            str(tmp_path / "submitted"),
+            "--out",
+            str(tmp_path / "dask"),
+            "--dask",
+            cluster.address,
+            "--judges",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -175,7 +185,7 @@ def test_a_job_whose_worker_dies_every_time_is_an_error_and_the_others_finish(tm
         others = client.map(abs, [-1, -2, -3], pure=False)
         job = Job("crasher", "01_weights", None)
         wait([killer], timeout=120)
-        result = _collect(killer, job, None, [])
+        result = _collect(killer, job)
         assert (result.status, result.reason) == (Status.ERROR, KILLED_REASON)
         assert client.gather(others) == [1, 2, 3]
     finally:

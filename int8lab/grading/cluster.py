@@ -37,6 +37,8 @@ WORKER_WAIT_SECONDS = 30
 LOCAL_ALLOWED_FAILURES = 1
 #: Tasks in flight per worker thread: enough to keep workers busy, few enough to bound the client's memory.
 TASKS_PER_THREAD = 4
+#: Worker threads per client process that judges (``--judges`` unset): a judge takes about a third of a run.
+JUDGE_EVERY_THREADS = 3
 KILLED_REASON = "the grading worker crashed twice on this submission"
 
 
@@ -47,10 +49,11 @@ class WorkerMismatch(RuntimeError):
 # ----------------------------------------------------------------------------- on the client
 
 
-def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool):
+def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, judges: int = 0):
     """``(results, tally)``: every job's Result, and ``{worker: jobs it ran}``.
 
-    ``client``: ``connect()``'s; ``jobs``: intake's Jobs; ``assignments``: ``{assignment id: course.Assignment}``.
+    ``client``: ``connect()``'s; ``jobs``: intake's Jobs; ``assignments``: ``{assignment id: course.Assignment}``;
+    ``judges``: client processes that judge (0: one per three worker threads, at most this machine's cores).
     Raises ``GradingError`` when a worker cannot grade like this machine.
     """
     expected = expected_worker()
@@ -58,7 +61,7 @@ def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool):
     problems = _check_every_worker(client, expected)
     if problems:
         raise GradingError(_mismatch_message(problems))
-    return _grade(client, jobs, assignments, limits, expected, progress)
+    return _grade(client, jobs, assignments, limits, expected, progress, judges)
 
 
 def connect(address: str, workers: int):
@@ -123,7 +126,7 @@ def _check_every_worker(client, expected: dict) -> dict[str, str]:
     return {address: problem for address, problem in zip(checks, answers, strict=True) if problem}
 
 
-def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict, progress: bool):
+def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict, progress: bool, judges: int):
     """Submit the jobs (a bounded number in flight), finish each on its return; see ``grade_on_dask``."""
     from distributed import wait
     from tqdm.auto import tqdm
@@ -131,13 +134,16 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
     results: list[Result] = []
     tally: Counter = Counter()
     waiting = list(enumerate(jobs))
-    window = TASKS_PER_THREAD * max(1, sum(client.nthreads().values()))
+    threads = max(1, sum(client.nthreads().values()))
+    window = TASKS_PER_THREAD * threads
+    # The judge costs about a third of a run (1.4 s for notebooks 2 to 4): one process judges for ~3 worker threads.
+    judging = _Judges(judges or min(os.cpu_count() or 1, max(1, threads // JUDGE_EVERY_THREADS)))
     running: dict = {}  # future -> (job, notes, seconds the client took to prepare it)
     stall_seconds = 2 * (limits.notebook_timeout + JOB_GRACE_SECONDS)
     last_progress = time.monotonic()
     with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
-        while waiting or running:
-            while waiting and len(running) < window:
+        while waiting or running or judging.pending:
+            while waiting and len(running) + len(judging.pending) < window:
                 index, job = waiting.pop(0)
                 started = time.perf_counter()
                 prepared = prepare(job, assignments[job.assignment], limits) if job.status is Status.OK else None
@@ -156,20 +162,30 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
                     retries=1,  # an exception of the grader's on that worker; worker deaths are the scheduler's
                 )
                 running[future] = (job, notes, time.perf_counter() - started)
-            try:
-                done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing came back within the second (Dask raises where concurrent.futures returns)
-                done = set()
+            done = set()
+            if running:
+                try:
+                    done, _ = wait(
+                        list(running), timeout=0.2 if judging.pending else 1.0, return_when="FIRST_COMPLETED"
+                    )
+                except TimeoutError:  # nothing came back in time (Dask raises where concurrent.futures returns)
+                    pass
+            elif judging.pending:
+                judging.wait(timeout=1.0)
+            finished = []
             for future in done:
                 job, notes, preparing = running.pop(future)
-                started = time.perf_counter()
-                result = _collect(future, job, assignments[job.assignment], notes)
-                # as in the local pool: this job's own time (prepare, run, finish), not its wait in the queue
-                result.seconds += preparing + time.perf_counter() - started
+                ran = _collect(future, job)
+                if isinstance(ran, Result):
+                    finished.append(ran)
+                else:
+                    finished += judging.submit(job, assignments[job.assignment], ran, notes, preparing)
+            finished += judging.done()
+            for result in finished:
                 tally[result.worker or "(died)"] += 1
                 results.append(result)
                 bar.update()
-            if done:
+            if done or finished:
                 last_progress = time.monotonic()
             elif running and time.monotonic() - last_progress > stall_seconds:
                 for future, (job, _, _) in running.items():
@@ -178,21 +194,16 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
                     results.append(Result(job, Status.ERROR, reason))
                     bar.update()
                 running.clear()
+    judging.close()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment)), tally
 
 
-def _collect(future, job: Job, assignment, notes: list[str]) -> Result:
-    """The job's Result from its finished or failed future."""
+def _collect(future, job: Job) -> Result | dict:
+    """The run's dict from a finished future (to be judged), or the job's Result when it failed."""
     from distributed import KilledWorker
 
     if future.status == "finished":
-        ran = future.result()
-        result = finish(job, assignment, ran, notes)
-        if isinstance(ran, dict):
-            result.worker = str(ran.get("worker", ""))[:200]
-            seconds = ran.get("seconds")
-            result.seconds = float(seconds) if isinstance(seconds, int | float) and 0 <= seconds < 1e6 else 0.0
-        return result
+        return future.result()
     if future.status == "cancelled":
         raise GradingError("the Dask scheduler cancelled the grading (did it stop, or did this client lose it?)")
     exc = future.exception()
@@ -202,6 +213,65 @@ def _collect(future, job: Job, assignment, notes: list[str]) -> Result:
         return Result(job, Status.ERROR, KILLED_REASON)
     message = re.sub(r"/[^\s'\"]+", "<path>", str(exc))  # no machine's path in a report
     return Result(job, Status.ERROR, f"grader fault: {type(exc).__name__}: {message}")
+
+
+class _Judges:
+    """``finish`` (judge, sanitize) for each run that comes back: here, or in ``processes`` client processes
+    when one process cannot keep up with the cluster. Results are the same either way."""
+
+    def __init__(self, processes: int):
+        self.processes, self.pool = processes, None
+        self.pending: dict = {}  # concurrent future -> (job, assignment, ran, notes, seconds so far)
+
+    def submit(self, job: Job, assignment, ran: dict, notes: list[str], preparing: float) -> list[Result]:
+        """The Result now (judged here), or [] when it is judged in a process (see ``done``)."""
+        if self.processes <= 1:
+            started = time.perf_counter()
+            result = _with_run(finish(job, assignment, ran, notes), ran, preparing)
+            result.seconds += time.perf_counter() - started
+            return [result]
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            from .workers import _warm_worker
+
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_warm_worker)
+        self.pending[self.pool.submit(finish, job, assignment, ran, notes)] = (job, assignment, ran, notes, preparing)
+        return []
+
+    def done(self) -> list[Result]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        results = []
+        for future in [f for f in self.pending if f.done()]:
+            job, assignment, ran, notes, preparing = self.pending.pop(future)
+            try:
+                result = future.result()
+            except BrokenProcessPool:  # a judge process died: the judge is the grader's code, judge here instead
+                self.close()
+                result = finish(job, assignment, ran, notes)
+            results.append(_with_run(result, ran, preparing))
+        return results
+
+    def wait(self, timeout: float) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        wait(list(self.pending), timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _with_run(result: Result, ran: dict, preparing: float) -> Result:
+    """``result`` with the worker that ran it and its own time (prepare and run, not its wait in the queue)."""
+    result.worker = str(ran.get("worker", ""))[:200]
+    seconds = ran.get("seconds")
+    result.seconds = preparing + (float(seconds) if isinstance(seconds, int | float) and 0 <= seconds < 1e6 else 0.0)
+    return result
 
 
 def _mismatch_message(problems: dict) -> str:

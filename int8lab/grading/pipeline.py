@@ -37,11 +37,13 @@ def grade(
     keep_work: bool = False,
     progress: bool = True,
     dask: str | None = None,
+    judges: int = 0,
 ) -> list[Result]:
     """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
 
     ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
     ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
+    ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
     """
     started, limits, out = time.perf_counter(), limits or Limits(), out.resolve()
     assignments = course.load_assignments(course.find_solutions(solutions), assignment_ids)
@@ -61,7 +63,7 @@ def grade(
         _keep_submitted(out, jobs)
         tally = None
         if client:  # the kernels run on the cluster's workers, each checked there first
-            results, tally = grade_on_dask(client, jobs, assignments, limits, progress)
+            results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
         else:
             results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         merge.merge(out, results, assignments)
