@@ -102,6 +102,9 @@ def main():
     parser.add_argument("--demos", action="store_true", help="run the plot cells too (int8lab grade's default)")
     parser.add_argument("--assignments", type=int, default=4, help="notebooks per student in the extrapolation")
     parser.add_argument("--cores", type=int, default=8, help="cores per machine in the extrapolation")
+    parser.add_argument(
+        "--client-cores", type=int, default=8, help="the client's cores (--judges) in the extrapolation"
+    )
     args = parser.parse_args()
     trained_model("digits", progress=False)
     trained_model("digits", bias=True, progress=False)
@@ -161,22 +164,25 @@ def main():
 
 
 def extrapolate(args, per_notebook, per_task, client_side, merge_each, reports_each):
-    """1,000 students: runs spread over N machines while the client prepares and finishes each notebook
-    (serial, overlapping the runs); then merge, reports and feedback (serial, after the last run)."""
+    """1,000 students: runs spread over N machines while the client prepares each notebook (one process) and
+    judges what comes back (``--client-cores`` processes), overlapping the runs; then merge, reports and
+    feedback, one after the other, after the last run."""
     notebooks = 1000 * args.assignments
-    serial_per_notebook = client_side["prepare"] + client_side["finish"] + per_task
+    client_per_notebook = client_side["prepare"] + per_task + client_side["finish"] / args.client_cores
     after = notebooks * (merge_each + reports_each + client_side["feedback"])
-    print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}, machines of {args.cores} cores:")
-    print("  machines   runs (parallel)   client in flight (serial)   after the runs   total")
+    print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
+    print(f"client of {args.client_cores} cores (--judges {args.client_cores}):")
+    print("  machines   runs (parallel)   client in flight   after the runs   total")
     for machines in (1, 2, 4, 8, 16, 32, 64):
         runs = notebooks * per_notebook / (machines * args.cores)
-        client = notebooks * serial_per_notebook
+        client = notebooks * client_per_notebook
         total = max(runs, client) + after
         limit = "client" if client >= runs else "workers"
-        print(f"  {machines:8d}   {runs:12.0f} s   {client:16.0f} s   {after:15.0f} s   {total:6.0f} s  ({limit})")
-    crossover = per_notebook / (args.cores * serial_per_notebook)
-    print(f"  the client's prepare+finish limits beyond about {crossover:.0f} machines of {args.cores} cores;")
+        print(f"  {machines:8d}   {runs:12.0f} s   {client:13.0f} s   {after:12.0f} s   {total:6.0f} s  ({limit})")
+    crossover = per_notebook / (args.cores * client_per_notebook)
+    print(f"  the client's prepare + judge limit the runs beyond about {crossover:.1f} machines of {args.cores} cores;")
     print(f"  merge + reports + feedback add {after:.0f} s after the last run, whatever N")
+    print(f"  (feedback {notebooks * client_side['feedback']:.0f} s, merge {notebooks * merge_each:.0f} s of it)")
 
 
 if __name__ == "__main__":
