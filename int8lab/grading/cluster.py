@@ -56,12 +56,12 @@ def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, jud
     ``judges``: client processes that judge (0: one per three worker threads, at most this machine's cores).
     Raises ``GradingError`` when a worker cannot grade like this machine.
     """
-    expected = expected_worker()
-    client.register_plugin(ShipModelCache(expected, cache_files(expected["dataset"])), name="int8lab-cache")
-    problems = _check_every_worker(client, expected)
+    wanted = expected_worker()
+    client.register_plugin(ShipModelCache(wanted, cache_files(wanted["dataset"])), name="int8lab-cache")
+    problems = _check_every_worker(client, wanted)
     if problems:
         raise GradingError(_mismatch_message(problems))
-    return _grade(client, jobs, assignments, limits, expected, progress, judges)
+    return _grade(client, jobs, assignments, limits, wanted, progress, judges)
 
 
 def connect(address: str, workers: int):
@@ -107,13 +107,13 @@ def connect(address: str, workers: int):
     return client, None
 
 
-def _check_every_worker(client, expected: dict) -> dict[str, str]:
+def _check_every_worker(client, wanted: dict) -> dict[str, str]:
     """``{worker address: problem}`` of the workers connected now, each checked by a task of its own
     (a task thread, like grading's: ``Client.run`` would block the worker's event loop)."""
     checks = {
         address: client.submit(
             check_worker,
-            expected,
+            wanted,
             True,
             workers=[address],
             allow_other_workers=False,
@@ -126,7 +126,7 @@ def _check_every_worker(client, expected: dict) -> dict[str, str]:
     return {address: problem for address, problem in zip(checks, answers, strict=True) if problem}
 
 
-def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict, progress: bool, judges: int):
+def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, progress: bool, judges: int):
     """Submit the jobs (a bounded number in flight), finish each on its return; see ``grade_on_dask``."""
     from distributed import wait
     from tqdm.auto import tqdm
@@ -156,7 +156,7 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, expected: dict,
                     grade_on_worker,
                     probe,
                     asdict(limits),
-                    expected,
+                    wanted,
                     key=f"int8lab-grade-{index:05d}-{os.urandom(4).hex()}",
                     pure=False,
                     retries=1,  # an exception of the grader's on that worker; worker deaths are the scheduler's
@@ -321,11 +321,11 @@ except ImportError:  # the local pool needs no Dask; --dask says what to install
 class ShipModelCache(WorkerPlugin):
     """Writes the client's model cache into each worker's own cache (now, and on workers that join later).
 
-    ``expected``: ``expected_worker()``; ``files``: ``cache_files()``.
+    ``wanted``: ``expected_worker()``; ``files``: ``cache_files()``.
     """
 
-    def __init__(self, expected: dict, files: dict[str, bytes]):
-        self.expected, self.files = expected, files
+    def __init__(self, wanted: dict, files: dict[str, bytes]):
+        self.wanted, self.files = wanted, files
 
     def setup(self, worker) -> None:
         """Never raises: a worker that cannot hold the cache is named by ``check_worker`` with its reason."""
@@ -357,8 +357,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_worker(expected: dict, start_kernel: bool = False) -> str:
-    """Empty if this worker can grade like the client, else what differs. ``expected``: ``expected_worker()``;
+def check_worker(wanted: dict, start_kernel: bool = False) -> str:
+    """Empty if this worker can grade like the client, else what differs. ``wanted``: ``expected_worker()``;
     ``start_kernel``: also run a smoke test in a sandboxed kernel (what the local path checks once)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -366,15 +366,15 @@ def check_worker(expected: dict, start_kernel: bool = False) -> str:
         mine = version("int8lab")
     except PackageNotFoundError:
         return "int8lab is not installed in this worker's Python"
-    if mine != expected["version"] or code_digest() != expected["code"]:
-        here, there = f"{mine} (code {code_digest()[:12]})", f"{expected['version']} (code {expected['code'][:12]})"
+    if mine != wanted["version"] or code_digest() != wanted["code"]:
+        here, there = f"{mine} (code {code_digest()[:12]})", f"{wanted['version']} (code {wanted['code'][:12]})"
         return f"int8lab {here} on this worker, {there} on the client: install the client's int8lab here"
     try:
         import nbclient  # noqa: F401 (the run's)
         import torch  # noqa: F401 (the kernels')
     except ImportError as exc:
         return f"cannot import {exc.name}: install int8lab's requirements on the worker"
-    problem = _cache_problem(expected["dataset"])
+    problem = _cache_problem(wanted["dataset"])
     if problem or not start_kernel:
         return problem
     return _kernel_problem()
@@ -432,19 +432,19 @@ def _cgroups():
     return cgroups
 
 
-def grade_on_worker(probe: bytes, limits: dict, expected: dict) -> dict:
+def grade_on_worker(probe: bytes, limits: dict, wanted: dict) -> dict:
     """The Dask task: ``run_probe`` in a scratch folder of this worker; its dict plus ``worker`` and ``seconds``.
 
-    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``expected``: ``expected_worker()``.
+    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``.
     """
     from distributed import get_worker
 
     from ..data import DATASET_ENV
 
-    problem = _worker_ready(json.dumps(expected, sort_keys=True))
+    problem = _worker_ready(json.dumps(wanted, sort_keys=True))
     if problem:
         raise WorkerMismatch(problem)
-    os.environ[DATASET_ENV] = expected["dataset"]  # the kernels inherit the client's choice
+    os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     started = time.perf_counter()
     # run.execute stops a notebook at its time limit; if the run itself hangs past it, this worker dies
     # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
