@@ -182,7 +182,7 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
                     finished += judging.submit(job, assignments[job.assignment], ran, notes, preparing)
             finished += judging.done()
             for result in finished:
-                tally[result.worker or "(died)"] += 1
+                tally[result.worker or "(no worker finished it)"] += 1
                 results.append(result)
                 bar.update()
             if done or finished:
