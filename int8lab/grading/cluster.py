@@ -122,7 +122,12 @@ def _check_every_worker(client, wanted: dict) -> dict[str, str]:
         )
         for address in client.scheduler_info()["workers"]
     }
-    answers = client.gather(list(checks.values()))
+    try:
+        answers = client.gather(list(checks.values()))
+    except Exception as exc:  # a worker that died or left while being checked: the cluster is not ready
+        raise GradingError(
+            f"checking the Dask workers failed ({type(exc).__name__}: {exc}); nobody was graded"
+        ) from None
     return {address: problem for address, problem in zip(checks, answers, strict=True) if problem}
 
 
