@@ -15,6 +15,7 @@
 
 import argparse
 import copy
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_grading import make_class  # noqa: E402
+from sample_submissions import ASSIGNMENTS  # noqa: E402
 
 from int8lab import trained_model  # noqa: E402
 from int8lab.grading import cluster, merge, pipeline, report  # noqa: E402
@@ -169,7 +171,11 @@ def extrapolate(args, per_notebook, per_task, client_side, merge_each, reports_e
     feedback, one after the other, after the last run."""
     notebooks = 1000 * args.assignments
     client_per_notebook = client_side["prepare"] + per_task + client_side["finish"] / args.client_cores
-    after = notebooks * (merge_each + reports_each + client_side["feedback"])
+    # Feedback runs one nbgrader process per assignment, at most one per core: as measured here (wall time
+    # with min(assignments, cores here) processes), then spread over min(assignments, client cores).
+    measured_processes = min(len(ASSIGNMENTS), os.cpu_count() or 1)
+    feedback_each = client_side["feedback"] * measured_processes / min(args.assignments, args.client_cores)
+    after = notebooks * (merge_each + reports_each + feedback_each)
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(f"client of {args.client_cores} cores (--judges {args.client_cores}):")
     print("  machines   runs (parallel)   client in flight   after the runs   total")
@@ -182,7 +188,7 @@ def extrapolate(args, per_notebook, per_task, client_side, merge_each, reports_e
     crossover = per_notebook / (args.cores * client_per_notebook)
     print(f"  the client's prepare + judge limit the runs beyond about {crossover:.1f} machines of {args.cores} cores;")
     print(f"  merge + reports + feedback add {after:.0f} s after the last run, whatever N")
-    print(f"  (feedback {notebooks * client_side['feedback']:.0f} s, merge {notebooks * merge_each:.0f} s of it)")
+    print(f"  (feedback {notebooks * feedback_each:.0f} s, merge {notebooks * merge_each:.0f} s of it)")
 
 
 if __name__ == "__main__":

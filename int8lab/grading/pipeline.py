@@ -143,10 +143,23 @@ def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list
 
 
 def _feedback(out: Path, assignments) -> list[str]:
-    try:
-        course.nbgrader(out, "generate_feedback", *assignments)
-    except GradingError as exc:
-        return [f"feedback: {exc}"]
+    """One nbgrader process per assignment, as many at once as this machine has cores: the pages are the
+    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pages(assignment: str) -> str:
+        try:
+            course.nbgrader(out, "generate_feedback", assignment)
+        except GradingError as exc:
+            return f"feedback: {exc}"
+        return ""
+
+    names = list(assignments)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as threads:
+        problems = [problem for problem in threads.map(pages, names) if problem]
+    if problems:
+        return problems
     try:
         feedback.add_mathjax(out)
     except (ImportError, OSError) as exc:
