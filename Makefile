@@ -13,7 +13,7 @@ SUBMISSIONS ?= autograder/submitted
 OUT ?= graded
 WORKERS ?= 2
 
-.PHONY: help venv demo test lint format bench bench-grading release validate grade guide clean
+.PHONY: help venv demo test lint format bench bench-grading bench-dask release validate grade guide clean
 
 help:
 	@echo "make demo    run the lab end to end on the embedded digits data (ARGS='--json out.json')"
@@ -24,6 +24,7 @@ help:
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make grade   autograde SUBMISSIONS (default autograder/submitted) into OUT (default graded)"
 	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
+	@echo "make bench-dask  local pool against Dask on 100 generated submissions; extrapolation to 1,000 students"
 	@echo "make guide   regenerate docs/instructors-guide.md from solutions/ and the misconception catalogue"
 	@echo "make clean   remove .venv and build leftovers"
 
@@ -57,6 +58,9 @@ bench: $(STAMP)
 
 bench-grading: $(STAMP)
 	$(BIN)/python benchmarks/bench_grading.py
+
+bench-dask: $(STAMP)
+	$(BIN)/python benchmarks/bench_dask.py $(ARGS)
 
 grade: $(STAMP)
 	$(BIN)/int8lab grade $(SUBMISSIONS) --out $(OUT) --workers $(WORKERS)

@@ -40,6 +40,8 @@ def _grade(args) -> int:
             assignment_ids=args.assignment or None,
             solutions=Path(args.solutions) if args.solutions else None,
             keep_work=args.keep_work,
+            dask=args.dask,
+            judges=args.judges,
         )
     except GradingError as exc:
         print(f"int8lab grade: {exc}", file=sys.stderr)
@@ -76,6 +78,19 @@ def main(argv=None) -> int:
     grade.add_argument("submissions", help="folder in nbgrader's submitted/ layout, or a .zip of it")
     grade.add_argument("--out", required=True, help="course folder for the gradebook, feedback and CSV files")
     grade.add_argument("--workers", type=int, default=2, help="submissions graded at once (default: 2)")
+    grade.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the notebooks on a Dask cluster: tcp://HOST:PORT of a running `dask scheduler`, or local "
+        "(a LocalCluster of --workers processes); judging, the gradebook and the reports stay here",
+    )
+    grade.add_argument(
+        "--judges",
+        type=int,
+        default=0,
+        help="with --dask: processes of this machine that judge the runs coming back (default: one per three "
+        "worker threads, at most this machine's cores)",
+    )
     grade.add_argument("--timeout", type=int, default=60, help="seconds one cell may run (default: 60)")
     grade.add_argument(
         "--notebook-timeout", type=int, default=600, help="seconds a whole notebook may run (default: 600)"

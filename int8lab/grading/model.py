@@ -61,3 +61,5 @@ class Result:
     graded: object = None  # the notebook for OUT/autograded (release tests, the judge's messages)
     sandbox: dict | None = None
     seconds: float = 0.0
+    #: The Dask worker that ran it (``--dask``); empty for the local pool and for jobs that never ran.
+    worker: str = ""

@@ -22,6 +22,7 @@ import nbformat
 
 from . import course, feedback, intake, merge, report, run, selfcheck
 from .cgroups import PidsCgroups
+from .cluster import connect, grade_on_dask
 from .model import GradingError, Job, Limits, Result, Status
 from .workers import grade_all
 
@@ -35,10 +36,18 @@ def grade(
     solutions: Path | None = None,
     keep_work: bool = False,
     progress: bool = True,
+    dask: str | None = None,
+    judges: int = 0,
 ) -> list[Result]:
-    """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring."""
+    """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
+
+    ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
+    ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
+    ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
+    """
     started, limits, out = time.perf_counter(), limits or Limits(), out.resolve()
     assignments = course.load_assignments(course.find_solutions(solutions), assignment_ids)
+    client, cluster = connect(dask, workers) if dask else (None, None)  # an unreachable scheduler fails now
     work = _fresh_folder(out / ".work")
     cgroups = PidsCgroups.available()
     try:
@@ -48,20 +57,28 @@ def grade(
                 f"no submissions in {submissions}: expected <student_id>/<assignment_id>/<notebook>.ipynb "
                 f"with an assignment among {', '.join(assignments)}"
             )
-        _check_the_grader(assignments, work, limits, cgroups, progress)
+        _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
         course.build_course(work / "template", assignments)
         course.prepare_out(out, work / "template")
         _keep_submitted(out, jobs)
-        results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
+        tally = None
+        if client:  # the kernels run on the cluster's workers, each checked there first
+            results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
+        else:
+            results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         merge.merge(out, results, assignments)
         report.write_reports(out, results, assignments)
         problems = _feedback(out, assignments)
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
-        text = report.summary(results, sandbox, time.perf_counter() - started, out, problems)
+        text = report.summary(results, sandbox, time.perf_counter() - started, out, problems, tally)
         (out / "grading.log").write_text(_log(results) + text + "\n")
         report.print_summary(text)
         return results
     finally:
+        if client:
+            client.close()
+        if cluster:
+            cluster.close()
         if cgroups:
             cgroups.close()
         if not keep_work:
@@ -75,8 +92,9 @@ def _fresh_folder(folder: Path) -> Path:
     return folder
 
 
-def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress: bool) -> None:
-    """Stop before grading anyone if the judge fails the reference solution or no kernel can start."""
+def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress: bool, kernel: bool = True) -> None:
+    """Stop before grading anyone if the judge fails the reference solution or (``kernel``) no kernel can
+    start on this machine."""
     from ..training import trained_model
 
     trained_model(progress=progress)  # kernels only read the model cache
@@ -86,6 +104,8 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
             selfcheck.check_reference(name, assignment.source)
         except AssertionError as exc:
             raise GradingError(str(exc)) from None
+    if not kernel:
+        return
     smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(KERNEL_SMOKE_TEST)])
     done = run.execute(smoke, work / "kernel-check", limits, cgroups)
     outputs = [o for c in done.executed.cells for o in c.get("outputs", [])]
@@ -123,10 +143,23 @@ def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list
 
 
 def _feedback(out: Path, assignments) -> list[str]:
-    try:
-        course.nbgrader(out, "generate_feedback", *assignments)
-    except GradingError as exc:
-        return [f"feedback: {exc}"]
+    """One nbgrader process per assignment, as many at once as this machine has cores: the pages are the
+    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pages(assignment: str) -> str:
+        try:
+            course.nbgrader(out, "generate_feedback", assignment)
+        except GradingError as exc:
+            return f"feedback: {exc}"
+        return ""
+
+    names = list(assignments)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as threads:
+        problems = [problem for problem in threads.map(pages, names) if problem]
+    if problems:
+        return problems
     try:
         feedback.add_mathjax(out)
     except (ImportError, OSError) as exc:

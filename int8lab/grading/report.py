@@ -58,8 +58,11 @@ def write_reports(out: Path, results: list[Result], assignments: dict) -> None:
     (out / "tests.csv").write_text(tests.getvalue())
 
 
-def summary(results: list[Result], sandbox: dict | None, seconds: float, out: Path, problems: list[str]) -> str:
-    """The lines printed at the end of a run (and kept in OUT/grading.log)."""
+def summary(
+    results: list[Result], sandbox: dict | None, seconds: float, out: Path, problems: list[str], tally=None
+) -> str:
+    """The lines printed at the end of a run (and kept in OUT/grading.log); ``tally``: ``{worker: jobs run}``
+    of a Dask run, or None."""
     counts = Counter(result.status for result in results)
     lines = [
         f"graded {len(results)} submission(s) in {seconds:.1f} s: "
@@ -69,6 +72,8 @@ def summary(results: list[Result], sandbox: dict | None, seconds: float, out: Pa
         lines.append("sandbox enforced: " + "; ".join(sandbox.get("enforced", [])))
         if sandbox.get("missing"):
             lines.append("sandbox could NOT enforce: " + "; ".join(sandbox["missing"]))
+    if tally:
+        lines.append("jobs run per Dask worker: " + ", ".join(f"{w}: {n}" for w, n in sorted(tally.items())))
     lines += problems
     lines.append(f"results: {out / 'grades.csv'}, {out / 'tests.csv'}, feedback in {out / 'feedback'}")
     return "\n".join(lines)

@@ -53,6 +53,9 @@ class Run:
     reason: str = ""
     executed: object = None
     records: dict = field(default_factory=dict)
+    #: The record file's text (at most ``MAX_RECORD_BYTES``), what ``records`` was parsed from: a cluster
+    #: worker sends this back, and the client parses it again itself.
+    records_text: str = ""
     sandbox: dict | None = None
     stderr: str = ""
     #: The notebook watchdog killed the kernel: the run stopped at a moment that varies.
@@ -157,14 +160,15 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
         run.status, run.reason = Status.TIMEOUT, f"a cell ran longer than {limits.cell_timeout} s and was stopped"
-    run.executed = _capped(client.nb)
+    run.executed = capped(client.nb)
     run.stderr = _tail(job_dir / "kernel-stderr.log")
     if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
     if run.status is not Status.TIMEOUT and _disk_full(run):
         run.status = Status.DISK_QUOTA
         run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
-    run.records = _records(job_dir / "records.jsonl")
+    run.records_text = _records_text(job_dir / "records.jsonl")
+    run.records = read_records(run.records_text)
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
     return run
 
@@ -239,14 +243,14 @@ def _children() -> list[int]:
     return [child.pid for child in psutil.Process().children(recursive=True)]
 
 
-def _records(path: Path) -> dict:
+def _records_text(path: Path) -> str:
     try:
-        return read_records(read_regular_file(path, MAX_RECORD_BYTES).decode("utf-8", "replace"))
+        return read_regular_file(path, MAX_RECORD_BYTES).decode("utf-8", "replace")
     except InvalidNotebook:  # missing, a link, not a regular file, or too large: nothing recorded
-        return {}
+        return ""
 
 
-def _capped(notebook):
+def capped(notebook):
     """Outputs over 1 MiB replaced by a note; beyond 16 MiB kept in all, the rest removed (one note)."""
     total, over = 0, False
     for cell in notebook.cells:

@@ -1,5 +1,9 @@
 """Workers: each job (rebuild, run, judge) in a worker process, N at a time, under a watchdog.
 
+A job has three parts: ``prepare`` (rebuild, the probe notebook as bytes), ``run_probe`` (the sandboxed
+run, plain data in and out) and ``finish`` (judge, sanitize). Here all three run in one local worker
+process; ``cluster.py`` runs ``run_probe`` on a Dask worker and the other two on the client.
+
 nbclient and torch are imported once per worker. A worker is replaced after
 ``JOBS_PER_WORKER`` jobs (fresh pools: ``max_tasks_per_child`` can deadlock on Python 3.11).
 A job whose worker dies is retried alone; a job that runs past its time has its worker killed
@@ -8,14 +12,19 @@ and becomes ``timeout``, while the others finish.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
+
+import nbformat
 
 from . import intake, rebuild, run
 from .model import Job, Limits, Result, Status
+from .records import MAX_RECORD_BYTES, read_records
 from .sanitize import sanitize_notebook
 
 #: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it.
@@ -23,28 +32,82 @@ JOBS_PER_WORKER = 10
 
 
 def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> Result:
-    """Rebuild, run and judge one submission (in a worker process)."""
+    """Rebuild, run and judge one submission (in a worker process): the same three halves as on a cluster."""
     started = time.perf_counter()
     if job.status is not Status.OK:
         return Result(job, job.status, job.reason)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")  # for the watchdog in the main process
+    prepared = prepare(job, assignment, limits)
+    if isinstance(prepared, Result):
+        return prepared
+    probe, notes = prepared
+    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups), notes)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | Result:
+    """Before the run (on the client): the probe notebook as JSON bytes and the rebuild's notes,
+    or the job's final Result when the submission is no notebook at all."""
     try:
         submitted = intake.read_notebook(job.notebook)
     except intake.InvalidNotebook as exc:
         return Result(job, Status.INVALID_NOTEBOOK, str(exc))
     skip = not limits.run_demos
     rebuilt, notes = rebuild.rebuild_submission(submitted, assignment.release, skip_untouched_demos=skip)
+    probe = rebuild.probe_notebook(rebuilt, assignment.judge.tests)
+    return json.dumps(probe).encode(), notes
+
+
+def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups) -> dict:
+    """The run (on a worker): plain data in, plain data out, so that it can travel to another machine.
+
+    ``probe``: the probe notebook's JSON bytes (``prepare``); ``limits``: ``Limits`` as a dict;
+    ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None.
+    Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
+    "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
+    """
+    notebook = nbformat.from_dict(json.loads(probe))
+    done = run.execute(notebook, job_dir, Limits(**limits), cgroups)
+    return {
+        "status": done.status.value,
+        "reason": done.reason,
+        "executed": json.dumps(done.executed).encode(),
+        "records": done.records_text,
+        "sandbox": done.sandbox,
+        "stderr": done.stderr,
+        "cut_short": done.cut_short,
+    }
+
+
+#: The most a run's executed notebook may weigh when it comes back: its outputs are capped at 16 MiB in all.
+MAX_EXECUTED_BYTES = run.MAX_NOTEBOOK_OUTPUT_BYTES + (16 << 20)
+
+
+def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
+    """After the run (on the client): judge and sanitize. ``ran`` is ``run_probe``'s dict, read as hostile:
+    every field is checked for its type and size, the notebook is capped again and the records are
+    parsed as plain JSON here, whatever the machine that ran it did."""
+    try:
+        status = Status(ran["status"])
+        if not isinstance(ran["executed"], bytes) or len(ran["executed"]) > MAX_EXECUTED_BYTES:
+            raise ValueError("the executed notebook is missing or too large")
+        executed = run.capped(nbformat.from_dict(json.loads(ran["executed"])))
+        records_text = ran["records"] if isinstance(ran["records"], str) else ""
+        records = read_records(records_text[:MAX_RECORD_BYTES])
+        cut_short = ran["cut_short"] is True
+        reason = str(ran["reason"])[:2000]
+        sandbox = ran["sandbox"] if isinstance(ran["sandbox"], dict) else None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        return Result(job, Status.ERROR, f"grader fault: a worker sent back an unusable run ({type(exc).__name__})")
     tests = assignment.judge.tests
-    done = run.execute(rebuild.probe_notebook(rebuilt, tests), job_dir, limits, cgroups)
     # A run the notebook watchdog cut short stopped at a moment that varies: nothing of it counts. A cell
     # that ran past its own limit was interrupted and the notebook went on: the later probes count.
-    verdicts = assignment.judge.judge({} if done.cut_short else done.records)
-    graded = sanitize_notebook(rebuild.graded_notebook(done.executed, tests, verdicts))
-    reason = "; ".join(filter(None, [done.reason, job.reason, *notes]))
-    result = Result(job, done.status, reason, verdicts, graded, done.sandbox)
-    result.seconds = time.perf_counter() - started
-    return result
+    verdicts = assignment.judge.judge({} if cut_short else records)
+    graded = sanitize_notebook(rebuild.graded_notebook(executed, tests, verdicts))
+    reason = "; ".join(filter(None, [reason, job.reason, *notes]))
+    return Result(job, status, reason, verdicts, graded, sandbox)
 
 
 def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, progress: bool) -> list[Result]:

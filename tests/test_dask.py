@@ -1,0 +1,266 @@
+"""int8lab grade --dask: a real `dask scheduler` and `dask worker`s on 127.0.0.1 grade like the local pool."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sample_submissions import submission, write_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = str(Path(sys.executable).with_name("dask"))
+GRADE = [sys.executable, "-m", "int8lab", "grade", "--timeout", "8", "--notebook-timeout", "90", "--skip-demos"]
+GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64", "--assignment", "01_weights"]
+WRONG_MULTIPLIED = """
+def quantized_weights(weights):
+    scale = weights.abs().max().item() / 127
+    return torch.clamp(torch.round(weights * scale), -128, 127), scale
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """A `dask scheduler` and `dask worker`s (nanny-less: killing one kills the worker), all on 127.0.0.1."""
+
+    def __init__(self, base: Path, allowed_failures: int = 1):
+        self.base, self.port = base, _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+        self.scheduler = self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port)], env, "s")
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def _start(self, command, env, name) -> subprocess.Popen:
+        log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        return subprocess.Popen([*command, "--no-dashboard"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def add_worker(self, name: str, cache: Path | None = None) -> None:
+        env = {**os.environ, **({"INT8LAB_CACHE": str(cache)} if cache else {})}
+        command = [DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny"]
+        self.workers[name] = self._start([*command, "--host", "127.0.0.1"], env, name)
+
+    def wait_for_workers(self, count: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            client.wait_for_workers(count, timeout=60)
+
+    def close(self) -> None:
+        for process in [*self.workers.values(), self.scheduler]:  # nothing of theirs outlives the test
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    running = Cluster(tmp_path)
+    yield running
+    running.close()
+
+
+def _class(root: Path, students: int) -> dict[str, str]:
+    """``students`` submissions of 01_weights: solved, stubs, a misconception and a corrupt file; the expected
+    status of each."""
+    expected = {}
+    for index in range(students):
+        name, kind = f"student{index:02d}", index % 4
+        content = [submission("01_weights"), submission("01_weights", solved=False)][kind] if kind < 2 else None
+        if kind == 2:
+            content = submission("01_weights", append=WRONG_MULTIPLIED)
+        if kind == 3:
+            content = b'{"cells": [ {"cell_type": "code", '
+        write_submission(root, name, "01_weights", content)
+        expected[name] = "invalid_notebook" if kind == 3 else "ok"
+    return expected
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_dask_workers_grade_byte_for_byte_like_the_local_pool(cluster, tmp_path, float_net):
+    """Catches any difference the trip through bytes and Dask makes (records, notebook, statuses, order), the
+    judges' processes on the client make (``--judges 2``; the kill test below judges in the client), and a
+    worker without the model cache: the second worker starts with an empty cache of its own, which the
+    client ships to it."""
+    cluster.add_worker("alpha")
+    cluster.add_worker("beta", cache=tmp_path / "beta-cache")
+    expected = _class(tmp_path / "submitted", 4)
+    cluster.wait_for_workers(2)
+    remote = subprocess.run(
+        [
+            *GRADE,
+            str(tmp_path / "submitted"),
+            "--out",
+            str(tmp_path / "dask"),
+            "--dask",
+            cluster.address,
+            "--judges",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    local = subprocess.run(
+        [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "local"), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    for name in ("grades.csv", "tests.csv"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    grades = {row["student_id"]: row for row in _rows(tmp_path / "dask" / "grades.csv")}
+    assert {student: row["status"] for student, row in grades.items()} == expected
+    assert grades["student00"]["score"] == grades["student00"]["max_score"] != "0"  # a perfect one scored
+    tally = next(line for line in remote.stderr.splitlines() if line.startswith("jobs run per Dask worker: "))
+    assert "alpha (tcp://127.0.0.1:" in tally and "beta (tcp://127.0.0.1:" in tally, tally
+    assert (
+        sum(int(part.rsplit(": ", 1)[1]) for part in tally.split(": ", 1)[1].split(", ")) == 3
+    )  # 3 notebooks ran (the corrupt one never leaves the client)
+    assert any((tmp_path / "beta-cache" / "checkpoints").glob("Net-digits-*.pt"))  # shipped, not trained
+
+
+def test_a_worker_killed_mid_grading_loses_and_repeats_no_student(cluster, tmp_path, float_net):
+    """Catches a job lost with its worker (missing row or error status) and a job graded twice (a duplicate row
+    or submission in the gradebook). The worker is killed while it runs a grading task."""
+    from distributed import Client
+
+    for name in ("alpha", "beta"):
+        cluster.add_worker(name)
+    expected = _class(tmp_path / "submitted", 6)
+    cluster.wait_for_workers(2)
+    grading = subprocess.Popen(
+        [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "out"), "--dask", cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = None
+    with Client(cluster.address, timeout=30) as observer:
+        deadline = time.monotonic() + 300
+        while killed is None and time.monotonic() < deadline and grading.poll() is None:
+            workers = observer.scheduler_info()["workers"]
+            alpha = next((address for address, info in workers.items() if info.get("name") == "alpha"), None)
+            keys = observer.processing().get(alpha, []) if alpha else []
+            if any(str(key).startswith("int8lab-grade-") for key in keys):
+                time.sleep(1.0)  # its kernel is running now
+                cluster.workers["alpha"].kill()
+                killed = "alpha"
+            time.sleep(0.2)
+    _, stderr = grading.communicate(timeout=600)
+    assert killed == "alpha", "the grading ended before a grading task ran on the worker to kill"
+    assert grading.returncode == 0, stderr[-3000:]
+    rows = _rows(tmp_path / "out" / "grades.csv")
+    assert sorted(row["student_id"] for row in rows) == sorted(expected)  # each once
+    assert {row["student_id"]: row["status"] for row in rows} == expected
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{tmp_path / 'out' / 'gradebook.db'}") as gradebook:
+        submitted = [s.student.id for s in gradebook.assignment_submissions("01_weights")]
+    assert sorted(submitted) == sorted(s for s, status in expected.items() if status == "ok")
+
+
+def test_a_job_whose_worker_dies_every_time_is_an_error_and_the_others_finish(tmp_path):
+    """Catches a job retried forever, or whose KilledWorker stops the class or is reported as something else."""
+    from distributed import wait
+
+    from int8lab.grading.cluster import KILLED_REASON, _collect, connect
+    from int8lab.grading.model import Job, Status
+
+    client, local = connect("local", 2)
+    try:
+        killer = client.submit(os._exit, 1, pure=False)  # the worker running it dies, each time
+        job = Job("crasher", "01_weights", None)
+        wait([killer], timeout=120)
+        result = _collect(killer, job)
+        assert (result.status, result.reason) == (Status.ERROR, KILLED_REASON)
+        # Tasks queued on a dying worker die with it: the class's other jobs are those submitted since (window).
+        assert client.gather(client.map(abs, [-1, -2, -3], pure=False)) == [1, 2, 3]
+    finally:
+        client.close()
+        local.close()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path, float_net):
+    """Catches a client that waits forever, or fails with a traceback instead of saying what to check."""
+    write_submission(tmp_path / "submitted", "ann", "01_weights", submission("01_weights"))
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            *GRADE,
+            str(tmp_path / "submitted"),
+            "--out",
+            str(tmp_path / "out"),
+            "--dask",
+            f"tcp://127.0.0.1:{_free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "cannot reach the Dask scheduler" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_without_distributed_the_cli_says_what_to_install(tmp_path):
+    code = "import sys; sys.modules['distributed'] = None; from int8lab.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "grade", str(tmp_path), "--out", str(tmp_path / "out"), "--dask", "local"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "pip install distributed" in result.stderr, result.stderr
+
+
+def test_a_worker_that_cannot_hold_the_model_cache_stops_the_run_before_any_grade(cluster, tmp_path, float_net):
+    """Catches grading on a worker without the model (every student would score 0 there): a clear error."""
+    cluster.add_worker("alpha")
+    cluster.add_worker("broken", cache=Path("/dev/null/cache"))
+    write_submission(tmp_path / "submitted", "ann", "01_weights", submission("01_weights"))
+    cluster.wait_for_workers(2)
+    result = subprocess.run(
+        [*GRADE, str(tmp_path / "submitted"), "--out", str(tmp_path / "out"), "--dask", cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot grade like this machine" in result.stderr and "model cache" in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+def test_a_worker_with_other_code_is_named_as_such():
+    from int8lab.grading.cluster import check_worker, expected_worker
+
+    other = {**expected_worker(), "code": "0" * 64}
+    assert "install the client's int8lab here" in check_worker(other)
+
+
+def test_what_a_worker_sends_back_is_checked_before_the_judge(tmp_path):
+    """Catches a client that trusts a worker's bytes: a huge or malformed run is a grader fault, not a grade."""
+    from int8lab.grading import course
+    from int8lab.grading.model import Job, Status
+    from int8lab.grading.workers import MAX_EXECUTED_BYTES, finish
+
+    assignment = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])["01_weights"]
+    job = Job("ann", "01_weights", None)
+    good = {"status": "ok", "reason": "", "records": "", "sandbox": None, "stderr": "", "cut_short": False}
+    for bad in (
+        {**good, "executed": b"x" * (MAX_EXECUTED_BYTES + 1)},
+        {**good, "executed": b"[1, 2"},
+        {**good, "executed": b"{}", "status": "graded-by-worker"},
+        {"executed": b"{}"},
+    ):
+        result = finish(job, assignment, bad, [])
+        assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
+        assert not result.verdicts
