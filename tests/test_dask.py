@@ -240,7 +240,7 @@ def test_a_worker_that_cannot_hold_the_model_cache_stops_the_run_before_any_grad
 
 
 def test_a_worker_with_other_code_is_named_as_such():
-    from int8lab.grading.cluster import check_worker, expected_worker
+    from int8lab.grading.cluster_worker import check_worker, expected_worker
 
     other = {**expected_worker(), "code": "0" * 64}
     assert "install the client's int8lab here" in check_worker(other)

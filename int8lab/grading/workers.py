@@ -2,7 +2,7 @@
 
 A job has three parts: ``prepare`` (rebuild, the probe notebook as bytes), ``run_probe`` (the sandboxed
 run, plain data in and out) and ``finish`` (judge, sanitize). Here all three run in one local worker
-process; ``cluster.py`` runs ``run_probe`` on a Dask worker and the other two on the client.
+process; ``cluster_worker.py`` runs ``run_probe`` on a Dask worker and the other two on the client.
 
 nbclient and torch are imported once per worker. A worker is replaced after
 ``JOBS_PER_WORKER`` jobs (fresh pools: ``max_tasks_per_child`` can deadlock on Python 3.11).

@@ -1,0 +1,209 @@
+"""Grading on a Dask cluster, the worker's side: what a worker must match, the model cache shipped to it,
+its start-up check, and the task that runs one sandboxed notebook (``grade_on_worker``).
+
+Everything a task receives and returns is bytes and plain data; the client (``cluster.py``) judges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+
+from .model import Limits
+from .workers import JOB_GRACE_SECONDS, run_probe
+
+
+class WorkerMismatch(RuntimeError):
+    """A worker that cannot grade like the client (another int8lab, no torch, no cache, no sandbox)."""
+
+
+def expected_worker() -> dict:
+    """What every worker must match: ``{"version": str, "code": sha256 of int8lab's .py files, "dataset": str}``."""
+    from importlib.metadata import version
+
+    from ..data import dataset_name
+
+    return {"version": version("int8lab"), "code": code_digest(), "dataset": dataset_name()}
+
+
+@cache
+def code_digest() -> str:
+    """sha256 over int8lab's Python files: two machines with the same version but other code differ here."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cache_files(dataset: str) -> dict[str, bytes]:
+    """``{path relative to the cache: bytes}``: the two checkpoints the kernels read, and the digits data."""
+    from ..data import DIGITS_CACHE_VERSION, cache_dir
+    from ..models import Net, NetWithBias
+    from ..training import DEFAULT_SETTINGS, checkpoint_path
+
+    paths = [checkpoint_path(dataset, model, DEFAULT_SETTINGS[dataset]) for model in (Net, NetWithBias)]
+    if dataset == "digits":
+        paths.append(cache_dir() / "data" / f"digits-32x32-v{DIGITS_CACHE_VERSION}.npz")
+    return {str(p.relative_to(cache_dir())): p.read_bytes() for p in paths if p.is_file()}
+
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # the local pool needs no Dask; --dask says what to install
+    WorkerPlugin = object
+
+
+class ShipModelCache(WorkerPlugin):
+    """Writes the client's model cache into each worker's own cache (now, and on workers that join later).
+
+    ``wanted``: ``expected_worker()``; ``files``: ``cache_files()``.
+    """
+
+    def __init__(self, wanted: dict, files: dict[str, bytes]):
+        self.wanted, self.files = wanted, files
+
+    def setup(self, worker) -> None:
+        """Never raises: a worker that cannot hold the cache is named by ``check_worker`` with its reason."""
+        from ..data import cache_dir
+
+        root = cache_dir()
+        try:
+            for relative, data in self.files.items():
+                path = root / relative
+                if path.is_file() and _sha256(path.read_bytes()) == _sha256(data):
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+                partial.write_bytes(data)
+                partial.replace(path)  # atomic: a kernel never reads half a checkpoint
+        except OSError as exc:
+            _shipped_digests.clear()
+            _shipped_digests[SHIPPING_FAILED] = f"cannot write the model cache into {root} ({exc.strerror})"
+            return
+        _shipped_digests.update({relative: _sha256(data) for relative, data in self.files.items()})
+
+
+SHIPPING_FAILED = ""  # the key under which _shipped_digests holds why shipping failed
+#: What ShipModelCache wrote in this worker process: ``check_worker`` compares the cache against it.
+_shipped_digests: dict[str, str] = {}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_worker(wanted: dict, start_kernel: bool = False) -> str:
+    """Empty if this worker can grade like the client, else what differs. ``wanted``: ``expected_worker()``;
+    ``start_kernel``: also run a smoke test in a sandboxed kernel (what the local path checks once)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mine = version("int8lab")
+    except PackageNotFoundError:
+        return "int8lab is not installed in this worker's Python"
+    if mine != wanted["version"] or code_digest() != wanted["code"]:
+        here, there = f"{mine} (code {code_digest()[:12]})", f"{wanted['version']} (code {wanted['code'][:12]})"
+        return f"int8lab {here} on this worker, {there} on the client: install the client's int8lab here"
+    try:
+        import nbclient  # noqa: F401 (the run's)
+        import torch  # noqa: F401 (the kernels')
+    except ImportError as exc:
+        return f"cannot import {exc.name}: install int8lab's requirements on the worker"
+    problem = _cache_problem(wanted["dataset"])
+    if problem or not start_kernel:
+        return problem
+    return _kernel_problem()
+
+
+def _cache_problem(dataset: str) -> str:
+    from ..data import cache_dir
+
+    if not _shipped_digests:
+        return "the model cache was not shipped to this worker (the int8lab-cache plugin did not run)"
+    if SHIPPING_FAILED in _shipped_digests:
+        return _shipped_digests[SHIPPING_FAILED]
+    for relative, digest in _shipped_digests.items():
+        path = cache_dir() / relative
+        if not path.is_file() or _sha256(path.read_bytes()) != digest:
+            return f"the model cache file {relative} is missing or differs in this worker's cache"
+    if dataset == "cifar10" and not (cache_dir() / "cifar10").is_dir():
+        return "CIFAR-10 is not in this worker's cache (its cifar10/ folder): copy it there"
+    return ""
+
+
+def _kernel_problem() -> str:
+    import nbformat
+
+    from .pipeline import KERNEL_SMOKE_TEST
+
+    smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(KERNEL_SMOKE_TEST)])
+    scratch = Path(tempfile.mkdtemp(prefix="int8lab-check-"))
+    try:
+        done = run_probe(json.dumps(smoke).encode(), asdict(Limits(notebook_timeout=120)), scratch, _cgroups())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if done["status"] != "ok" or b"kernel ready" not in done["executed"]:
+        return (
+            f"a sandboxed kernel cannot run here ({done['status']}: {done['reason']}); stderr: {done['stderr'][-500:]}"
+        )
+    return ""
+
+
+@cache
+def _worker_ready(expected_json: str) -> str:
+    return check_worker(json.loads(expected_json))
+
+
+@cache
+def _cgroups():
+    """This worker process's own pids cgroups (never the client's), or None; closed when it exits."""
+    import atexit
+
+    from .cgroups import PidsCgroups
+
+    cgroups = PidsCgroups.available()
+    if cgroups:
+        atexit.register(cgroups.close)
+    return cgroups
+
+
+def grade_on_worker(probe: bytes, limits: dict, wanted: dict) -> dict:
+    """The Dask task: ``run_probe`` in a scratch folder of this worker; its dict plus ``worker`` and ``seconds``.
+
+    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``.
+    """
+    from distributed import get_worker
+
+    from ..data import DATASET_ENV
+
+    problem = _worker_ready(json.dumps(wanted, sort_keys=True))
+    if problem:
+        raise WorkerMismatch(problem)
+    os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
+    started = time.perf_counter()
+    # run.execute stops a notebook at its time limit; if the run itself hangs past it, this worker dies
+    # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
+    deadline = Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
+    watchdog = threading.Timer(deadline, os.kill, (os.getpid(), signal.SIGKILL))
+    watchdog.daemon = True
+    scratch = Path(tempfile.mkdtemp(prefix="int8lab-job-"))
+    try:
+        watchdog.start()
+        ran = run_probe(probe, limits, scratch, _cgroups())
+    finally:
+        watchdog.cancel()
+        shutil.rmtree(scratch, ignore_errors=True)
+    worker = get_worker()
+    ran["worker"] = worker.address if str(worker.name) == worker.address else f"{worker.name} ({worker.address})"
+    ran["seconds"] = time.perf_counter() - started
+    return ran
