@@ -170,6 +170,61 @@ def test_no_kernel_outlives_its_job_without_a_cgroup(tmp_path):
     assert left == []
 
 
+@pytest.mark.parametrize("isolate", [False, True], ids=["plain", "isolated"])
+def test_a_kernel_dies_with_the_grading_process_that_started_it(tmp_path, isolate):
+    """A grader killed from outside (a lost Dask worker) takes its sandboxed process with it."""
+    import time
+    import uuid
+
+    import psutil
+
+    marker = f"int8lab-orphan-{uuid.uuid4().hex}"
+    folders = {"--isolate": tmp_path / "root", "--workdir": tmp_path / "work", "--sockets": tmp_path / "sockets"}
+    options = [item for option, folder in folders.items() for item in (option, str(folder))] if isolate else []
+    for path in ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", sys.base_prefix, sys.prefix]:
+        options += ["--ro", path]
+    if isolate:
+        for folder in folders.values():
+            folder.mkdir()
+    sandboxed = [
+        sys.executable,
+        str(SCRIPT),
+        *options,
+        "--",
+        sys.executable,
+        "-c",
+        f"import time; time.sleep(120)  # {marker}",
+    ]
+    grader = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, time; subprocess.Popen({sandboxed!r}); time.sleep(120)"]
+    )
+
+    def sandboxed_processes(started_only=False):
+        """Processes of this test's sandbox; ``started_only``: those that exec'd the command (not the launcher)."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            line = " ".join(process.info["cmdline"] or [])
+            if marker in line and not (started_only and SCRIPT.name in line):
+                found.append(process)
+        return found
+
+    survivors = sandboxed_processes
+
+    deadline = time.monotonic() + 30
+    while not sandboxed_processes(started_only=True) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandboxed_processes(started_only=True), "the sandboxed command never started"
+    grader.kill()
+    grader.wait()
+    deadline = time.monotonic() + 5
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = survivors()
+    for process in left:
+        process.kill()
+    assert left == [], "the sandboxed process outlived the grader that started it"
+
+
 def test_a_flood_of_output_is_dropped_beyond_the_limit(tmp_path):
     import nbformat
 

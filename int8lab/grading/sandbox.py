@@ -79,6 +79,7 @@ class Layers:
 
 
 def main(argv=None) -> None:
+    _die_with_the_grader()
     args = _parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -109,6 +110,21 @@ def main(argv=None) -> None:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
     os.execvp(command[0], command)
+
+
+def _die_with_the_grader() -> None:
+    """SIGKILL this process (and so the kernel it becomes or waits for) when the grading process dies.
+
+    A grading worker killed from outside (a Dask worker lost mid-run, a pool worker past its time) would
+    otherwise leave its kernel running; the signal survives exec, and the grader's thread that starts
+    the kernel waits for its run, so it cannot fire early.
+    """
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the grader died before the line above: nobody would signal this process
+        os._exit(1)
 
 
 def _private_root(args) -> list[str]:
