@@ -274,7 +274,7 @@ def test_a_forged_accuracy_is_recomputed_from_the_recorded_logits():
     index = {name: i for i, s in enumerate(test.statements) for name in s.binds}
     from int8lab.grading.selfcheck import probe_in_process
 
-    forged = dict(probe_in_process(source))
+    forged = {(cell, statement): record for cell, statement, record in probe_in_process(source).entries}
     forged[(test.grade_id, index["int8_logits"])] = {"values": {"int8_logits": records.encode(torch.zeros(360, 10))}}
     forged[(test.grade_id, index["int8_accuracy"])] = {"values": {"int8_accuracy": 1e308}}
     assert "reaches 10.00%" in judge.judge(forged)[test.grade_id].message

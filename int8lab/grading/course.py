@@ -91,6 +91,9 @@ class Assignment:
     source: object
     release: object = None
     cells: list[tuple[str, float, bool]] = field(default_factory=list)  # (grade_id, points, autograded)
+    #: the reference solution's record shapes (``selfcheck.reference_shapes``), set by the grader's self-check
+    #: and sent to the workers with the assignment, so that no worker runs the reference again
+    expected: dict | None = field(default=None, repr=False)
     _judge: Judge | None = field(default=None, repr=False)
 
     @property
@@ -100,7 +103,7 @@ class Assignment:
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            self._judge = Judge.from_source(self.source)
+            self._judge = Judge.from_source(self.source, self.expected)
         return self._judge
 
     def __getstate__(self):  # sent to workers without the judge, which each builds once

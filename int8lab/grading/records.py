@@ -21,6 +21,7 @@ import base64
 import contextlib
 import json
 import os
+from dataclasses import dataclass, field
 
 #: The descriptor the kernel appends its records to (opened by the sandbox before it starts).
 RECORDS_FD_ENV = "INT8LAB_PROBE_RECORDS_FD"
@@ -141,6 +142,7 @@ class Unrecorded:
 
     def __init__(self, name: str, type_name: str):
         object.__setattr__(self, "_what", f"{name!r} (a {type_name}, which the grader cannot record)")
+        object.__setattr__(self, "_type", type_name)
 
     def _refuse(self, *args, **kwargs):
         raise RecordError(f"the grader has no plain value for {object.__getattribute__(self, '_what')}")
@@ -151,6 +153,9 @@ class Unrecorded:
 
 def decode(value, depth: int = 0):
     """The Python value of one encoded VALUE; ``RecordError`` if it is not of the documented form."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        # ``encode`` writes such an int as a float: this one was forged, and could cost the judge minutes.
+        raise RecordError("a recorded integer is larger than any the kernel records")
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if depth >= MAX_DEPTH + 1 or not isinstance(value, dict) or len(value) != 1:
@@ -195,13 +200,43 @@ def _decode_array(content: dict):
     return torch.from_numpy(array.copy())
 
 
-def read_records(text: str) -> dict[tuple[str, int], dict]:
-    """``{(cell, statement): record}`` from a record file's text; the last record of a statement wins.
+#: The judge reads at most this many record lines: an honest run writes one per probe statement.
+MAX_RECORD_LINES = 20_000
 
-    Lines that are not records are ignored: they can only be the student's own writing.
+
+@dataclass
+class Records:
+    """The records of one run, in the order the kernel wrote them: ``[(cell, statement, record), ...]``.
+
+    The order is kept because the judge checks it: probes run once each, in the plan's order, so a
+    record out of that order, or a second record of a statement, can only be the student's writing.
     """
-    records = {}
-    for line in text.splitlines():
+
+    entries: list = field(default_factory=list)
+    #: record lines beyond ``MAX_RECORD_LINES`` that were not read
+    dropped: int = 0
+
+    @classmethod
+    def from_dict(cls, by_key: dict) -> Records:
+        """Records from ``{(cell, statement): record}`` (trusted callers: the tests), in that dict's order."""
+        return cls([(cell, statement, record) for (cell, statement), record in by_key.items()])
+
+
+def read_records(text: str) -> Records:
+    """The records in a record file's text, in order; lines that are not records are skipped.
+
+    Such lines can only be the student's own writing; at most ``MAX_RECORD_LINES`` lines are parsed,
+    and a line that does not start like a record costs no JSON parse (megabytes of blank lines did).
+    """
+    found = Records()
+    parsed = 0
+    for line in text.split("\n"):
+        if not line.startswith('{"cell": '):
+            continue
+        if parsed >= MAX_RECORD_LINES:
+            found.dropped += 1
+            continue
+        parsed += 1
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
@@ -210,5 +245,5 @@ def read_records(text: str) -> dict[tuple[str, int], dict]:
             continue
         statement = record.get("statement")
         if isinstance(statement, int) and not isinstance(statement, bool):
-            records[(record["cell"], statement)] = record
-    return records
+            found.entries.append((record["cell"], statement, record))
+    return found

@@ -8,11 +8,17 @@ use ``probe_in_process`` to judge wrong implementations without starting kernels
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 
-from . import testcells
+import nbformat
+
+from . import coverage, records, testcells
 from .judge import Judge, Verdict
-from .records import capture, read_records
+from .records import RecordError, capture, decode, read_records
+
+#: reference_shapes' results, by the source notebook's sha256: the tests judge many patched runs of one source.
+_SHAPES: dict[str, dict] = {}
 
 
 def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> dict:
@@ -24,7 +30,8 @@ def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> di
     _, tests = testcells.plan_tests(source_nb)
     by_id = {test.grade_id: test for test in tests}
     namespace: dict = {"__name__": "__main__"}
-    with capture() as lines, contextlib.redirect_stdout(io.StringIO()):
+    module = dict(vars(records))  # a patch may rewrite the records module, as a student's code may in a kernel
+    with _restored(module), capture() as lines, contextlib.redirect_stdout(io.StringIO()):
         for cell in source_nb.cells:
             meta = testcells.nbgrader_meta(cell)
             if cell.cell_type != "code" or not meta:
@@ -42,13 +49,41 @@ def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> di
     return read_records("\n".join(lines))
 
 
+@contextlib.contextmanager
+def _restored(module: dict):
+    try:
+        yield
+    finally:
+        vars(records).clear()
+        vars(records).update(module)
+
+
+def reference_shapes(source_nb) -> dict:
+    """``{(grade_id, statement): {name: shape}}`` of the reference solution's probe records (coverage.py)."""
+    digest = hashlib.sha256(nbformat.writes(source_nb).encode()).hexdigest()
+    if digest not in _SHAPES:
+        shapes = {}
+        for cell, statement, record in probe_in_process(source_nb).entries:
+            values = record.get("values")
+            if not isinstance(values, dict):
+                continue  # the reference raised here: nothing to cover (check_reference reports it)
+            try:
+                shapes[(cell, statement)] = {name: coverage.shape_of(decode(v)) for name, v in values.items()}
+            except RecordError:
+                continue
+        _SHAPES[digest] = shapes
+    return _SHAPES[digest]
+
+
 def judge_in_process(source_nb, patch: str = "", after: str | None = None) -> dict[str, Verdict]:
     return Judge.from_source(source_nb).judge(probe_in_process(source_nb, patch, after))
 
 
-def check_reference(name: str, source_nb) -> None:
-    """Raise ``AssertionError`` naming the tests that the reference solution of ``name`` fails."""
+def check_reference(name: str, source_nb) -> dict:
+    """The reference's shapes (``reference_shapes``); ``AssertionError`` naming the tests the reference of
+    ``name`` fails."""
     failures = [v for v in judge_in_process(source_nb).values() if not v.passed]
     if failures:
         details = "; ".join(f"{v.grade_id}: {v.message}" for v in failures)
         raise AssertionError(f"the judge fails the reference solution of {name}: {details}")
+    return reference_shapes(source_nb)

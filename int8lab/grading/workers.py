@@ -24,7 +24,7 @@ import nbformat
 
 from . import intake, rebuild, run
 from .model import Job, Limits, Result, Status
-from .records import MAX_RECORD_BYTES, read_records
+from .records import MAX_RECORD_BYTES, Records, read_records
 from .sanitize import sanitize_notebook
 
 #: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it.
@@ -104,7 +104,7 @@ def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
     tests = assignment.judge.tests
     # A run the notebook watchdog cut short stopped at a moment that varies: nothing of it counts. A cell
     # that ran past its own limit was interrupted and the notebook went on: the later probes count.
-    verdicts = assignment.judge.judge({} if cut_short else records)
+    verdicts = assignment.judge.judge(Records() if cut_short else records)
     graded = sanitize_notebook(rebuild.graded_notebook(executed, tests, verdicts))
     reason = "; ".join(filter(None, [reason, job.reason, *notes]))
     return Result(job, status, reason, verdicts, graded, sandbox)
