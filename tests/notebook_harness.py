@@ -26,3 +26,8 @@ def run_tests(assignment: str, patch: str = "", after: str | None = None) -> dic
     source = nbformat.read(SOURCES[assignment], as_version=4)
     verdicts = judge_in_process(source, patch, after)
     return {grade_id: verdict.message or None for grade_id, verdict in verdicts.items()}
+
+
+def read_source(assignment: str):
+    """The source notebook (solutions/) of ``assignment``."""
+    return nbformat.read(SOURCES[assignment], as_version=4)

@@ -15,16 +15,16 @@ import nbformat
 
 from . import coverage, records, testcells
 from .judge import Judge, Verdict
-from .records import RecordError, capture, decode, read_records
+from .records import RecordError, Records, capture, decode, read_records
 
 #: reference_shapes' results, by the source notebook's sha256: the tests judge many patched runs of one source.
 _SHAPES: dict[str, dict] = {}
 
 
-def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> dict:
+def probe_in_process(source_nb, patch: str = "", after: str | tuple[str, ...] | None = None) -> Records:
     """Records of the source notebook's probes, run here with its own solution cells.
 
-    ``patch`` runs right after the cell whose grade_id is ``after``: the way a student's
+    ``patch`` runs right after the cell whose grade_id is ``after`` (or each of several): the way a student's
     different code would replace part of the solution. Only trusted code belongs here.
     """
     _, tests = testcells.plan_tests(source_nb)
@@ -44,7 +44,7 @@ def probe_in_process(source_nb, patch: str = "", after: str | None = None) -> di
             except Exception:
                 if code is None:
                     raise
-            if patch and grade_id == after:
+            if patch and grade_id in ((after,) if isinstance(after, str) else after or ()):
                 exec(compile(patch, "<patch>", "exec"), namespace)
     return read_records("\n".join(lines))
 
@@ -75,7 +75,7 @@ def reference_shapes(source_nb) -> dict:
     return _SHAPES[digest]
 
 
-def judge_in_process(source_nb, patch: str = "", after: str | None = None) -> dict[str, Verdict]:
+def judge_in_process(source_nb, patch: str = "", after: str | tuple[str, ...] | None = None) -> dict[str, Verdict]:
     return Judge.from_source(source_nb).judge(probe_in_process(source_nb, patch, after))
 
 
