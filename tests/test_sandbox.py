@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from int8lab.grading import landlock, sandbox
+from int8lab.grading import landlock, sandbox, seccomp
 
 SCRIPT = Path(sandbox.__file__)
 PROBE = """
@@ -148,7 +148,8 @@ def test_the_report_names_every_layer(tmp_path):
 
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
     text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
-    for layer in ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory"):
+    layers = ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory")
+    for layer in (*layers, "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
 
 
@@ -238,3 +239,117 @@ def test_a_flood_of_output_is_dropped_beyond_the_limit(tmp_path):
     assert len(kept) < 20 << 20
     assert "was dropped" in kept  # cut while it arrived, not after: the grader never held it all
     assert str(done.status) == "ok" and done.executed.cells[1].execution_count == 2  # the kernel went on
+
+
+def _sandboxed(tmp_path, code, *args, isolate=False, prefix=()):
+    """Run ``code`` under the launcher (plain, or with --isolate), itself started by ``prefix`` if given;
+    returns the code's standard output and the launcher's report."""
+    report = tmp_path / "report.json"
+    options = ["--report", str(report)]
+    if isolate:
+        folders = {"--isolate": tmp_path / "root", "--workdir": tmp_path / "work", "--sockets": tmp_path / "s"}
+        for option, folder in folders.items():
+            folder.mkdir()
+            options += [option, str(folder)]
+    for path in ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", sys.base_prefix, sys.prefix]:
+        options += ["--ro", path]
+    command = [*prefix, sys.executable, str(SCRIPT), *options, "--", sys.executable, "-c", code, *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout, json.loads(report.read_text())
+
+
+KEY_THIEF = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+serial = int(sys.argv[1])
+found = libc.syscall(KEYCTL, 10, -3, b"user", b"int8lab-grader-token", 0)  # KEYCTL_SEARCH, session keyring
+buffer = ctypes.create_string_buffer(64)
+for key in (serial, found):
+    if key > 0 and libc.syscall(KEYCTL, 11, key, buffer, 64) > 0:  # KEYCTL_READ
+        print("STOLEN", buffer.value.decode())
+print("DONE")
+"""
+
+GRADER_WITH_A_KEY = """
+import ctypes, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.syscall(KEYCTL, 1, None)  # a session keyring of this test's own, not the developer's
+serial = libc.syscall(ADD_KEY, b"user", b"int8lab-grader-token", b"s3cr3t-token", 12, -3)
+assert serial > 0, ctypes.get_errno()
+sys.exit(subprocess.run([*sys.argv[1:], str(serial)]).returncode)
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+@pytest.mark.parametrize("isolate", [False, True], ids=["plain", "isolated"])
+def test_the_graders_session_keys_are_out_of_reach(tmp_path, isolate):
+    """The grading process holds a key in its session keyring; the sandboxed command cannot read it."""
+    arch = seccomp.ARCHES[seccomp.machine()]
+    grader = GRADER_WITH_A_KEY.replace("KEYCTL", str(arch.keys[2])).replace("ADD_KEY", str(arch.keys[0]))
+    thief = KEY_THIEF.replace("KEYCTL", str(arch.keys[2]))
+    control = subprocess.run(
+        [sys.executable, "-c", grader, sys.executable, "-c", thief], capture_output=True, text=True, timeout=60
+    )
+    assert "STOLEN s3cr3t-token" in control.stdout, control  # unsandboxed, the key is read
+    (tmp_path / "grader.py").write_text(grader)
+    out, report = _sandboxed(tmp_path, thief, isolate=isolate, prefix=[sys.executable, str(tmp_path / "grader.py")])
+    assert "DONE" in out and "STOLEN" not in out, out
+    assert any(item.startswith("keyring") for item in report["enforced"]), report
+
+
+FAMILIES = """
+import json, socket
+found = {}
+for name, family, kind, protocol in [
+    ("vsock", 40, socket.SOCK_STREAM, 0),
+    ("netlink_uevent", 16, socket.SOCK_RAW, 15),
+    ("packet", 17, socket.SOCK_RAW, 0),
+    ("netlink_route", 16, socket.SOCK_RAW, 0),
+    ("inet", 2, socket.SOCK_STREAM, 0),
+    ("unix", 1, socket.SOCK_STREAM, 0),
+]:
+    try:
+        socket.socket(family, kind, protocol).close()
+        found[name] = "opened"
+    except OSError as error:
+        found[name] = error.errno
+print(json.dumps(found))
+"""
+#: What the lab needs (ipykernel's pipe on 127.0.0.1, libzmq's interface list): these stay allowed.
+NEEDED = {"unix", "inet", "netlink_route"}
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_only_the_socket_families_the_lab_needs_can_be_opened(tmp_path):
+    """AF_VSOCK reaches the hypervisor whatever the network namespace; packet and other netlink sockets too."""
+    control = json.loads(subprocess.run([sys.executable, "-c", FAMILIES], capture_output=True, text=True).stdout)
+    opened_outside = {name for name, outcome in control.items() if outcome == "opened"}
+    assert {"vsock", "unix"} <= opened_outside, control  # else this machine cannot show the door closed
+    out, report = _sandboxed(tmp_path, FAMILIES, isolate=True)
+    found = json.loads(out)
+    assert all(found[name] == "opened" for name in NEEDED), found
+    for name in opened_outside - NEEDED:
+        assert found[name] == 97, (name, found)  # EAFNOSUPPORT
+    assert any(item.startswith("seccomp filter") and "AF_UNIX" in item for item in report["enforced"])
+
+
+IO_URING = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+fd = libc.syscall(425, 4, params)  # io_uring_setup
+print("OPENED" if fd >= 0 else f"REFUSED {ctypes.get_errno()}")
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_io_uring_is_refused(tmp_path):
+    """io_uring opens sockets and files without passing through the filter: it is refused whole."""
+    control = subprocess.run([sys.executable, "-c", IO_URING], capture_output=True, text=True).stdout
+    if "OPENED" not in control:
+        pytest.skip(f"io_uring is off on this machine anyway ({control.strip()})")
+    out, _ = _sandboxed(tmp_path, IO_URING, isolate=True)
+    assert out.strip() in ("REFUSED 38", "REFUSED 1"), out  # ENOSYS or EPERM

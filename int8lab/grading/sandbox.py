@@ -11,7 +11,9 @@ Layers, each applied when the machine supports it and named in the report either
     kernel sees only the read-only folders, its socket folder, and a working folder on a
     tmpfs of --quota bytes, its whole disk; its /proc shows only its own processes;
   - resource limits: address space, file size, no core dumps;
-  - Landlock (``landlock.py``): the same folders again, enforced by another mechanism.
+  - Landlock (``landlock.py``): the same folders again, enforced by another mechanism;
+  - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
+    lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
 --records FILE is opened before any of this; the command writes its probe records through the
 inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder.
 """
@@ -26,12 +28,14 @@ import signal
 import sys
 
 if __package__:
-    from . import landlock, namespaces
+    from . import landlock, namespaces, seccomp
 else:  # run as a script (fast: the int8lab package, which imports torch, is not loaded)
     import landlock
     import namespaces
+    import seccomp
 
 PR_SET_PDEATHSIG = 1
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
 def join_cgroup(folder: str) -> str:
@@ -106,10 +110,26 @@ def main(argv=None) -> None:
     _limits(args, layers)
     read_write = args.rw + ([args.workdir, args.sockets] if args.isolate else [])
     layers.attempt("filesystem", lambda: landlock.restrict_filesystem(args.ro, [p for p in read_write if p]))
+    layers.attempt("keyring", _new_session_keyring)  # before the filter, which refuses keyctl
+    layers.attempt("seccomp filter", seccomp.install)
     if report:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
     os.execvp(command[0], command)
+
+
+def _new_session_keyring() -> str:
+    """Leave the grader's session keyring (its keys: tokens, credentials) for a new, empty one."""
+    import ctypes
+
+    arch = seccomp.ARCHES.get(seccomp.machine())
+    if arch is None:
+        raise OSError("no keyctl syscall number for this machine")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(arch.keys[2], KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        raise OSError(ctypes.get_errno(), "keyctl(JOIN_SESSION_KEYRING) failed")
+    return "keyring: a new, empty session keyring (the grader's keys are out of reach)"
 
 
 def _die_with_the_grader() -> None:
