@@ -353,3 +353,55 @@ def test_io_uring_is_refused(tmp_path):
         pytest.skip(f"io_uring is off on this machine anyway ({control.strip()})")
     out, _ = _sandboxed(tmp_path, IO_URING, isolate=True)
     assert out.strip() in ("REFUSED 38", "REFUSED 1"), out  # ENOSYS or EPERM
+
+
+DESCRIPTOR_THIEF = """
+import json, os
+mark = b"LEAKED-TO-THE-GRADER\\x1b[2J"
+os.write(1, mark)
+os.write(2, mark)
+links = {}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        links[name] = os.readlink(f"/proc/self/fd/{name}")
+    except OSError:
+        continue
+for name, link in links.items():  # every pipe and file it holds, ipykernel's copies of 1 and 2 among them
+    if link.startswith(("pipe:", "/")):
+        try:
+            os.write(int(name), mark)
+        except OSError:
+            pass
+print("FDS" + json.dumps(links))
+"""
+
+GRADING = """
+import json, pathlib, sys
+import nbformat
+from int8lab.grading import run
+from int8lab.grading.model import Limits
+job = pathlib.Path(sys.argv[1])
+notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(sys.argv[2])])
+done = run.execute(notebook, job / "job", Limits(cell_timeout=60))
+text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+(job / "outcome.json").write_text(json.dumps({"status": str(done.status), "text": text}))
+"""
+
+
+def test_no_descriptor_of_the_grader_reaches_the_kernel(tmp_path):
+    """What the kernel writes to 1, 2 or any descriptor it holds never reaches the grader's stdout or stderr."""
+    grader = subprocess.Popen(
+        [sys.executable, "-c", GRADING, str(tmp_path), DESCRIPTOR_THIEF], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    pipes = {f"pipe:[{os.fstat(stream.fileno()).st_ino}]" for stream in (grader.stdout, grader.stderr)}
+    out, err = grader.communicate(timeout=180)
+    assert grader.returncode == 0, err.decode(errors="replace")
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert outcome["status"] == "ok" and "FDS" in outcome["text"], outcome
+    assert b"LEAKED" not in out and b"LEAKED" not in err, (out[-300:], err[-300:])
+    links, _ = json.JSONDecoder().raw_decode(outcome["text"].split("FDS", 1)[1])
+    assert not pipes & set(links.values()), links
+    own = ("/dev/null", "/records.jsonl", "/kernel-stdout.log", "/kernel-stderr.log")
+    files = [link for link in links.values() if link.startswith("/")]
+    stray = [f for f in files if not f.endswith(own) and not f.startswith(str(tmp_path / "job" / "kernel"))]
+    assert stray == [], stray

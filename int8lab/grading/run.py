@@ -3,7 +3,8 @@
 Per job, a folder the grader owns:
 
     JOB/spec/       the kernel spec (the sandbox launcher around ipykernel)
-    JOB/sandbox.json, JOB/kernel-stderr.log   what the sandbox enforced; the kernel's stderr
+    JOB/sandbox.json    what the sandbox enforced
+    JOB/kernel-stdout.log, JOB/kernel-stderr.log   the kernel's descriptors 1 and 2 (never the grader's)
     JOB/records.jsonl   the probe records, which the kernel writes through a descriptor
     JOB/root/       where the sandbox builds the kernel's private root (see namespaces.py)
     JOB/kernel/     the kernel's working folder and HOME: in the private root, a tmpfs of
@@ -100,7 +101,8 @@ def _kernel_environment(kernel_dir: Path) -> dict:
 def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup: Path | None) -> Path:
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
-    launcher += ["--stderr", str(job_dir / "kernel-stderr.log"), "--records", str(job_dir / "records.jsonl")]
+    launcher += ["--stdout", str(job_dir / "kernel-stdout.log"), "--stderr", str(job_dir / "kernel-stderr.log")]
+    launcher += ["--records", str(job_dir / "records.jsonl")]
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
     launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]

@@ -15,7 +15,9 @@ Layers, each applied when the machine supports it and named in the report either
   - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
     lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
 --records FILE is opened before any of this; the command writes its probe records through the
-inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder.
+inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder. No other
+descriptor of the caller reaches the command: standard input is /dev/null, and with --stdout and
+--stderr its output goes to those files (capped by --file-size), never to the grader's terminal.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cgroup", help="a pids cgroup folder to join (its pids.max is the process limit)")
     parser.add_argument("--file-size", type=int, default=1 << 30, help="largest file it may write, in bytes")
     parser.add_argument("--report", help="file to write what was and was not enforced to")
+    parser.add_argument("--stdout", help="file to send the command's standard output to")
     parser.add_argument("--stderr", help="file to send the command's standard error to (for diagnosing crashes)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
@@ -88,10 +91,7 @@ def main(argv=None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         _parser().error("no command given after --")
-    if args.stderr:
-        errors = os.open(args.stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(errors, 2)
-        os.close(errors)
+    _own_descriptors(args.stdout, args.stderr)
     report = open(args.report, "a") if args.report else None  # noqa: SIM115 (closed before exec)
     if args.records:
         records = os.open(args.records, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -116,6 +116,21 @@ def main(argv=None) -> None:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
     os.execvp(command[0], command)
+
+
+def _own_descriptors(stdout: str | None, stderr: str | None) -> None:
+    """Standard input from /dev/null, output to the given files, every other inherited descriptor closed.
+
+    ipykernel keeps a copy of descriptors 1 and 2 to echo to: left as the grader's, the kernel wrote
+    megabytes and terminal escapes to the instructor's terminal.
+    """
+    for fd, path in ((0, os.devnull), (1, stdout), (2, stderr)):
+        if path:
+            flags = os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            opened = os.open(path, flags, 0o600)
+            os.dup2(opened, fd)
+            os.close(opened)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 
 def _new_session_keyring() -> str:
