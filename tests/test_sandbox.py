@@ -405,3 +405,52 @@ def test_no_descriptor_of_the_grader_reaches_the_kernel(tmp_path):
     files = [link for link in links.values() if link.startswith("/")]
     stray = [f for f in files if not f.endswith(own) and not f.startswith(str(tmp_path / "job" / "kernel"))]
     assert stray == [], stray
+
+
+ORPHANS = """
+import os, time
+orphans = 0
+for _ in range(80):
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        try:
+            os.fork()  # the grandchild and its parent exit at once: the grandchild is handed to PID 1
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    orphans += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    time.sleep(0.01)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("ORPHANS", orphans, "then FORKED")
+except OSError as error:
+    print("ORPHANS", orphans, "then REFUSED", error)
+"""
+
+
+def test_orphans_are_reaped_and_a_later_fork_still_succeeds(tmp_path):
+    """A fork bomb's orphans, never waited for by the kernel, do not hold the process limit."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.cgroups import PidsCgroups
+    from int8lab.grading.model import Limits
+
+    cgroups = PidsCgroups.available()
+    if cgroups is None and os.getuid() == 0:
+        pytest.skip("no pids cgroup, and RLIMIT_NPROC does not apply to root: no process limit to exhaust")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ORPHANS)])
+    try:
+        done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, processes=64), cgroups)
+    finally:
+        if cgroups:
+            cgroups.close()
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "PID namespace" in done.sandbox["enforced"], done.sandbox
+    assert "ORPHANS 80 then FORKED" in text, (text, done.executed.cells[0].outputs)

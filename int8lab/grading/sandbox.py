@@ -14,6 +14,8 @@ Layers, each applied when the machine supports it and named in the report either
   - Landlock (``landlock.py``): the same folders again, enforced by another mechanism;
   - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
     lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
+  - with a PID namespace, PID 1 is this launcher's own small init: it reaps the orphans the
+    command leaves (zombies would hold the process limit) and exits with the command's status.
 --records FILE is opened before any of this; the command writes its probe records through the
 inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder. No other
 descriptor of the caller reaches the command: standard input is /dev/null, and with --stdout and
@@ -115,6 +117,8 @@ def main(argv=None) -> None:
     if report:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
+    if "PID namespace" in layers.enforced:
+        _init(command)
     os.execvp(command[0], command)
 
 
@@ -145,6 +149,37 @@ def _new_session_keyring() -> str:
     if libc.syscall(arch.keys[2], KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         raise OSError(ctypes.get_errno(), "keyctl(JOIN_SESSION_KEYRING) failed")
     return "keyring: a new, empty session keyring (the grader's keys are out of reach)"
+
+
+def _init(command: list[str]) -> None:
+    """Be PID 1 of the namespace: start the command, reap every orphan, exit with the command's status.
+
+    Orphans (a fork bomb's children whose parent died) are handed to PID 1; a kernel as PID 1 never
+    waits for them, and as zombies they hold the process limit until the job ends.
+    """
+    import ctypes
+
+    child = os.fork()
+    if child == 0:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if "JPY_PARENT_PID" in os.environ:
+            # ipykernel exits when its parent is not the grader it was told of, unless told PID 1 (which
+            # never changes); that it dies with the grader is ensured by PDEATHSIG instead.
+            os.environ["JPY_PARENT_PID"] = "1"
+        try:
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    # SIGINT reaches the command directly (same process group); PID 1 ignores what it has no handler for.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(child, signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def _die_with_the_grader() -> None:
