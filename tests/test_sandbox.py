@@ -454,3 +454,35 @@ def test_orphans_are_reaped_and_a_later_fork_still_succeeds(tmp_path):
     text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
     assert "PID namespace" in done.sandbox["enforced"], done.sandbox
     assert "ORPHANS 80 then FORKED" in text, (text, done.executed.cells[0].outputs)
+
+
+SOCKET_FOLDER_FILLER = """
+import json, os
+from ipykernel.connect import get_connection_file
+folder = os.path.dirname(json.load(open(get_connection_file()))["ip"])
+written = 0
+try:
+    with open(os.path.join(folder, "filler"), "wb") as filler:
+        for _ in range(48):  # below the file-size limit: only a quota can stop it
+            filler.write(b"x" * (1 << 20))
+            filler.flush()
+            written += 1
+    print("WROTE", written, "MiB in", folder)
+except OSError as error:
+    print("STOPPED after", written, "MiB in", folder, "errno", error.errno)
+"""
+
+
+def test_the_socket_folder_holds_no_more_than_sockets(tmp_path):
+    """The socket folder was the host's /tmp, outside the --disk quota: a kernel filled it with 1.3 GiB."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SOCKET_FOLDER_FILLER)])
+    done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, disk_bytes=16 << 20))
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "STOPPED after" in text, (text, done.executed.cells[0].outputs)
+    assert int(text.split("errno")[1]) in (28, 122), text  # ENOSPC, EDQUOT
+    assert int(text.split("after")[1].split()[0]) <= 16, text

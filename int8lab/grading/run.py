@@ -9,7 +9,10 @@ Per job, a folder the grader owns:
     JOB/root/       where the sandbox builds the kernel's private root (see namespaces.py)
     JOB/kernel/     the kernel's working folder and HOME: in the private root, a tmpfs of
                     ``Limits.disk_bytes``, gone when the kernel exits
-    /tmp/int8lab-kXXXX/   its socket folder (Unix socket paths must stay short)
+    JOB/connection.json the kernel's connection file (read-only to it)
+    /tmp/int8lab-kXXXX/   its socket folder (Unix socket paths must stay short): only a name on
+                    the host; the kernel sees a small tmpfs of its own there, which the grader
+                    reaches as /proc/LAUNCHER/root/tmp/int8lab-kXXXX (``_SandboxedKernelManager``)
 
 The executed notebook comes back over the kernel's channels (nbclient), not from a file; the
 only file read back is ``records.jsonl``, opened without following links and capped. Nothing
@@ -108,7 +111,7 @@ def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits,
     launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
-    for path in _readable_paths():
+    for path in [*_readable_paths(), str(job_dir / "connection.json")]:
         launcher += ["--ro", path]
     launcher += ["--rw", "/dev/null"]
     spec_dir = job_dir / "spec" / KERNEL_NAME
@@ -126,12 +129,12 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
     spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup)
-    manager = AsyncKernelManager(
+    manager = _SandboxedKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
         transport="ipc",
         ip=str(sockets / "k"),
-        connection_file=str(sockets / "connection.json"),
+        connection_file=str(job_dir / "connection.json"),
     )
     client = _Client(notebook, km=manager, timeout=limits.cell_timeout, allow_errors=True, interrupt_on_timeout=True)
     stopped = threading.Event()
@@ -173,6 +176,22 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     run.records = read_records(run.records_text)
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
     return run
+
+
+class _SandboxedKernelManager(AsyncKernelManager):
+    """Connects to the kernel's sockets through its launcher's root (``/proc/PID/root``).
+
+    In a private root the socket folder is a tmpfs of the kernel's own mount namespace (inside no
+    quota of the host's /tmp); the launcher shares that namespace and is this manager's child.
+    Without one, ``/proc/PID/root`` is the host's root and the same path still names the folder.
+    """
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        self.ip = f"/proc/{self.provisioner.pid}/root{self.ip}"
+
+    def cleanup_ipc_files(self) -> None:
+        """Nothing to remove: the tmpfs dies with the kernel, and its launcher's PID may be reused."""
 
 
 class _Client(NotebookClient):
