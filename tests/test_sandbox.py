@@ -143,7 +143,7 @@ def test_a_sandboxed_kernel_reaches_no_socket_port_or_process_outside_its_own(tm
 def test_the_report_names_every_layer(tmp_path):
     import nbformat
 
-    from int8lab.grading import run
+    from int8lab.grading import report, run
     from int8lab.grading.model import Limits
 
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
@@ -151,6 +151,9 @@ def test_the_report_names_every_layer(tmp_path):
     layers = ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory")
     for layer in (*layers, "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
+    summary = report.summary([], done.sandbox, 1.0, tmp_path, []).splitlines()
+    for kind in ("sandbox seccomp filter", "sandbox keyring: ", "sandbox memory: "):
+        assert sum(line.startswith(kind) for line in summary) == 1, (kind, summary)
 
 
 def test_no_kernel_outlives_its_job_without_a_cgroup(tmp_path):
@@ -486,3 +489,43 @@ def test_the_socket_folder_holds_no_more_than_sockets(tmp_path):
     assert "STOPPED after" in text, (text, done.executed.cells[0].outputs)
     assert int(text.split("errno")[1]) in (28, 122), text  # ENOSPC, EDQUOT
     assert int(text.split("after")[1].split()[0]) <= 16, text
+
+
+CHILDREN_HOLDING_MEMORY = """
+import os, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            held = b"x" * (350 << 20)  # written, so resident
+            time.sleep(3)  # all four hold theirs at once
+            os._exit(0)
+        except MemoryError:
+            os._exit(1)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print("HELD", codes.count(0), codes)
+"""
+
+
+def test_the_memory_limit_holds_for_the_whole_process_tree(tmp_path):
+    """Four children of 350 MiB each under a limit of 1280 MiB: each alone fits, all four must not."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.cgroups import PidsCgroups
+    from int8lab.grading.model import Limits
+
+    cgroups = PidsCgroups.available()
+    if cgroups is None or cgroups.memory is None:
+        pytest.skip("no memory cgroup on this machine: the report names RLIMIT_AS per process instead")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CHILDREN_HOLDING_MEMORY)])
+    try:
+        done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, memory_bytes=1280 << 20), cgroups)
+    finally:
+        cgroups.close()
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "HELD" in text, (text, done.status, done.reason)
+    assert int(text.split()[1]) < 4, text
+    assert any("for the whole process tree" in item for item in done.sandbox["enforced"]), done.sandbox

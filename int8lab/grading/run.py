@@ -101,7 +101,7 @@ def _kernel_environment(kernel_dir: Path) -> dict:
     }
 
 
-def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup: Path | None) -> Path:
+def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup, memory_group) -> Path:
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
     launcher += ["--stdout", str(job_dir / "kernel-stdout.log"), "--stderr", str(job_dir / "kernel-stderr.log")]
@@ -111,6 +111,8 @@ def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits,
     launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
+    if memory_group:
+        launcher += ["--memory-cgroup", str(memory_group)]
     for path in [*_readable_paths(), str(job_dir / "connection.json")]:
         launcher += ["--ro", path]
     launcher += ["--rw", "/dev/null"]
@@ -128,7 +130,8 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     # Unix socket paths are limited to about 100 bytes: the kernel's sockets get a short folder.
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
-    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup)
+    memory_group = cgroups.create_memory(job_dir.name, limits.memory_bytes) if cgroups and limits.memory_bytes else None
+    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup, memory_group)
     manager = _SandboxedKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
@@ -157,8 +160,9 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         watchdog.cancel()
         _shut_down(manager, client)  # nbclient leaves a kernel it did not create running
         _kill(cgroups.pids(cgroup) if cgroup else [])
-        if cgroup:
-            cgroups.remove(cgroup)
+        for group in (cgroup, memory_group):
+            if group:
+                cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
     if stopped.is_set():

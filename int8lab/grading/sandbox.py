@@ -6,6 +6,8 @@
 
 Layers, each applied when the machine supports it and named in the report either way:
   - a pids cgroup (--cgroup), else RLIMIT_NPROC (which root ignores);
+  - a memory cgroup (--memory-cgroup): one limit for the whole process tree; without one, only
+    RLIMIT_AS per process (with the process limit), and the report says so;
   - user and network namespaces: no network;
   - with --isolate: mount and PID namespaces and a private root (``namespaces.py``): the
     kernel sees only the read-only folders, its socket folder, and a working folder on a
@@ -50,6 +52,17 @@ def join_cgroup(folder: str) -> str:
         return f"processes <= {limit.read().strip()} (pids cgroup)"
 
 
+def join_memory_cgroup(folder: str) -> str:
+    """Move this process into a memory cgroup the grader prepared: one limit for the whole process tree."""
+    with open(os.path.join(folder, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+    for name, kind in (("memory.max", "cgroup v2 memory.max"), ("memory.limit_in_bytes", "cgroup v1 memory limit")):
+        if os.path.exists(os.path.join(folder, name)):
+            with open(os.path.join(folder, name)) as limit:
+                return f"memory: <= {limit.read().strip()} bytes for the whole process tree ({kind})"
+    raise OSError(f"{folder} has no memory limit")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m int8lab.grading.sandbox")
     parser.add_argument("--ro", action="append", default=[], help="a folder or file to allow reading")
@@ -62,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", type=int, default=0, help="address-space limit in bytes (0: none)")
     parser.add_argument("--processes", type=int, default=0, help="process and thread limit (0: none)")
     parser.add_argument("--cgroup", help="a pids cgroup folder to join (its pids.max is the process limit)")
+    parser.add_argument("--memory-cgroup", help="a memory cgroup folder to join (the process tree's memory limit)")
     parser.add_argument("--file-size", type=int, default=1 << 30, help="largest file it may write, in bytes")
     parser.add_argument("--report", help="file to write what was and was not enforced to")
     parser.add_argument("--stdout", help="file to send the command's standard output to")
@@ -102,6 +116,8 @@ def main(argv=None) -> None:
     layers = Layers()
     if args.cgroup:
         layers.attempt("pids cgroup", lambda: join_cgroup(args.cgroup))
+    if args.memory_cgroup:
+        layers.attempt("memory cgroup", lambda: join_memory_cgroup(args.memory_cgroup))
     layers.attempt("namespaces", lambda: namespaces.enter(isolate=bool(args.isolate)))
     if args.isolate:
         if "PID namespace" in layers.enforced:
@@ -234,7 +250,13 @@ def _limits(args, layers: Layers) -> None:
         (resource.RLIMIT_FSIZE, args.file_size, f"file size <= {args.file_size} bytes"),
     ]
     if args.memory:
-        limits.append((resource.RLIMIT_AS, args.memory, f"memory <= {args.memory} bytes"))
+        tree = any(item.startswith("memory:") for item in layers.enforced)
+        name = (
+            f"address space <= {args.memory} bytes per process (RLIMIT_AS)"
+            if tree
+            else f"memory: <= {args.memory} bytes per process only (RLIMIT_AS; no memory cgroup), and the process limit"
+        )
+        limits.append((resource.RLIMIT_AS, args.memory, name))
     if args.processes and not any("pids cgroup" in item for item in layers.enforced):
         if os.getuid() == 0:
             layers.missing.append("process limit: no pids cgroup, and RLIMIT_NPROC does not apply to root")
