@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from int8lab.grading import landlock, sandbox
+from int8lab.grading import landlock, sandbox, seccomp
 
 SCRIPT = Path(sandbox.__file__)
 PROBE = """
@@ -143,13 +143,17 @@ def test_a_sandboxed_kernel_reaches_no_socket_port_or_process_outside_its_own(tm
 def test_the_report_names_every_layer(tmp_path):
     import nbformat
 
-    from int8lab.grading import run
+    from int8lab.grading import report, run
     from int8lab.grading.model import Limits
 
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
     text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
-    for layer in ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory"):
+    layers = ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory")
+    for layer in (*layers, "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
+    summary = report.summary([], done.sandbox, 1.0, tmp_path, []).splitlines()
+    for kind in ("sandbox seccomp filter", "sandbox keyring: ", "sandbox memory: "):
+        assert sum(line.startswith(kind) for line in summary) == 1, (kind, summary)
 
 
 def test_no_kernel_outlives_its_job_without_a_cgroup(tmp_path):
@@ -238,3 +242,290 @@ def test_a_flood_of_output_is_dropped_beyond_the_limit(tmp_path):
     assert len(kept) < 20 << 20
     assert "was dropped" in kept  # cut while it arrived, not after: the grader never held it all
     assert str(done.status) == "ok" and done.executed.cells[1].execution_count == 2  # the kernel went on
+
+
+def _sandboxed(tmp_path, code, *args, isolate=False, prefix=()):
+    """Run ``code`` under the launcher (plain, or with --isolate), itself started by ``prefix`` if given;
+    returns the code's standard output and the launcher's report."""
+    report = tmp_path / "report.json"
+    options = ["--report", str(report)]
+    if isolate:
+        folders = {"--isolate": tmp_path / "root", "--workdir": tmp_path / "work", "--sockets": tmp_path / "s"}
+        for option, folder in folders.items():
+            folder.mkdir()
+            options += [option, str(folder)]
+    for path in ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", sys.base_prefix, sys.prefix]:
+        options += ["--ro", path]
+    command = [*prefix, sys.executable, str(SCRIPT), *options, "--", sys.executable, "-c", code, *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout, json.loads(report.read_text())
+
+
+KEY_THIEF = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+serial = int(sys.argv[1])
+found = libc.syscall(KEYCTL, 10, -3, b"user", b"int8lab-grader-token", 0)  # KEYCTL_SEARCH, session keyring
+buffer = ctypes.create_string_buffer(64)
+for key in (serial, found):
+    if key > 0 and libc.syscall(KEYCTL, 11, key, buffer, 64) > 0:  # KEYCTL_READ
+        print("STOLEN", buffer.value.decode())
+print("DONE")
+"""
+
+GRADER_WITH_A_KEY = """
+import ctypes, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.syscall(KEYCTL, 1, None)  # a session keyring of this test's own, not the developer's
+serial = libc.syscall(ADD_KEY, b"user", b"int8lab-grader-token", b"s3cr3t-token", 12, -3)
+assert serial > 0, ctypes.get_errno()
+sys.exit(subprocess.run([*sys.argv[1:], str(serial)]).returncode)
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+@pytest.mark.parametrize("isolate", [False, True], ids=["plain", "isolated"])
+def test_the_graders_session_keys_are_out_of_reach(tmp_path, isolate):
+    """The grading process holds a key in its session keyring; the sandboxed command cannot read it."""
+    arch = seccomp.ARCHES[seccomp.machine()]
+    grader = GRADER_WITH_A_KEY.replace("KEYCTL", str(arch.keys[2])).replace("ADD_KEY", str(arch.keys[0]))
+    thief = KEY_THIEF.replace("KEYCTL", str(arch.keys[2]))
+    control = subprocess.run(
+        [sys.executable, "-c", grader, sys.executable, "-c", thief], capture_output=True, text=True, timeout=60
+    )
+    assert "STOLEN s3cr3t-token" in control.stdout, control  # unsandboxed, the key is read
+    (tmp_path / "grader.py").write_text(grader)
+    out, report = _sandboxed(tmp_path, thief, isolate=isolate, prefix=[sys.executable, str(tmp_path / "grader.py")])
+    assert "DONE" in out and "STOLEN" not in out, out
+    assert any(item.startswith("keyring") for item in report["enforced"]), report
+
+
+FAMILIES = """
+import json, socket
+found = {}
+for name, family, kind, protocol in [
+    ("vsock", 40, socket.SOCK_STREAM, 0),
+    ("netlink_uevent", 16, socket.SOCK_RAW, 15),
+    ("packet", 17, socket.SOCK_RAW, 0),
+    ("netlink_route", 16, socket.SOCK_RAW, 0),
+    ("inet", 2, socket.SOCK_STREAM, 0),
+    ("unix", 1, socket.SOCK_STREAM, 0),
+]:
+    try:
+        socket.socket(family, kind, protocol).close()
+        found[name] = "opened"
+    except OSError as error:
+        found[name] = error.errno
+print(json.dumps(found))
+"""
+#: What the lab needs (ipykernel's pipe on 127.0.0.1, libzmq's interface list): these stay allowed.
+NEEDED = {"unix", "inet", "netlink_route"}
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_only_the_socket_families_the_lab_needs_can_be_opened(tmp_path):
+    """AF_VSOCK reaches the hypervisor whatever the network namespace; packet and other netlink sockets too."""
+    control = json.loads(subprocess.run([sys.executable, "-c", FAMILIES], capture_output=True, text=True).stdout)
+    opened_outside = {name for name, outcome in control.items() if outcome == "opened"}
+    assert {"vsock", "unix"} <= opened_outside, control  # else this machine cannot show the door closed
+    out, report = _sandboxed(tmp_path, FAMILIES, isolate=True)
+    found = json.loads(out)
+    assert all(found[name] == "opened" for name in NEEDED), found
+    for name in opened_outside - NEEDED:
+        assert found[name] == 97, (name, found)  # EAFNOSUPPORT
+    assert any(item.startswith("seccomp filter") and "AF_UNIX" in item for item in report["enforced"])
+
+
+IO_URING = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+fd = libc.syscall(425, 4, params)  # io_uring_setup
+print("OPENED" if fd >= 0 else f"REFUSED {ctypes.get_errno()}")
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_io_uring_is_refused(tmp_path):
+    """io_uring opens sockets and files without passing through the filter: it is refused whole."""
+    control = subprocess.run([sys.executable, "-c", IO_URING], capture_output=True, text=True).stdout
+    if "OPENED" not in control:
+        pytest.skip(f"io_uring is off on this machine anyway ({control.strip()})")
+    out, _ = _sandboxed(tmp_path, IO_URING, isolate=True)
+    assert out.strip() in ("REFUSED 38", "REFUSED 1"), out  # ENOSYS or EPERM
+
+
+DESCRIPTOR_THIEF = """
+import json, os
+mark = b"LEAKED-TO-THE-GRADER\\x1b[2J"
+os.write(1, mark)
+os.write(2, mark)
+links = {}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        links[name] = os.readlink(f"/proc/self/fd/{name}")
+    except OSError:
+        continue
+for name, link in links.items():  # every pipe and file it holds, ipykernel's copies of 1 and 2 among them
+    if link.startswith(("pipe:", "/")):
+        try:
+            os.write(int(name), mark)
+        except OSError:
+            pass
+print("FDS" + json.dumps(links))
+"""
+
+GRADING = """
+import json, pathlib, sys
+import nbformat
+from int8lab.grading import run
+from int8lab.grading.model import Limits
+job = pathlib.Path(sys.argv[1])
+notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(sys.argv[2])])
+done = run.execute(notebook, job / "job", Limits(cell_timeout=60))
+text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+(job / "outcome.json").write_text(json.dumps({"status": str(done.status), "text": text}))
+"""
+
+
+def test_no_descriptor_of_the_grader_reaches_the_kernel(tmp_path):
+    """What the kernel writes to 1, 2 or any descriptor it holds never reaches the grader's stdout or stderr."""
+    grader = subprocess.Popen(
+        [sys.executable, "-c", GRADING, str(tmp_path), DESCRIPTOR_THIEF], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    pipes = {f"pipe:[{os.fstat(stream.fileno()).st_ino}]" for stream in (grader.stdout, grader.stderr)}
+    out, err = grader.communicate(timeout=180)
+    assert grader.returncode == 0, err.decode(errors="replace")
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert outcome["status"] == "ok" and "FDS" in outcome["text"], outcome
+    assert b"LEAKED" not in out and b"LEAKED" not in err, (out[-300:], err[-300:])
+    links, _ = json.JSONDecoder().raw_decode(outcome["text"].split("FDS", 1)[1])
+    assert not pipes & set(links.values()), links
+    own = ("/dev/null", "/records.jsonl", "/kernel-stdout.log", "/kernel-stderr.log")
+    files = [link for link in links.values() if link.startswith("/")]
+    stray = [f for f in files if not f.endswith(own) and not f.startswith(str(tmp_path / "job" / "kernel"))]
+    assert stray == [], stray
+
+
+ORPHANS = """
+import os, time
+orphans = 0
+for _ in range(80):
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        try:
+            os.fork()  # the grandchild and its parent exit at once: the grandchild is handed to PID 1
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    orphans += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    time.sleep(0.01)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("ORPHANS", orphans, "then FORKED")
+except OSError as error:
+    print("ORPHANS", orphans, "then REFUSED", error)
+"""
+
+
+def test_orphans_are_reaped_and_a_later_fork_still_succeeds(tmp_path):
+    """A fork bomb's orphans, never waited for by the kernel, do not hold the process limit."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.cgroups import PidsCgroups
+    from int8lab.grading.model import Limits
+
+    cgroups = PidsCgroups.available()
+    if cgroups is None and os.getuid() == 0:
+        pytest.skip("no pids cgroup, and RLIMIT_NPROC does not apply to root: no process limit to exhaust")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ORPHANS)])
+    try:
+        done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, processes=64), cgroups)
+    finally:
+        if cgroups:
+            cgroups.close()
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "PID namespace" in done.sandbox["enforced"], done.sandbox
+    assert "ORPHANS 80 then FORKED" in text, (text, done.executed.cells[0].outputs)
+
+
+SOCKET_FOLDER_FILLER = """
+import json, os
+from ipykernel.connect import get_connection_file
+folder = os.path.dirname(json.load(open(get_connection_file()))["ip"])
+written = 0
+try:
+    with open(os.path.join(folder, "filler"), "wb") as filler:
+        for _ in range(48):  # below the file-size limit: only a quota can stop it
+            filler.write(b"x" * (1 << 20))
+            filler.flush()
+            written += 1
+    print("WROTE", written, "MiB in", folder)
+except OSError as error:
+    print("STOPPED after", written, "MiB in", folder, "errno", error.errno)
+"""
+
+
+def test_the_socket_folder_holds_no_more_than_sockets(tmp_path):
+    """The socket folder was the host's /tmp, outside the --disk quota: a kernel filled it with 1.3 GiB."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SOCKET_FOLDER_FILLER)])
+    done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, disk_bytes=16 << 20))
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "STOPPED after" in text, (text, done.executed.cells[0].outputs)
+    assert int(text.split("errno")[1]) in (28, 122), text  # ENOSPC, EDQUOT
+    assert int(text.split("after")[1].split()[0]) <= 16, text
+
+
+CHILDREN_HOLDING_MEMORY = """
+import os, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            held = b"x" * (350 << 20)  # written, so resident
+            time.sleep(3)  # all four hold theirs at once
+            os._exit(0)
+        except MemoryError:
+            os._exit(1)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print("HELD", codes.count(0), codes)
+"""
+
+
+def test_the_memory_limit_holds_for_the_whole_process_tree(tmp_path):
+    """Four children of 350 MiB each under a limit of 1280 MiB: each alone fits, all four must not."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.cgroups import PidsCgroups
+    from int8lab.grading.model import Limits
+
+    cgroups = PidsCgroups.available()
+    if cgroups is None or cgroups.memory is None:
+        pytest.skip("no memory cgroup on this machine: the report names RLIMIT_AS per process instead")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CHILDREN_HOLDING_MEMORY)])
+    try:
+        done = run.execute(notebook, tmp_path / "job", Limits(cell_timeout=60, memory_bytes=1280 << 20), cgroups)
+    finally:
+        cgroups.close()
+    text = "".join(o.get("text", "") for o in done.executed.cells[0].outputs)
+    assert "HELD" in text, (text, done.status, done.reason)
+    assert int(text.split()[1]) < 4, text
+    assert any("for the whole process tree" in item for item in done.sandbox["enforced"]), done.sandbox

@@ -6,7 +6,8 @@ then builds, in a new tmpfs, a root holding only what the kernel needs:
 
     the read-only folders (system, Python, int8lab, the model cache), bound read-only;
     its working folder: a fresh tmpfs of ``quota`` bytes (the job's whole disk);
-    its socket folder, bound read-write (the only path socket it can reach);
+    its socket folder: a tmpfs of its own, 1 MiB and 64 inodes (room for sockets, not for data;
+    the grader reaches it through ``/proc/PID/root``), where no link is followed;
     /proc of its own PID namespace; /dev/null, zero, random, urandom; a small /dev/shm.
 
 Nothing else of the machine is visible: not /tmp, not other kernels' sockets, not their
@@ -22,10 +23,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MS_NOSYMFOLLOW, MS_BIND, MS_REC, MS_PRIVATE = 256, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155
 DEVICES = ("null", "zero", "random", "urandom")
+SOCKETS_TMPFS = "size=1m,nr_inodes=64,mode=0700"
 
 
 def _check(result: int, what: str) -> None:
@@ -95,7 +97,10 @@ def private_root(root: str, read_only: list[str], workdir: str, quota: int, sock
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + workdir)
     _mount("tmpfs", root + workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={quota},mode=0700")
-    _bind(sockets, root + sockets, read_only=False)
+    # Not the grader's folder on /tmp: a kernel wrote 1.3 GiB there, outside its quota. The grader
+    # connects through this process's root, so a link the kernel leaves here must not be followed.
+    os.makedirs(root + sockets)
+    _mount("tmpfs", root + sockets, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, SOCKETS_TMPFS)
     os.makedirs(f"{root}/.old")
     _check(_libc.syscall(SYS_PIVOT_ROOT, root.encode(), f"{root}/.old".encode()), "pivot_root")
     os.chdir("/")
@@ -103,7 +108,10 @@ def private_root(root: str, read_only: list[str], workdir: str, quota: int, sock
     os.rmdir("/.old")
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(workdir)
-    return f"private root: {len(read_only)} folders read-only, working folder on a tmpfs of {quota} bytes"
+    return (
+        f"private root: {len(read_only)} folders read-only, working folder on a tmpfs of {quota} bytes, "
+        f"socket folder on a tmpfs of its own ({SOCKETS_TMPFS.rsplit(',', 1)[0]}, links not followed)"
+    )
 
 
 def drop_mount_powers() -> None:

@@ -17,6 +17,9 @@ from .model import Result, Status
 GRADES_HEADER = ["student_id", "assignment", "score", "max_score", "status"]
 TESTS_HEADER = ["student_id", "assignment", "grade_id", "score", "max_score", "message"]
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: Layers of the sandbox report printed on a line of their own: what the filter refuses, the keyring, the
+#: kind of memory limit (the whole process tree, or per process only).
+_OWN_LINE = ("seccomp filter", "keyring:", "memory:")
 
 
 def spreadsheet_safe(value: str) -> str:
@@ -69,7 +72,9 @@ def summary(
         + ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
     ]
     if sandbox:
-        lines.append("sandbox enforced: " + "; ".join(sandbox.get("enforced", [])))
+        enforced = sandbox.get("enforced", [])
+        lines.append("sandbox enforced: " + "; ".join(e for e in enforced if not e.startswith(_OWN_LINE)))
+        lines += [f"sandbox {item}" for item in enforced if item.startswith(_OWN_LINE)]
         if sandbox.get("missing"):
             lines.append("sandbox could NOT enforce: " + "; ".join(sandbox["missing"]))
     if tally:

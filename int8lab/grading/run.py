@@ -3,12 +3,16 @@
 Per job, a folder the grader owns:
 
     JOB/spec/       the kernel spec (the sandbox launcher around ipykernel)
-    JOB/sandbox.json, JOB/kernel-stderr.log   what the sandbox enforced; the kernel's stderr
+    JOB/sandbox.json    what the sandbox enforced
+    JOB/kernel-stdout.log, JOB/kernel-stderr.log   the kernel's descriptors 1 and 2 (never the grader's)
     JOB/records.jsonl   the probe records, which the kernel writes through a descriptor
     JOB/root/       where the sandbox builds the kernel's private root (see namespaces.py)
     JOB/kernel/     the kernel's working folder and HOME: in the private root, a tmpfs of
                     ``Limits.disk_bytes``, gone when the kernel exits
-    /tmp/int8lab-kXXXX/   its socket folder (Unix socket paths must stay short)
+    JOB/connection.json the kernel's connection file (read-only to it)
+    /tmp/int8lab-kXXXX/   its socket folder (Unix socket paths must stay short): only a name on
+                    the host; the kernel sees a small tmpfs of its own there, which the grader
+                    reaches as /proc/LAUNCHER/root/tmp/int8lab-kXXXX (``_SandboxedKernelManager``)
 
 The executed notebook comes back over the kernel's channels (nbclient), not from a file; the
 only file read back is ``records.jsonl``, opened without following links and capped. Nothing
@@ -97,16 +101,19 @@ def _kernel_environment(kernel_dir: Path) -> dict:
     }
 
 
-def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup: Path | None) -> Path:
+def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup, memory_group) -> Path:
     launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
-    launcher += ["--stderr", str(job_dir / "kernel-stderr.log"), "--records", str(job_dir / "records.jsonl")]
+    launcher += ["--stdout", str(job_dir / "kernel-stdout.log"), "--stderr", str(job_dir / "kernel-stderr.log")]
+    launcher += ["--records", str(job_dir / "records.jsonl")]
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
     launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
-    for path in _readable_paths():
+    if memory_group:
+        launcher += ["--memory-cgroup", str(memory_group)]
+    for path in [*_readable_paths(), str(job_dir / "connection.json")]:
         launcher += ["--ro", path]
     launcher += ["--rw", "/dev/null"]
     spec_dir = job_dir / "spec" / KERNEL_NAME
@@ -123,13 +130,14 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     # Unix socket paths are limited to about 100 bytes: the kernel's sockets get a short folder.
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
-    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup)
-    manager = AsyncKernelManager(
+    memory_group = cgroups.create_memory(job_dir.name, limits.memory_bytes) if cgroups and limits.memory_bytes else None
+    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup, memory_group)
+    manager = _SandboxedKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
         transport="ipc",
         ip=str(sockets / "k"),
-        connection_file=str(sockets / "connection.json"),
+        connection_file=str(job_dir / "connection.json"),
     )
     client = _Client(notebook, km=manager, timeout=limits.cell_timeout, allow_errors=True, interrupt_on_timeout=True)
     stopped = threading.Event()
@@ -152,8 +160,9 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         watchdog.cancel()
         _shut_down(manager, client)  # nbclient leaves a kernel it did not create running
         _kill(cgroups.pids(cgroup) if cgroup else [])
-        if cgroup:
-            cgroups.remove(cgroup)
+        for group in (cgroup, memory_group):
+            if group:
+                cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
     if stopped.is_set():
@@ -171,6 +180,22 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
     run.records = read_records(run.records_text)
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
     return run
+
+
+class _SandboxedKernelManager(AsyncKernelManager):
+    """Connects to the kernel's sockets through its launcher's root (``/proc/PID/root``).
+
+    In a private root the socket folder is a tmpfs of the kernel's own mount namespace (inside no
+    quota of the host's /tmp); the launcher shares that namespace and is this manager's child.
+    Without one, ``/proc/PID/root`` is the host's root and the same path still names the folder.
+    """
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        self.ip = f"/proc/{self.provisioner.pid}/root{self.ip}"
+
+    def cleanup_ipc_files(self) -> None:
+        """Nothing to remove: the tmpfs dies with the kernel, and its launcher's PID may be reused."""
 
 
 class _Client(NotebookClient):

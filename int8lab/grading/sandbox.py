@@ -6,14 +6,22 @@
 
 Layers, each applied when the machine supports it and named in the report either way:
   - a pids cgroup (--cgroup), else RLIMIT_NPROC (which root ignores);
+  - a memory cgroup (--memory-cgroup): one limit for the whole process tree; without one, only
+    RLIMIT_AS per process (with the process limit), and the report says so;
   - user and network namespaces: no network;
   - with --isolate: mount and PID namespaces and a private root (``namespaces.py``): the
     kernel sees only the read-only folders, its socket folder, and a working folder on a
     tmpfs of --quota bytes, its whole disk; its /proc shows only its own processes;
   - resource limits: address space, file size, no core dumps;
-  - Landlock (``landlock.py``): the same folders again, enforced by another mechanism.
+  - Landlock (``landlock.py``): the same folders again, enforced by another mechanism;
+  - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
+    lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
+  - with a PID namespace, PID 1 is this launcher's own small init: it reaps the orphans the
+    command leaves (zombies would hold the process limit) and exits with the command's status.
 --records FILE is opened before any of this; the command writes its probe records through the
-inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder.
+inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder. No other
+descriptor of the caller reaches the command: standard input is /dev/null, and with --stdout and
+--stderr its output goes to those files (capped by --file-size), never to the grader's terminal.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import signal
 import sys
 
 if __package__:
-    from . import landlock, namespaces
+    from . import landlock, namespaces, seccomp
 else:  # run as a script (fast: the int8lab package, which imports torch, is not loaded)
     import landlock
     import namespaces
+    import seccomp
 
 PR_SET_PDEATHSIG = 1
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
 def join_cgroup(folder: str) -> str:
@@ -40,6 +50,17 @@ def join_cgroup(folder: str) -> str:
         procs.write(str(os.getpid()))
     with open(os.path.join(folder, "pids.max")) as limit:
         return f"processes <= {limit.read().strip()} (pids cgroup)"
+
+
+def join_memory_cgroup(folder: str) -> str:
+    """Move this process into a memory cgroup the grader prepared: one limit for the whole process tree."""
+    with open(os.path.join(folder, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+    for name, kind in (("memory.max", "cgroup v2 memory.max"), ("memory.limit_in_bytes", "cgroup v1 memory limit")):
+        if os.path.exists(os.path.join(folder, name)):
+            with open(os.path.join(folder, name)) as limit:
+                return f"memory: <= {limit.read().strip()} bytes for the whole process tree ({kind})"
+    raise OSError(f"{folder} has no memory limit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", type=int, default=0, help="address-space limit in bytes (0: none)")
     parser.add_argument("--processes", type=int, default=0, help="process and thread limit (0: none)")
     parser.add_argument("--cgroup", help="a pids cgroup folder to join (its pids.max is the process limit)")
+    parser.add_argument("--memory-cgroup", help="a memory cgroup folder to join (the process tree's memory limit)")
     parser.add_argument("--file-size", type=int, default=1 << 30, help="largest file it may write, in bytes")
     parser.add_argument("--report", help="file to write what was and was not enforced to")
+    parser.add_argument("--stdout", help="file to send the command's standard output to")
     parser.add_argument("--stderr", help="file to send the command's standard error to (for diagnosing crashes)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
@@ -84,10 +107,7 @@ def main(argv=None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         _parser().error("no command given after --")
-    if args.stderr:
-        errors = os.open(args.stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(errors, 2)
-        os.close(errors)
+    _own_descriptors(args.stdout, args.stderr)
     report = open(args.report, "a") if args.report else None  # noqa: SIM115 (closed before exec)
     if args.records:
         records = os.open(args.records, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -96,6 +116,8 @@ def main(argv=None) -> None:
     layers = Layers()
     if args.cgroup:
         layers.attempt("pids cgroup", lambda: join_cgroup(args.cgroup))
+    if args.memory_cgroup:
+        layers.attempt("memory cgroup", lambda: join_memory_cgroup(args.memory_cgroup))
     layers.attempt("namespaces", lambda: namespaces.enter(isolate=bool(args.isolate)))
     if args.isolate:
         if "PID namespace" in layers.enforced:
@@ -106,10 +128,74 @@ def main(argv=None) -> None:
     _limits(args, layers)
     read_write = args.rw + ([args.workdir, args.sockets] if args.isolate else [])
     layers.attempt("filesystem", lambda: landlock.restrict_filesystem(args.ro, [p for p in read_write if p]))
+    layers.attempt("keyring", _new_session_keyring)  # before the filter, which refuses keyctl
+    layers.attempt("seccomp filter", seccomp.install)
     if report:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
+    if "PID namespace" in layers.enforced:
+        _init(command)
     os.execvp(command[0], command)
+
+
+def _own_descriptors(stdout: str | None, stderr: str | None) -> None:
+    """Standard input from /dev/null, output to the given files, every other inherited descriptor closed.
+
+    ipykernel keeps a copy of descriptors 1 and 2 to echo to: left as the grader's, the kernel wrote
+    megabytes and terminal escapes to the instructor's terminal.
+    """
+    for fd, path in ((0, os.devnull), (1, stdout), (2, stderr)):
+        if path:
+            flags = os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            opened = os.open(path, flags, 0o600)
+            os.dup2(opened, fd)
+            os.close(opened)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
+
+def _new_session_keyring() -> str:
+    """Leave the grader's session keyring (its keys: tokens, credentials) for a new, empty one."""
+    import ctypes
+
+    arch = seccomp.ARCHES.get(seccomp.machine())
+    if arch is None:
+        raise OSError("no keyctl syscall number for this machine")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(arch.keys[2], KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        raise OSError(ctypes.get_errno(), "keyctl(JOIN_SESSION_KEYRING) failed")
+    return "keyring: a new, empty session keyring (the grader's keys are out of reach)"
+
+
+def _init(command: list[str]) -> None:
+    """Be PID 1 of the namespace: start the command, reap every orphan, exit with the command's status.
+
+    Orphans (a fork bomb's children whose parent died) are handed to PID 1; a kernel as PID 1 never
+    waits for them, and as zombies they hold the process limit until the job ends.
+    """
+    import ctypes
+
+    child = os.fork()
+    if child == 0:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if "JPY_PARENT_PID" in os.environ:
+            # ipykernel exits when its parent is not the grader it was told of, unless told PID 1 (which
+            # never changes); that it dies with the grader is ensured by PDEATHSIG instead.
+            os.environ["JPY_PARENT_PID"] = "1"
+        try:
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    # SIGINT reaches the command directly (same process group); PID 1 ignores what it has no handler for.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(child, signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def _die_with_the_grader() -> None:
@@ -164,7 +250,13 @@ def _limits(args, layers: Layers) -> None:
         (resource.RLIMIT_FSIZE, args.file_size, f"file size <= {args.file_size} bytes"),
     ]
     if args.memory:
-        limits.append((resource.RLIMIT_AS, args.memory, f"memory <= {args.memory} bytes"))
+        tree = any(item.startswith("memory:") for item in layers.enforced)
+        name = (
+            f"address space <= {args.memory} bytes per process (RLIMIT_AS)"
+            if tree
+            else f"memory: <= {args.memory} bytes per process only (RLIMIT_AS; no memory cgroup), and the process limit"
+        )
+        limits.append((resource.RLIMIT_AS, args.memory, name))
     if args.processes and not any("pids cgroup" in item for item in layers.enforced):
         if os.getuid() == 0:
             layers.missing.append("process limit: no pids cgroup, and RLIMIT_NPROC does not apply to root")
