@@ -303,3 +303,40 @@ def test_the_templates_second_markdown_pass_is_cleaned_too(payload, tmp_path):
     configure(config, tmp_path)
     exporter = HTMLExporter(config=config)
     assert exporter.environment.filters["markdown2html"] is safe_markdown2html
+
+
+def _zip_with_a_bad_crc(path):
+    import zipfile
+
+    notebook = nbformat.writes(submission("01_weights")).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("submitted/alice/01_weights/weights.ipynb", notebook)
+    data = bytearray(path.read_bytes())
+    start = data.index(b'"cells"')  # a byte of the stored member's data, not of a header
+    data[start + 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_zip_stops_with_one_line_that_names_it(tmp_path, capsys):
+    import zipfile
+
+    from int8lab import cli
+    from int8lab.grading.model import GradingError
+
+    archive = _zip_with_a_bad_crc(tmp_path / "class.zip")
+    with pytest.raises(GradingError) as failure:
+        intake.open_submissions(archive, tmp_path / "scratch")
+    message = str(failure.value)
+    assert str(archive) in message and "damaged" in message and "\n" not in message
+    solutions = SOURCES["01_weights"].parents[1]
+    argv = ["grade", str(archive), "--out", str(tmp_path / "out"), "--solutions", str(solutions)]
+    assert cli.main([*argv, "--assignment", "01_weights"]) == 2
+    printed = capsys.readouterr().err
+    assert printed == f"int8lab grade: {message}\n"
+    # Refusals of a readable archive keep their own words.
+    with zipfile.ZipFile(tmp_path / "unsafe.zip", "w") as unsafe:
+        unsafe.writestr("../escape/01_weights/weights.ipynb", "{}")
+    with pytest.raises(GradingError, match="unsafe path"):
+        intake.open_submissions(tmp_path / "unsafe.zip", tmp_path / "scratch2")
+

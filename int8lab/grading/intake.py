@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import nbformat
@@ -64,20 +65,33 @@ def open_submissions(path: Path, scratch: Path) -> Path:
         if not zipfile.is_zipfile(path):
             raise GradingError(f"{path} is neither a folder nor a .zip archive")
         target = scratch / "input"
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            total = sum(info.file_size for info in members)
-            if total > MAX_ZIP_BYTES:
-                raise GradingError(f"{path} expands to {total} bytes, more than the {MAX_ZIP_BYTES} allowed")
-            for info in members:
-                destination = (target / info.filename).resolve()
-                if not destination.is_relative_to(target.resolve()):
-                    raise GradingError(f"{path} holds an unsafe path: {info.filename}")
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise GradingError(f"{path} holds a symbolic link: {info.filename}")
-            archive.extractall(target)
+        try:
+            _extract(path, target)
+        except GradingError:  # a RuntimeError too, but already says what is wrong
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            # A bad CRC, a truncated member, an unknown compression or a password: nothing can be graded.
+            raise GradingError(
+                f"{path} is a damaged or unreadable .zip archive ({exc}); zip the submissions again, "
+                "or unpack them yourself and grade the folder"
+            ) from None
         path = target
     return path
+
+
+def _extract(path: Path, target: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        total = sum(info.file_size for info in members)
+        if total > MAX_ZIP_BYTES:
+            raise GradingError(f"{path} expands to {total} bytes, more than the {MAX_ZIP_BYTES} allowed")
+        for info in members:
+            destination = (target / info.filename).resolve()
+            if not destination.is_relative_to(target.resolve()):
+                raise GradingError(f"{path} holds an unsafe path: {info.filename}")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise GradingError(f"{path} holds a symbolic link: {info.filename}")
+        archive.extractall(target)
 
 
 def valid_student_id(name: str) -> bool:
