@@ -340,3 +340,29 @@ def test_a_damaged_zip_stops_with_one_line_that_names_it(tmp_path, capsys):
     with pytest.raises(GradingError, match="unsafe path"):
         intake.open_submissions(tmp_path / "unsafe.zip", tmp_path / "scratch2")
 
+
+def test_the_kernel_check_has_its_own_time_limits(tmp_path, monkeypatch):
+    """A short --timeout is the students' cell limit: the start-up check of a kernel (torch's import on a
+    loaded machine) gets its own, generous one, and so never stops the whole run."""
+    import int8lab.training
+    from int8lab.grading import course, pipeline, selfcheck
+    from int8lab.grading.model import Limits
+
+    seen = []
+
+    def execute(notebook, job_dir, limits, cgroups=None):
+        seen.append(limits)
+        executed = copy.deepcopy(notebook)
+        executed.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="kernel ready\n")]
+        return run.Run(Status.OK, executed=executed)
+
+    monkeypatch.setattr(run, "execute", execute)
+    monkeypatch.setattr(int8lab.training, "trained_model", lambda **kwargs: None)
+    monkeypatch.setattr(selfcheck, "check_reference", lambda name, source: None)
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights"])
+    students = Limits(cell_timeout=1, notebook_timeout=5, memory_bytes=1 << 30)
+    pipeline._check_the_grader(assignments, tmp_path, students, None, progress=False)
+    (checked,) = seen
+    assert checked.cell_timeout >= 120
+    assert checked.notebook_timeout >= checked.cell_timeout
+    assert checked.memory_bytes == students.memory_bytes  # the sandbox checked is the students'
