@@ -158,6 +158,33 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
     assert jobs["new\nline"].status is Status.INVALID_STUDENT_ID
 
 
+def test_intake_gives_every_submitted_folder_a_row(tmp_path):
+    """A hidden student or assignment folder is reported, never skipped in silence; what an archiver or Jupyter
+    leaves behind (__MACOSX, ._ files, .ipynb_checkpoints) is not a submission."""
+    unpacked = tmp_path / "unpacked"
+    root = unpacked / "submitted"
+    for path in [
+        ".alice/01_weights/weights.ipynb",
+        ".erin/.01_weights/weights.ipynb",
+        "bob/.01_weights/weights.ipynb",
+        "carol/01_weights/weights.ipynb",
+        "carol/01_weights/.ipynb_checkpoints/weights-checkpoint.ipynb",
+        "dave/01_weights/my weights.ipynb",
+        "dave/01_weights/._my weights.ipynb",
+        ".ipynb_checkpoints/notes-checkpoint.ipynb",
+    ]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("{}")
+    (unpacked / "__MACOSX" / "submitted" / "carol" / "01_weights").mkdir(parents=True)
+    assignments = {"01_weights": type("A", (), {"notebook": "weights.ipynb"})()}
+    jobs = {job.student: job for job in intake.find_jobs(unpacked, assignments)}
+    assert sorted(jobs) == [".alice", ".erin", "bob", "carol", "dave"]
+    assert jobs[".alice"].status is jobs[".erin"].status is Status.INVALID_STUDENT_ID
+    assert jobs["bob"].status is Status.MISSING and ".01_weights" in jobs["bob"].reason
+    assert jobs["carol"].notebook == root / "carol" / "01_weights" / "weights.ipynb"
+    assert jobs["dave"].notebook.name == "my weights.ipynb"
+
+
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])
 def test_spreadsheet_formulas_are_neutralised(text):
     assert report.spreadsheet_safe(text) == "'" + text

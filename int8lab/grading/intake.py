@@ -103,36 +103,47 @@ def _is_folder(path: Path) -> bool:
     return stat.S_ISDIR(path.lstat().st_mode)
 
 
+#: What macOS's archiver adds beside the folders it zips (resource forks): never anyone's submission.
+ARCHIVER_FOLDER = "__MACOSX"
+
+
 def find_jobs(root: Path, assignments: dict) -> list[Job]:
-    """One job per (student, assignment) folder; the layout root is found even inside wrapper folders."""
+    """One job per (student, assignment) folder; the layout root is found even inside wrapper folders.
+
+    Every folder that holds an assignment's folder is a student, whatever its name: a hidden or unusable id
+    gets its row (``invalid_student_id``) rather than being skipped without a word.
+    """
     for _ in range(4):  # a zip may wrap the layout in a folder or two (e.g. submitted/)
-        students = [p for p in root.iterdir() if _is_folder(p)]
-        if any((s / name).exists() for s in students for name in assignments):
+        students = [p for p in root.iterdir() if _is_folder(p) and p.name != ARCHIVER_FOLDER]
+        if any(os.path.lexists(s / n) or os.path.lexists(s / f".{n}") for s in students for n in assignments):
             break
         if len(students) != 1:
             break
         root = students[0]
     jobs = []
     for student in sorted(root.iterdir()):
-        if student.name.startswith(".") or student.name == "__MACOSX":
+        if student.name == ARCHIVER_FOLDER:
             continue
         for name, assignment in assignments.items():
             folder = student / name
-            if not os.path.lexists(folder):
-                continue
-            jobs.append(_job(student, folder, name, assignment.notebook))
+            if os.path.lexists(folder) or os.path.lexists(student / f".{name}"):
+                jobs.append(_job(student, folder, name, assignment.notebook))
     return jobs
 
 
 def _job(student: Path, folder: Path, assignment: str, notebook: str) -> Job:
     if not valid_student_id(student.name):
         return Job(student.name, assignment, None, Status.INVALID_STUDENT_ID, "not a usable student id")
+    if not os.path.lexists(folder):  # nbgrader (formgrader, OUT/submitted) knows the folder by its exact name
+        reason = f"the folder .{assignment}/ is hidden and was not graded: name it {assignment}/"
+        return Job(student.name, assignment, None, Status.MISSING, reason)
     if not _is_folder(student) or not _is_folder(folder):
         return Job(student.name, assignment, None, Status.MISSING, "the submission is a link, not a folder: refused")
     expected = folder / notebook
     if os.path.lexists(expected):
         return Job(student.name, assignment, expected)
-    others = sorted(p for p in folder.iterdir() if p.suffix == ".ipynb")
+    # Hidden notebooks are what archivers (._name) and editors leave, not a renamed submission.
+    others = sorted(p for p in folder.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
     if len(others) == 1:
         return Job(student.name, assignment, others[0], reason=f"graded {others[0].name} (renamed)")
     return Job(student.name, assignment, None, Status.MISSING, f"no {notebook} in {assignment}/")
