@@ -14,7 +14,7 @@ from sample_submissions import released, submission
 from int8lab.grading import intake, rebuild, records, report, run
 from int8lab.grading.judge import NOT_RUN, Judge, JudgeFault
 from int8lab.grading.model import Status
-from int8lab.grading.testcells import Role, plan_tests, probe_source
+from int8lab.grading.testcells import Role, nbgrader_meta, plan_tests, probe_source
 from notebook_harness import SOURCES
 
 
@@ -156,6 +156,33 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
     assert jobs["folderlink"].status is Status.MISSING and "link" in jobs["folderlink"].reason
     assert jobs["-bad[id]"].status is Status.MISSING  # a usable id: graded (its folder is empty)
     assert jobs["new\nline"].status is Status.INVALID_STUDENT_ID
+
+
+def test_intake_gives_every_submitted_folder_a_row(tmp_path):
+    """A hidden student or assignment folder is reported, never skipped in silence; what an archiver or Jupyter
+    leaves behind (__MACOSX, ._ files, .ipynb_checkpoints) is not a submission."""
+    unpacked = tmp_path / "unpacked"
+    root = unpacked / "submitted"
+    for path in [
+        ".alice/01_weights/weights.ipynb",
+        ".erin/.01_weights/weights.ipynb",
+        "bob/.01_weights/weights.ipynb",
+        "carol/01_weights/weights.ipynb",
+        "carol/01_weights/.ipynb_checkpoints/weights-checkpoint.ipynb",
+        "dave/01_weights/my weights.ipynb",
+        "dave/01_weights/._my weights.ipynb",
+        ".ipynb_checkpoints/notes-checkpoint.ipynb",
+    ]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("{}")
+    (unpacked / "__MACOSX" / "submitted" / "carol" / "01_weights").mkdir(parents=True)
+    assignments = {"01_weights": type("A", (), {"notebook": "weights.ipynb"})()}
+    jobs = {job.student: job for job in intake.find_jobs(unpacked, assignments)}
+    assert sorted(jobs) == [".alice", ".erin", "bob", "carol", "dave"]
+    assert jobs[".alice"].status is jobs[".erin"].status is Status.INVALID_STUDENT_ID
+    assert jobs["bob"].status is Status.MISSING and ".01_weights" in jobs["bob"].reason
+    assert jobs["carol"].notebook == root / "carol" / "01_weights" / "weights.ipynb"
+    assert jobs["dave"].notebook.name == "my weights.ipynb"
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])
@@ -303,3 +330,204 @@ def test_the_templates_second_markdown_pass_is_cleaned_too(payload, tmp_path):
     configure(config, tmp_path)
     exporter = HTMLExporter(config=config)
     assert exporter.environment.filters["markdown2html"] is safe_markdown2html
+
+
+def _zip_with_a_bad_crc(path):
+    import zipfile
+
+    notebook = nbformat.writes(submission("01_weights")).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("submitted/alice/01_weights/weights.ipynb", notebook)
+    data = bytearray(path.read_bytes())
+    start = data.index(b'"cells"')  # a byte of the stored member's data, not of a header
+    data[start + 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_zip_stops_with_one_line_that_names_it(tmp_path, capsys):
+    import zipfile
+
+    from int8lab import cli
+    from int8lab.grading.model import GradingError
+
+    archive = _zip_with_a_bad_crc(tmp_path / "class.zip")
+    with pytest.raises(GradingError) as failure:
+        intake.open_submissions(archive, tmp_path / "scratch")
+    message = str(failure.value)
+    assert str(archive) in message and "damaged" in message and "\n" not in message
+    solutions = SOURCES["01_weights"].parents[1]
+    argv = ["grade", str(archive), "--out", str(tmp_path / "out"), "--solutions", str(solutions)]
+    assert cli.main([*argv, "--assignment", "01_weights"]) == 2
+    printed = capsys.readouterr().err
+    assert printed == f"int8lab grade: {message}\n"
+    # Refusals of a readable archive keep their own words.
+    with zipfile.ZipFile(tmp_path / "unsafe.zip", "w") as unsafe:
+        unsafe.writestr("../escape/01_weights/weights.ipynb", "{}")
+    with pytest.raises(GradingError, match="unsafe path"):
+        intake.open_submissions(tmp_path / "unsafe.zip", tmp_path / "scratch2")
+
+
+def test_the_kernel_check_has_its_own_time_limits(tmp_path, monkeypatch):
+    """A short --timeout is the students' cell limit: the start-up check of a kernel (torch's import on a
+    loaded machine) gets its own, generous one, and so never stops the whole run."""
+    import int8lab.training
+    from int8lab.grading import course, pipeline, selfcheck
+    from int8lab.grading.model import Limits
+
+    seen = []
+
+    def execute(notebook, job_dir, limits, cgroups=None):
+        seen.append(limits)
+        executed = copy.deepcopy(notebook)
+        executed.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="kernel ready\n")]
+        return run.Run(Status.OK, executed=executed)
+
+    monkeypatch.setattr(run, "execute", execute)
+    monkeypatch.setattr(int8lab.training, "trained_model", lambda **kwargs: None)
+    monkeypatch.setattr(selfcheck, "check_reference", lambda name, source: None)
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights"])
+    students = Limits(cell_timeout=1, notebook_timeout=5, memory_bytes=1 << 30)
+    pipeline._check_the_grader(assignments, tmp_path, students, None, progress=False)
+    (checked,) = seen
+    assert checked.cell_timeout >= 120
+    assert checked.notebook_timeout >= checked.cell_timeout
+    assert checked.memory_bytes == students.memory_bytes  # the sandbox checked is the students'
+
+
+def _page(nb, tmp_path) -> str:
+    """``nb`` as nbconvert renders it with the course's configuration (its second markdown pass included)."""
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    from int8lab.grading.course import configure
+
+    config = Config()
+    configure(config, tmp_path)
+    config.HTMLExporter.template_name = "classic"  # formgrade/feedback need nbgrader's resources; same filters
+    page, _ = HTMLExporter(config=config).from_notebook_node(copy.deepcopy(nb))
+    return page
+
+
+#: A 1x1 PNG, as Jupyter stores a pasted image.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def _paste_images(nb):
+    """The first markdown answer shows a pasted PNG, a pasted SVG and an attachment the student lost."""
+    answer = next(c for c in nb.cells if c.cell_type == "markdown" and nbgrader_meta(c).get("solution"))
+    answer.source = (
+        "My derivation, on the board:\n\n![board](attachment:board.png)\n\n![sketch](attachment:sketch.svg)\n\n"
+        "![lost](attachment:lost.png)"
+    )
+    answer["attachments"] = {
+        "board.png": {"image/png": PNG},
+        "sketch.svg": {"image/svg+xml": '<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'},
+    }
+    return nbgrader_meta(answer)["grade_id"]
+
+
+def test_a_pasted_image_in_an_answer_is_graded_and_kept_on_the_page(tmp_path, monkeypatch):
+    """The answer's attachments are the student's: a PNG stays (embedded in the page), an SVG goes."""
+    from sample_submissions import write_submission
+
+    from int8lab.grading import course, selfcheck, workers
+    from int8lab.grading.model import Job, Limits
+
+    name = "02_activations"
+    assignment = course.load_assignments(SOURCES[name].parents[1], [name])[name]
+    assignment.release = released(name)
+    pasted = []
+    path = write_submission(
+        tmp_path / "submitted", "alice", name, submission(name, edit=lambda nb: pasted.append(_paste_images(nb)))
+    )
+    # The kernel's run, without a kernel: the probe notebook comes back as it went, with the reference's records.
+    records_text = "\n".join(json.dumps(r) for r in selfcheck.probe_in_process(assignment.source).values())
+    monkeypatch.setattr(run, "execute", lambda nb, *a, **k: run.Run(Status.OK, executed=nb, records_text=records_text))
+    result = workers.grade_one(Job("alice", name, path), assignment, tmp_path / "job", Limits(), None)
+    assert result.status is Status.OK, result.reason
+    assert sum(v.score for v in result.verdicts.values()) == assignment.autograded_points > 0
+    (answer,) = [c for c in result.graded.cells if nbgrader_meta(c).get("grade_id") == pasted[0]]
+    assert f'src="data:image/png;base64,{PNG}"' in answer.source
+    assert "svg" not in answer.source and "alert" not in answer.source
+    assert list(answer.attachments) == ["board.png"]
+    page = _page(result.graded, tmp_path)
+    assert f'src="data:image/png;base64,{PNG}"' in page
+    assert "data:image/svg" not in page and "onload" not in page
+
+
+def test_an_image_link_cannot_smuggle_other_data():
+    from int8lab.grading.sanitize import safe_markdown2html, sanitize_notebook
+
+    nb = nbformat.v4.new_notebook()
+    for source in [
+        f"[click](data:image/png;base64,{PNG})",
+        '<img src="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">',
+        f'<img src="data:image/png;base64,{PNG}" onerror="alert(1)">',
+        '<img src="https://tracker.example.org/pixel.png">',
+        '<a href="da&#x74;a:text/html,<script>alert(1)</script>">x</a>',
+    ]:
+        nb.cells.append(nbformat.v4.new_markdown_cell(source))
+    html = "".join(c.source for c in sanitize_notebook(nb).cells)
+    assert "data:text" not in html and "onerror" not in html and "tracker" not in html and "href" not in html
+    # The templates' second pass meets an attachment reference as text: no attachment there, and no error.
+    assert "attachment:" not in safe_markdown2html("<section>\n\n![x](attachment:x.png)\n\n</section>")
+
+
+HIDING = [
+    {"transient": {"remove_source": True}},
+    {"jupyter": {"source_hidden": True, "outputs_hidden": True}},
+    {"hide_input": True},
+    {"tags": ["remove-input", "keep-me"]},
+    {"tags": ["remove_cell"]},
+    {"tags": ["hide-input"]},
+    {"tags": ["remove-cell", "hide_cell", "remove_output"]},
+]
+
+
+def test_every_page_shows_every_source(tmp_path):
+    """A cell's output never appears without the code that made it: metadata that hides a source is dropped."""
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    nb = nbformat.v4.new_notebook()
+    for index, metadata in enumerate(HIDING):
+        cell = nbformat.v4.new_code_cell(f"concealed_{index} = print('Score: 20/20')", metadata=copy.deepcopy(metadata))
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Score: 20/20\n")]
+        nb.cells.append(cell)
+    clean = sanitize_notebook(nb)
+    for cell in clean.cells:
+        assert not cell.metadata.get("transient", {}).get("remove_source")
+        assert not cell.metadata.get("jupyter", {}).get("source_hidden")
+        assert not cell.metadata.get("jupyter", {}).get("outputs_hidden")
+        assert "hide_input" not in cell.metadata
+        assert set(cell.metadata.get("tags", [])) <= {"keep-me"}
+    assert clean.cells[3].metadata.tags == ["keep-me"]
+    page = _page(clean, tmp_path)
+    assert all(f"concealed_{index}" in page for index in range(len(HIDING)))
+
+
+BANNER = '<div class="navbar navbar-fixed-top" id="score" style="color: red">Score: 20/20</div>'
+
+
+def test_student_markup_keeps_no_class_of_the_page(tmp_path):
+    """The page's CSS (Bootstrap's navbar, .hidden) must not style a student's markup: only the classes that
+    nbconvert's own rendering needs survive (code highlighting, pandas tables)."""
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    table = '<table class="dataframe" border="1"><tbody><tr><td>1</td></tr></tbody></table>'
+    code = nbformat.v4.new_code_cell("x")
+    code.outputs = [
+        _displayed("text/html", BANNER + '<span class="hidden">x</span>' + table),
+        _displayed("text/markdown", BANNER),
+    ]
+    markdown = nbformat.v4.new_markdown_cell(BANNER + "\n\n```python\nx = 1  # one\n```\n\n# Heading")
+    nb = nbformat.v4.new_notebook(cells=[markdown, code])
+    clean = sanitize_notebook(nb)
+    rendered = clean.cells[0].source + "".join(o.data["text/html"] for o in clean.cells[1].outputs)
+    assert "Score: 20/20" in rendered
+    assert "navbar" not in rendered and "hidden" not in rendered
+    assert "style=" not in rendered and "id=" not in rendered
+    assert '<div class="highlight">' in rendered and '<span class="mi">1</span>' in rendered
+    assert table in rendered
+    page = _page(clean, tmp_path)
+    assert 'class="navbar' not in page and 'id="score"' not in page

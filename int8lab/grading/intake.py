@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import nbformat
@@ -64,20 +65,33 @@ def open_submissions(path: Path, scratch: Path) -> Path:
         if not zipfile.is_zipfile(path):
             raise GradingError(f"{path} is neither a folder nor a .zip archive")
         target = scratch / "input"
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            total = sum(info.file_size for info in members)
-            if total > MAX_ZIP_BYTES:
-                raise GradingError(f"{path} expands to {total} bytes, more than the {MAX_ZIP_BYTES} allowed")
-            for info in members:
-                destination = (target / info.filename).resolve()
-                if not destination.is_relative_to(target.resolve()):
-                    raise GradingError(f"{path} holds an unsafe path: {info.filename}")
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise GradingError(f"{path} holds a symbolic link: {info.filename}")
-            archive.extractall(target)
+        try:
+            _extract(path, target)
+        except GradingError:  # a RuntimeError too, but already says what is wrong
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            # A bad CRC, a truncated member, an unknown compression or a password: nothing can be graded.
+            raise GradingError(
+                f"{path} is a damaged or unreadable .zip archive ({exc}); zip the submissions again, "
+                "or unpack them yourself and grade the folder"
+            ) from None
         path = target
     return path
+
+
+def _extract(path: Path, target: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        total = sum(info.file_size for info in members)
+        if total > MAX_ZIP_BYTES:
+            raise GradingError(f"{path} expands to {total} bytes, more than the {MAX_ZIP_BYTES} allowed")
+        for info in members:
+            destination = (target / info.filename).resolve()
+            if not destination.is_relative_to(target.resolve()):
+                raise GradingError(f"{path} holds an unsafe path: {info.filename}")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise GradingError(f"{path} holds a symbolic link: {info.filename}")
+        archive.extractall(target)
 
 
 def valid_student_id(name: str) -> bool:
@@ -89,36 +103,47 @@ def _is_folder(path: Path) -> bool:
     return stat.S_ISDIR(path.lstat().st_mode)
 
 
+#: What macOS's archiver adds beside the folders it zips (resource forks): never anyone's submission.
+ARCHIVER_FOLDER = "__MACOSX"
+
+
 def find_jobs(root: Path, assignments: dict) -> list[Job]:
-    """One job per (student, assignment) folder; the layout root is found even inside wrapper folders."""
+    """One job per (student, assignment) folder; the layout root is found even inside wrapper folders.
+
+    Every folder that holds an assignment's folder is a student, whatever its name: a hidden or unusable id
+    gets its row (``invalid_student_id``) rather than being skipped without a word.
+    """
     for _ in range(4):  # a zip may wrap the layout in a folder or two (e.g. submitted/)
-        students = [p for p in root.iterdir() if _is_folder(p)]
-        if any((s / name).exists() for s in students for name in assignments):
+        students = [p for p in root.iterdir() if _is_folder(p) and p.name != ARCHIVER_FOLDER]
+        if any(os.path.lexists(s / n) or os.path.lexists(s / f".{n}") for s in students for n in assignments):
             break
         if len(students) != 1:
             break
         root = students[0]
     jobs = []
     for student in sorted(root.iterdir()):
-        if student.name.startswith(".") or student.name == "__MACOSX":
+        if student.name == ARCHIVER_FOLDER:
             continue
         for name, assignment in assignments.items():
             folder = student / name
-            if not os.path.lexists(folder):
-                continue
-            jobs.append(_job(student, folder, name, assignment.notebook))
+            if os.path.lexists(folder) or os.path.lexists(student / f".{name}"):
+                jobs.append(_job(student, folder, name, assignment.notebook))
     return jobs
 
 
 def _job(student: Path, folder: Path, assignment: str, notebook: str) -> Job:
     if not valid_student_id(student.name):
         return Job(student.name, assignment, None, Status.INVALID_STUDENT_ID, "not a usable student id")
+    if not os.path.lexists(folder):  # nbgrader (formgrader, OUT/submitted) knows the folder by its exact name
+        reason = f"the folder .{assignment}/ is hidden and was not graded: name it {assignment}/"
+        return Job(student.name, assignment, None, Status.MISSING, reason)
     if not _is_folder(student) or not _is_folder(folder):
         return Job(student.name, assignment, None, Status.MISSING, "the submission is a link, not a folder: refused")
     expected = folder / notebook
     if os.path.lexists(expected):
         return Job(student.name, assignment, expected)
-    others = sorted(p for p in folder.iterdir() if p.suffix == ".ipynb")
+    # Hidden notebooks are what archivers (._name) and editors leave, not a renamed submission.
+    others = sorted(p for p in folder.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
     if len(others) == 1:
         return Job(student.name, assignment, others[0], reason=f"graded {others[0].name} (renamed)")
     return Job(student.name, assignment, None, Status.MISSING, f"no {notebook} in {assignment}/")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -107,7 +108,7 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
     if not kernel:
         return
     smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(KERNEL_SMOKE_TEST)])
-    done = run.execute(smoke, work / "kernel-check", limits, cgroups)
+    done = run.execute(smoke, work / "kernel-check", kernel_check_limits(limits), cgroups)
     outputs = [o for c in done.executed.cells for o in c.get("outputs", [])]
     if done.status is not Status.OK or not any("kernel ready" in str(o.get("text", "")) for o in outputs):
         details = "; ".join(f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.get("ename"))
@@ -118,6 +119,15 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
 
 
 KERNEL_SMOKE_TEST = "import int8lab, int8lab.grading.records, numpy, torch\nprint('kernel ready')"
+#: The kernel check's own time limit: torch's first import on a loaded machine can take a minute, and
+#: ``--timeout`` (a student's cell) may be a few seconds; the check must not stop the run for that.
+KERNEL_CHECK_SECONDS = 120
+
+
+def kernel_check_limits(limits: Limits) -> Limits:
+    """``limits`` with the check's time limits: the sandbox checked is the students' (memory, disk, processes)."""
+    seconds = max(limits.cell_timeout, KERNEL_CHECK_SECONDS)
+    return replace(limits, cell_timeout=seconds, notebook_timeout=max(limits.notebook_timeout, seconds + 30))
 
 
 def _keep_submitted(out: Path, jobs: list[Job]) -> None:

@@ -46,7 +46,7 @@ def rebuild_submission(student, release, skip_untouched_demos: bool = False) -> 
         else set()
     )
     release_cells = {nbgrader_meta(c)["grade_id"]: c for c in release.cells if nbgrader_meta(c).get("grade_id")}
-    answers: dict[str, str] = {}
+    answers: dict[str, object] = {}  # grade id -> the student's answer cell
     extras: dict[str | None, list] = {}
     seen: set[str] = set()
     anchor = None
@@ -56,7 +56,7 @@ def rebuild_submission(student, release, skip_untouched_demos: bool = False) -> 
             if grade_id not in seen:
                 expected = release_cells[grade_id]
                 if nbgrader_meta(expected).get("solution") and cell.cell_type == expected.cell_type:
-                    answers[grade_id] = cell.source
+                    answers[grade_id] = cell
                 seen.add(grade_id)
             anchor = grade_id
             continue
@@ -77,7 +77,11 @@ def rebuild_submission(student, release, skip_untouched_demos: bool = False) -> 
             continue  # plain release cells live on in the student's copy (the extras), if kept
         restored = copy.deepcopy(cell)
         if grade_id in answers:
-            restored.source = answers[grade_id]
+            restored.source = answers[grade_id].source
+            # A markdown answer's pasted images are part of it: its source refers to them (attachment:NAME).
+            restored.pop("attachments", None)
+            if answers[grade_id].get("attachments"):
+                restored["attachments"] = copy.deepcopy(answers[grade_id].attachments)
         cells.append(restored)
         cells.extend(extras.get(grade_id, []))
     ids: set[str] = set()

@@ -1,4 +1,4 @@
-"""Sanitize what an instructor's browser renders of a submission, with nbconvert's sanitizer (bleach).
+"""Sanitize what an instructor's browser renders of a submission, with bleach (as nbconvert's sanitizer does).
 
 Applied to every notebook OUT keeps (formgrader shows it, the feedback page is made from it):
 markdown cells are rendered to HTML first (so that a markdown link such as
@@ -6,33 +6,103 @@ markdown cells are rendered to HTML first (so that a markdown link such as
 outputs are cleaned to a list of harmless tags and http/https/mailto links, and
 outputs of any other type than plain text, PNG/JPEG images, LaTeX and JSON are dropped
 (JavaScript, SVG, widgets). Scripts, event handlers and ``javascript:`` URLs do not survive;
-plots (PNG) and tables (``<table>``) do.
+plots (PNG) and tables (``<table>``) do, and so do the PNG/JPEG images pasted into a markdown
+answer (its attachments), embedded in the page as ``data:`` images.
+
+The page is the grader's, not the student's: student markup keeps no ``id``, ``style`` or class
+of the page's own CSS (a fake score pinned by Bootstrap's ``navbar-fixed-top``, an output hidden
+by ``.hidden``), and no metadata that hides a cell's source survives.
 """
 
 from __future__ import annotations
 
-from nbconvert.filters.markdown_mistune import markdown2html_mistune
+import re
+
+import bleach
+from mistune.renderers.html import HTMLRenderer
+from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 from nbconvert.preprocessors.sanitize import SanitizeHTML
+from pygments.token import STANDARD_TYPES
 
 TAGS = [
     "a", "abbr", "b", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i",
-    "li", "ol", "p", "pre", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead",
-    "tr", "ul",
+    "img", "li", "ol", "p", "pre", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th",
+    "thead", "tr", "ul",
 ]  # fmt: skip
 ATTRIBUTES = {
     "a": ["href", "title"],
     "abbr": ["title"],
+    "img": ["src", "alt"],
     "table": ["class", "border"],
     "td": ["colspan", "rowspan"],
     "th": ["colspan", "rowspan"],
     "div": ["class"],
     "span": ["class"],
 }
+#: The classes nbconvert's own rendering puts on markup: code highlighting (Pygments) and pandas tables.
+CLASSES = {
+    "div": {"highlight"},
+    "span": {name for name in STANDARD_TYPES.values() if name},
+    "table": {"dataframe"},
+}
 SAFE_ATTACHMENTS = ("image/png", "image/jpeg")
+#: bleach checks every URL against one list: ``data:`` is there for images only (``allowed_attribute``).
+PROTOCOLS = ["http", "https", "mailto", "data"]
+_IMAGE = re.compile(r"data:image/(?:png|jpeg);base64,[A-Za-z0-9+/]+={0,2}")
+_LINK = re.compile(r"(?:https?:|mailto:|#)", re.IGNORECASE)
+ATTACHMENT = "attachment:"
+#: Cell metadata that tells a renderer to hide a cell's source (or the whole cell, or its output).
+HIDING_KEYS = ("hide_input", "hide_output", "collapsed")
+HIDING_TAGS = {
+    f"{verb}{sep}{part}" for verb in ("hide", "remove") for sep in "-_" for part in ("input", "output", "cell")
+}
 
 
-def _sanitizer() -> SanitizeHTML:
-    return SanitizeHTML(tags=TAGS, attributes=ATTRIBUTES, strip=True)
+def allowed_attribute(tag: str, name: str, value: str) -> bool:
+    """bleach's filter: the attributes of ``ATTRIBUTES``; classes of ``CLASSES`` only; a link to the web
+    (or an anchor) only; an image only when it is embedded PNG/JPEG data."""
+    if name not in ATTRIBUTES.get(tag, ()):
+        return False
+    if name == "class":
+        return set(value.split()) <= CLASSES[tag]
+    if name == "href":  # a literal prefix: bleach's own check then sees the same scheme, never data:
+        return _LINK.match(value) is not None
+    if name == "src":
+        return _IMAGE.fullmatch(value) is not None
+    return True
+
+
+class _Sanitizer(SanitizeHTML):
+    def sanitize_html_tags(self, html_str):
+        return bleach.clean(
+            html_str, tags=TAGS, attributes=allowed_attribute, protocols=PROTOCOLS, strip=True, strip_comments=True
+        )
+
+
+class _Renderer(IPythonRenderer):
+    """nbconvert's markdown renderer, except for ``attachment:`` images: a PNG/JPEG attachment is embedded,
+    any other (SVG, HTML) or a missing one is no image, and never an error."""
+
+    def image(self, text: str, url: str, title: str | None = None) -> str:
+        if url.startswith(ATTACHMENT):
+            url = _embedded(self.attachments.get(url[len(ATTACHMENT) :]))
+        return HTMLRenderer.image(self, text, url, title)  # nbconvert's own would raise for a missing attachment
+
+
+def _embedded(bundle) -> str:
+    for mime in SAFE_ATTACHMENTS:
+        data = bundle.get(mime) if isinstance(bundle, dict) else None
+        if isinstance(data, list):
+            data = "".join(data)
+        if isinstance(data, str):
+            return f"data:{mime};base64,{''.join(data.split())}"
+    return ""
+
+
+def render_markdown(source: str, attachments: dict | None = None) -> str:
+    """nbconvert's markdown rendering (``markdown2html_mistune``), with the cell's attachments as ``_Renderer``
+    embeds them."""
+    return MarkdownWithMath(renderer=_Renderer(escape=False, attachments=attachments or {})).render(source)
 
 
 def safe_markdown2html(source: str) -> str:
@@ -42,21 +112,54 @@ def safe_markdown2html(source: str) -> str:
     Text that the first cleaning left alone as text can become live markdown then (a link inside an
     HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
     """
-    return _sanitizer().sanitize_html_tags(markdown2html_mistune(source))
+    return _Sanitizer().sanitize_html_tags(render_markdown(source))
+
+
+def show_source(cell) -> None:
+    """Drop the metadata with which a renderer (nbconvert, JupyterLab, Jupyter Book) would hide the source."""
+    metadata = cell.metadata
+    metadata.get("transient", {}).pop("remove_source", None)
+    for key in ("source_hidden", "outputs_hidden"):
+        metadata.get("jupyter", {}).pop(key, None)
+    for key in HIDING_KEYS:
+        metadata.pop(key, None)
+    if isinstance(metadata.get("tags"), list):
+        metadata["tags"] = [tag for tag in metadata["tags"] if tag not in HIDING_TAGS]
+    for key in ("transient", "jupyter", "tags"):
+        if key in metadata and not metadata[key]:
+            del metadata[key]
+
+
+def _safe_attachments(cell) -> dict:
+    """The cell's attachments with their PNG/JPEG data only; an attachment without any is dropped."""
+    kept = {}
+    for name, bundle in cell.get("attachments", {}).items():
+        safe = (
+            {mime: data for mime, data in bundle.items() if mime in SAFE_ATTACHMENTS}
+            if isinstance(bundle, dict)
+            else {}
+        )
+        if safe:
+            kept[name] = safe
+    return kept
 
 
 def sanitize_notebook(nb):
     """``nb``, cleaned in place (and returned) for display in a browser."""
-    sanitizer = _sanitizer()
+    sanitizer = _Sanitizer()
     for index, cell in enumerate(nb.cells):
+        show_source(cell)
+        attachments = _safe_attachments(cell)
         if cell.cell_type == "markdown":
-            cell.source = markdown2html_mistune(cell.source)
+            cell.source = render_markdown(cell.source, attachments)
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if "text/markdown" in data:  # rendered like a markdown cell, then cleaned as HTML
-                rendered = markdown2html_mistune("".join(data.pop("text/markdown")))
+                rendered = render_markdown("".join(data.pop("text/markdown")))
                 data.setdefault("text/html", rendered)
         sanitizer.preprocess_cell(cell, {}, index)
-        for name, bundle in list(cell.get("attachments", {}).items()):
-            cell.attachments[name] = {k: v for k, v in bundle.items() if k in SAFE_ATTACHMENTS}
+        if attachments:
+            cell.attachments = attachments
+        else:
+            cell.pop("attachments", None)
     return nb
