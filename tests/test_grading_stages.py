@@ -53,6 +53,8 @@ def _record(cell, statement, **values):
         torch.arange(6, dtype=torch.float32).reshape(2, 3),
         np.linspace(0, 1, 5, dtype=np.float64),
         np.float32(0.25),
+        torch.tensor(0.5),
+        np.array(2.0),
         (1, 2.5, "text", None, True),
         {"a": [torch.tensor([-128.0, 127.0])]},
     ],

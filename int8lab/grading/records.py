@@ -62,12 +62,18 @@ def encode(value, depth: int = 0):
         array = value.detach().cpu()
         if array.dtype == torch.bfloat16:
             array = array.float()
-        return _array(np.ascontiguousarray(array.numpy()), "torch")
+        return _array(_c_order(array.numpy()), "torch")
     if isinstance(value, np.ndarray):
-        return _array(np.ascontiguousarray(value), "numpy")
+        return _array(_c_order(value), "numpy")
     if isinstance(value, np.generic):
         return _array(np.asarray(value), "scalar")
     return {"object": type(value).__name__}
+
+
+def _c_order(array):
+    """``array`` in C order, keeping its shape (``np.ascontiguousarray`` makes a 0-d array 1-d: a scale
+    returned as a 0-d tensor would then be recorded with shape (1,))."""
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _torch():
