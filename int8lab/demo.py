@@ -28,8 +28,9 @@ TABLE = {
     "bias_float": "float NetWithBias",
     "bias_int8": "int8 NetWithBias, int32 bias",
     "integer_only_int8": "integer-only NetWithBias (m0 and shift)",
-    "torch_int8": "PyTorch int8 engine (x86), NetWithBias",
-    "integer_only_agreement": "same class: integer-only and PyTorch int8",
+    "torch_int8": "PyTorch int8 engine (reduce_range), NetWithBias",
+    "torch_int8_full_range": "PyTorch int8 engine (full 8-bit activations)",
+    "integer_only_agreement": "same class: integer-only and PyTorch int8 (reduce_range)",
     "bits3_max": "3-bit weights + activations: max, per tensor, signed",
     "bits3_best": "3-bit weights + activations: best recipe of notebook 5",
 }

@@ -1,10 +1,19 @@
-"""A production int8 engine to compare with: PyTorch's eager-mode quantization on the x86 kernels.
+"""A production int8 engine to compare with: PyTorch's eager-mode quantization.
 
 Of the engines that run here without a download, ``torch.ao.quantization`` in eager mode is the
 closest to this lab's scheme: per-tensor symmetric int8 weights, scales from the min and max
-of 400 calibration images, an int32 bias, int32 accumulators. What differs: its activations
-are unsigned ``quint8`` with a zero point (affine, not symmetric), and the x86 (fbgemm) kernels
-requantize with their own output pipeline.
+of 400 calibration images, int32 accumulators. What differs: its activations are unsigned
+``quint8`` with a zero point (affine, not symmetric), its bias stays float, and its kernels
+requantize with a float multiplier.
+
+Which kernels run depends on the machine: ``choose_engine`` takes x86 (fbgemm and oneDNN) where
+PyTorch has it, else qnnpack (ARM). On an x86 CPU without VNNI (AVX2 only), fbgemm multiplies
+uint8 activations by int8 weights with ``vpmaddubsw``, which adds each *pair* of products in
+saturating int16 before the int32 sum: with full-range uint8 activations a pair can reach
+2 x 255 x 128 = 65,280 and is clipped to 32,767. PyTorch's default ``reduce_range=True`` keeps
+activations to 7 bits (0..127), so a pair stays within 2 x 127 x 128 = 32,512 and nothing
+saturates, on any CPU. ``pair_saturated_linear`` models that instruction, so the effect can be
+measured on any machine.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import platform
 import re
 import time
 import warnings
@@ -29,7 +39,7 @@ _EXPECTED_WARNINGS = (
 )
 DEPRECATION_NOTE = (
     "PyTorch 2.13 marks torch.ao.quantization as deprecated in favour of the torchao package; it still "
-    "runs the x86 int8 kernels used here, and its two deprecation warnings are silenced on purpose."
+    "runs the int8 kernels used here, and its two deprecation warnings are silenced on purpose."
 )
 
 
@@ -65,23 +75,67 @@ def _quiet():
         yield
 
 
-def torch_int8_model(float_net: nn.Module, calibration: DataLoader, max_samples: int = 400) -> nn.Module:
-    """Quantize a copy of ``float_net`` with PyTorch's eager mode on the x86 engine.
+#: Engines in the order they are preferred: x86 (fbgemm with oneDNN) on Intel and AMD CPUs, qnnpack on ARM.
+ENGINE_PREFERENCE = ("x86", "fbgemm", "onednn", "qnnpack")
+
+
+def choose_engine(supported: list[str] | None = None) -> str:
+    """The quantized engine this machine's PyTorch has (or of ``supported``), by ``ENGINE_PREFERENCE``;
+    ValueError if none."""
+    supported = set(torch.backends.quantized.supported_engines if supported is None else supported)
+    for engine in ENGINE_PREFERENCE:
+        if engine in supported:
+            return engine
+    raise ValueError(f"this PyTorch build has no quantized engine (it supports {sorted(supported)})")
+
+
+def cpu_features() -> str:
+    """The CPU features the engine's figures depend on, e.g. ``"x86_64, AVX2 without VNNI"``."""
+    machine = platform.machine() or "unknown CPU"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            line = next((line for line in info if line.startswith(("flags", "Features"))), "")
+            flags = set(line.partition(":")[2].split())
+    if not flags:
+        return f"{machine} (features unknown)"
+    if "avx2" not in flags:
+        return f"{machine}, without AVX2" if machine in ("x86_64", "AMD64") else machine
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni"})
+    return f"{machine}, AVX2 with VNNI ({', '.join(vnni)})" if vnni else f"{machine}, AVX2 without VNNI"
+
+
+def torch_int8_model(
+    float_net: nn.Module,
+    calibration: DataLoader,
+    max_samples: int = 400,
+    reduce_range: bool = True,
+    engine: str | None = None,
+) -> nn.Module:
+    """Quantize a copy of ``float_net`` with PyTorch's eager mode.
 
     Args:
         float_net: a trained ``Net`` or ``NetWithBias`` (float32), left unchanged.
         calibration: images to observe the activations' ranges on (the first ``max_samples``).
+        reduce_range: activations on 7 bits (0..127), PyTorch's default, which keeps fbgemm's int16
+            pair sums from saturating on CPUs without VNNI; False uses all 8 bits (0..255).
+        engine: the quantized engine (``choose_engine()`` when None).
 
     Returns:
         A module taking float32 images (N, C, 32, 32) and returning float32 logits (N, 10), which
-        inside runs quint8 activations, qint8 weights and int32 accumulators.
+        inside runs quint8 activations, qint8 weights and int32 accumulators. Its ``engine`` and
+        ``reduce_range`` attributes say how it was built.
     """
     import torch.ao.quantization as tq
 
-    torch.backends.quantized.engine = "x86"
+    engine = engine or choose_engine()
+    torch.backends.quantized.engine = engine
     model = _EagerNet(copy.deepcopy(float_net)).eval()
     model.qconfig = tq.QConfig(
-        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        # reduce_range as the code range it stands for: PyTorch warns that the flag itself will go.
+        activation=tq.MinMaxObserver.with_args(
+            dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=127 if reduce_range else 255
+        ),
         weight=tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
     )
     pairs = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"], ["fc2", "relu4"]]
@@ -96,7 +150,49 @@ def torch_int8_model(float_net: nn.Module, calibration: DataLoader, max_samples:
                 if seen >= max_samples:
                     break
         tq.convert(model, inplace=True)
-    return _Quiet(model)
+    quiet = _Quiet(model)
+    quiet.engine, quiet.reduce_range = engine, reduce_range
+    return quiet
+
+
+def layer_input_codes(engine_model: nn.Module, name: str, images: torch.Tensor) -> torch.Tensor:
+    """The quint8 codes (0..255, as torch.int64) that layer ``name`` of an engine model receives for ``images``."""
+    seen: list[torch.Tensor] = []
+    layer = getattr(engine_model.model, name)
+    handle = layer.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].int_repr().to(torch.int64)))
+    try:
+        with torch.no_grad():
+            engine_model(images)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def layer_weight_codes(engine_model: nn.Module, name: str) -> torch.Tensor:
+    """Layer ``name``'s qint8 weight codes, as torch.int8."""
+    return getattr(engine_model.model, name).weight().int_repr()
+
+
+def pair_saturated_linear(codes: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer's accumulators as AVX2's ``vpmaddubsw`` computes them, and how often a pair saturated.
+
+    Args:
+        codes: unsigned activation codes in [0, 255], an integer tensor (N, K).
+        weight: torch.int8 weight codes (O, K).
+
+    Returns:
+        ``(accumulators, saturated)``: torch.int64 (N, O), each the sum over k of
+        ``clamp(codes[k] w[k] + codes[k+1] w[k+1], -32768, 32767)`` for k = 0, 2, 4, ... (the int16 pairs,
+        then an exact wide sum); and a bool tensor (N, O, K/2) of the pairs that were clipped.
+    """
+    x = codes.to(torch.int64)
+    w = weight.to(torch.int64)
+    if x.shape[1] % 2:
+        x, w = torch.nn.functional.pad(x, (0, 1)), torch.nn.functional.pad(w, (0, 1))
+    products = x[:, None, :] * w[None, :, :]
+    pairs = products[..., 0::2] + products[..., 1::2]
+    clipped = pairs.clamp(-(2**15), 2**15 - 1)
+    return clipped.sum(-1), clipped != pairs
 
 
 class _Quiet(nn.Module):
@@ -120,7 +216,10 @@ def serialized_bytes(state: dict) -> int:
 
 
 def latency_per_image(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, repeats: int = 5) -> float:
-    """Seconds per image of ``run(images)``: the best of ``repeats`` timed calls, after one warm-up call."""
+    """Seconds per image of ``run(images)``: the best of ``repeats`` timed calls, after one warm-up call.
+
+    For a batch, that is the batch's time divided by its size (throughput); pass one image for latency.
+    """
     with torch.no_grad():
         run(images)
         best = float("inf")

@@ -1,5 +1,6 @@
 """The integer kernels and the production engine of notebook 4, with PyTorch's float ops as the oracle."""
 
+import platform
 import warnings
 
 import pytest
@@ -93,3 +94,43 @@ def test_the_engine_quantizes_the_network_without_unexpected_warnings(float_net,
     assert unexpected_warnings(caught) == []
     assert accuracy >= evaluate(float_net, test_loader) - 2.0
     assert any(".quantized" in type(module).__module__ for module in engine.modules())
+
+
+def test_the_int16_pair_model_clips_exactly_the_pairs_beyond_int16():
+    """vpmaddubsw's pairs: 255 * -128 twice is -65,280, clipped to -32,768; 7-bit codes never clip."""
+    from int8lab.engine import pair_saturated_linear
+
+    codes = torch.tensor([[255, 255, 1, 2], [127, 127, 127, 127]])
+    weight = torch.tensor([[-128, -128, 3, 4], [-128, -128, -128, -128]], dtype=torch.int8)
+    accumulators, clipped = pair_saturated_linear(codes, weight)
+    exact = codes @ weight.to(torch.int64).T
+    assert accumulators[0, 0] == -32768 + 11 and exact[0, 0] == -65280 + 11
+    assert clipped.tolist()[0][0] == [True, False] and not clipped[1].any()
+    assert torch.equal(accumulators[1], exact[1])
+    odd, _ = pair_saturated_linear(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 1]], dtype=torch.int8))
+    assert odd.item() == 6  # an odd fan-in pairs its last product with a zero
+
+
+def test_the_engine_is_chosen_by_what_pytorch_has():
+    from int8lab import engine
+
+    assert engine.choose_engine(["none", "qnnpack"]) == "qnnpack"  # an ARM build
+    assert engine.choose_engine(["qnnpack", "onednn", "x86", "fbgemm"]) == "x86"
+    with pytest.raises(ValueError, match="no quantized engine"):
+        engine.choose_engine(["none"])
+    assert engine.choose_engine() in torch.backends.quantized.supported_engines
+    assert engine.cpu_features().startswith(platform.machine())
+
+
+def test_reduce_range_keeps_the_calibration_images_codes_near_7_bits(float_net, digits_loaders):
+    """Codes are scaled to 0..127 on the calibration images; the quantized layers before fc1 round differently
+    from the float ones the observers saw, so a code may go a step or two beyond."""
+    from int8lab.engine import layer_input_codes, torch_int8_model
+
+    images = next(iter(digits_loaders[0]))[0]
+    calibration = [(images, None)]  # the same images calibrate and are measured
+    reduced = torch_int8_model(float_net, calibration, max_samples=len(images), reduce_range=True)
+    full = torch_int8_model(float_net, calibration, max_samples=len(images), reduce_range=False)
+    assert reduced.reduce_range and reduced.engine in torch.backends.quantized.supported_engines
+    assert int(layer_input_codes(reduced, "fc1", images).max()) <= 130
+    assert int(layer_input_codes(full, "fc1", images).max()) >= 250

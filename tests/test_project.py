@@ -85,6 +85,7 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
         "bias_int8",
         "integer_only_int8",
         "torch_int8",
+        "torch_int8_full_range",
         "integer_only_agreement",
         "bits3_max",
         "bits3_best",
@@ -98,7 +99,12 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert abs(numbers["bias_int8"] - numbers["bias_float"]) <= 0.3
     # Notebook 4: integer-only requantization loses nothing measurable against the float division.
     assert abs(numbers["integer_only_int8"] - numbers["chained_int8"]) <= 0.5
-    assert numbers["torch_int8"] >= 98.0 and numbers["integer_only_agreement"] >= 98.0
+    # The engine as the notebook recommends it (reduce_range: no int16 pair can saturate on an AVX2-only CPU)
+    # picks the integer-only network's class on all but at most one test image, on any CPU.
+    assert numbers["torch_int8"] >= numbers["bias_float"] - 0.3 and numbers["integer_only_agreement"] >= 99.5
+    # Full 8-bit activations: the same on a CPU with VNNI; on an AVX2-only one, int16 pairs saturate
+    # (98.06% measured on one), which notebook 4 measures on its own.
+    assert numbers["torch_int8_full_range"] >= 95.0
     # Notebook 3's evidence plot: every wrong bias handling measurably worse than the int32 bias.
     recorded = json.loads((tmp_path / "results" / "accuracy.json").read_text())
     for measure in ("bias_error", "logit_error"):
