@@ -444,7 +444,7 @@ def test_a_pasted_image_in_an_answer_is_graded_and_kept_on_the_page(tmp_path, mo
         tmp_path / "submitted", "alice", name, submission(name, edit=lambda nb: pasted.append(_paste_images(nb)))
     )
     # The kernel's run, without a kernel: the probe notebook comes back as it went, with the reference's records.
-    records_text = "\n".join(json.dumps(r) for r in selfcheck.probe_in_process(assignment.source).values())
+    records_text = "\n".join(json.dumps(r) for _, _, r in selfcheck.probe_in_process(assignment.source).entries)
     monkeypatch.setattr(run, "execute", lambda nb, *a, **k: run.Run(Status.OK, executed=nb, records_text=records_text))
     result = workers.grade_one(Job("alice", name, path), assignment, tmp_path / "job", Limits(), None)
     assert result.status is Status.OK, result.reason
