@@ -412,7 +412,7 @@ def float64_quantized_bias(bias, s_w, s_initial_input, ss):
     for weight_scale, output_scale in ss:
         scale *= float(weight_scale) * float(output_scale)
     codes = np.round(bias.detach().numpy().astype(np.float64) / scale)
-    return torch.from_numpy(np.clip(codes, -(2**31), 2**31 - 1).astype(np.float32))
+    return torch.from_numpy(np.clip(codes, -(2**31), 2**31 - 1)).to(bias.dtype)
 
 NetQuantizedWithBias.quantized_bias = staticmethod(float64_quantized_bias)
 """,
