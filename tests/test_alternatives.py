@@ -379,7 +379,8 @@ FUNCTIONS = {
     ),
 }
 
-# Notebooks 01 to 03: one float64 alternative each for quantized_weights and quantized_bias.
+# Notebooks 01 to 03: a float64 alternative for quantized_weights, the scales and forward of notebook 2,
+# and quantized_bias.
 EARLIER = {
     "quantized_weights": (
         "01_weights",
@@ -400,6 +401,61 @@ def quantized_weights(weights):
             "quantized_weights_single_element",
             "quantized_weights_trained_layers",
             "quantized_weights_keeps_dtype_and_shape",
+        ),
+    ),
+    "net_quantized_scales_and_forward": (
+        "02_activations",
+        "net_quantized_impl",
+        {
+            "float64": """
+def float64_input_scale(pixels):
+    largest = float(np.max(np.abs(np.asarray(pixels, dtype=np.float64))))
+    return largest / 127 if largest > 0 else 1.0
+
+def float64_activations(activations, s_w, s_initial_input, ss):
+    chain = float(s_w) * float(s_initial_input)
+    for weight_scale, output_scale in ss:
+        chain *= float(weight_scale) * float(output_scale)
+    largest = float(np.max(np.abs(np.asarray(activations, dtype=np.float64) / chain)))
+    return largest / 127 if largest > 0 else 1.0
+
+def float64_forward(self, x):
+    x = torch.clamp(torch.round(x.double() / self.input_scale), -128, 127).float()
+    for name in LAYER_NAMES:
+        layer = getattr(self, name)
+        x = torch.clamp(torch.round(layer(x).double() / layer.output_scale), -128, 127).float()
+        if name in ("conv1", "conv2"):
+            x = self.pool(F.relu(x))
+        elif name != "fc3":
+            x = F.relu(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+NetQuantized.quantize_initial_input = staticmethod(float64_input_scale)
+NetQuantized.quantize_activations = staticmethod(float64_activations)
+NetQuantized.forward = float64_forward
+""",
+            "float32_torch": """
+def float32_activations(activations, s_w, s_initial_input, ss):
+    chain = torch.tensor(s_w, dtype=torch.float32) * torch.tensor(s_initial_input, dtype=torch.float32)
+    for weight_scale, output_scale in ss:
+        chain = chain * torch.tensor(weight_scale * output_scale, dtype=torch.float32)
+    largest = float((torch.as_tensor(activations, dtype=torch.float32) / chain).abs().max())
+    return largest / 127 if largest > 0 else 1.0
+
+NetQuantized.quantize_activations = staticmethod(float32_activations)
+""",
+        },
+        (
+            "quantize_initial_input_small_example",
+            "quantize_initial_input_edge_cases",
+            "quantize_activations_first_layer",
+            "quantize_activations_chained_scale",
+            "quantize_activations_hidden_cases",
+            "net_quantized_forward_small_network",
+            "net_quantized_forward_matches_reference",
+            "net_quantized_keeps_float_accuracy",
         ),
     ),
     "quantized_bias": (
