@@ -1,0 +1,504 @@
+"""No correct student loses a point: honest alternative implementations earn every point.
+
+Each alternative follows its function's docstring exactly, as a careful student would write it,
+and differs from the solution only in precision (float32 or float64), library (numpy or torch)
+or loop structure. Patched into the solution notebook right after the function's solution cell,
+it must pass every test of the notebook, and in particular the tests that exercise the function.
+"""
+
+import pytest
+
+from notebook_harness import run_tests
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 04: fixed_point_multiplier, requantize, IntegerOnlyNet.forward
+# ---------------------------------------------------------------------------------------------
+
+FIXED_POINT_MULTIPLIER = {
+    "frexp": """
+def fixed_point_multiplier(real_multiplier, bits=31):
+    m = float(real_multiplier)
+    if math.isnan(m) or math.isinf(m) or m < 0:
+        raise ValueError("bad multiplier")
+    if m == 0:
+        return 0, 0
+    mantissa, exponent = math.frexp(m)
+    shift = bits - exponent
+    m0 = round(mantissa * 2**bits)
+    if m0 == 2**bits:
+        m0 //= 2
+        shift -= 1
+    if shift < 1:
+        raise ValueError("multiplier too large")
+    return m0, shift
+""",
+    "doubling_loop": """
+def fixed_point_multiplier(real_multiplier, bits=31):
+    m = float(real_multiplier)
+    if not math.isfinite(m) or m < 0:
+        raise ValueError("bad multiplier")
+    if m == 0:
+        return 0, 0
+    scaled, shift = m, 0
+    while scaled < 2 ** (bits - 1):
+        scaled *= 2
+        shift += 1
+    while scaled >= 2**bits:
+        scaled /= 2
+        shift -= 1
+    m0 = round(scaled)
+    if m0 == 2**bits:
+        m0, shift = m0 // 2, shift - 1
+    if shift < 1:
+        raise ValueError("multiplier too large")
+    return int(m0), int(shift)
+""",
+    "exact_fraction": """
+from fractions import Fraction
+
+def fixed_point_multiplier(real_multiplier, bits=31):
+    m = float(real_multiplier)
+    if not np.isfinite(m) or m < 0:
+        raise ValueError("bad multiplier")
+    if m == 0:
+        return 0, 0
+    exact = Fraction(m)
+    shift = bits - 1 - math.floor(math.log2(m))
+    while exact * 2**shift < 2 ** (bits - 1):
+        shift += 1
+    while exact * 2**shift >= 2**bits:
+        shift -= 1
+    m0 = round(exact * 2**shift)  # Fraction rounds half to even
+    if m0 == 2**bits:
+        m0, shift = m0 // 2, shift - 1
+    if shift < 1:
+        raise ValueError("multiplier too large")
+    return int(m0), int(shift)
+""",
+}
+
+REQUANTIZE = {
+    "int64_floor_division": """
+def requantize(accumulator, m0, shift):
+    if shift > 62:
+        return torch.zeros(accumulator.shape, dtype=torch.int8)
+    product = accumulator.to(torch.int64) * int(m0)
+    if shift == 0:
+        return torch.clamp(product, -128, 127).to(torch.int8)
+    half = 2 ** (shift - 1)
+    magnitude = torch.div(torch.abs(product) + half, 2**shift, rounding_mode="floor")
+    rounded = torch.sign(product) * magnitude
+    return torch.clamp(rounded, -128, 127).to(torch.int8)
+""",
+    "python_int_loop": """
+def requantize(accumulator, m0, shift):
+    results = []
+    for value in accumulator.reshape(-1).tolist():
+        product = int(value) * m0
+        if shift == 0:
+            rounded = product
+        else:
+            magnitude = (abs(product) + 2 ** (shift - 1)) // 2**shift
+            rounded = magnitude if product >= 0 else -magnitude
+        results.append(min(max(rounded, -128), 127))
+    return torch.tensor(results, dtype=torch.int8).reshape(accumulator.shape)
+""",
+    "int64_floor_then_fix": """
+def requantize(accumulator, m0, shift):
+    product = accumulator.to(torch.int64) * m0
+    if shift > 62:
+        return torch.zeros_like(accumulator, dtype=torch.int8)
+    if shift > 0:
+        floor = product >> shift
+        remainder = product - (floor << shift)
+        half = 1 << (shift - 1)
+        # floor, then up when the remainder is above half, or exactly half on a positive product
+        up = (remainder > half) | ((remainder == half) & (product > 0))
+        product = floor + up.to(torch.int64)
+    return torch.clamp(product, -128, 127).to(torch.int8)
+""",
+}
+
+INTEGER_FORWARD = {
+    "unrolled_layers": """
+def forward(self, x):
+    def step(name, accumulator):
+        if name in self.biases:
+            accumulator = accumulator + self.biases[name]
+        m0, shift = self.multipliers[name]
+        return requantize(accumulator, m0, shift)
+
+    x = max_pool2x2_int8(relu_int8(step("conv1", conv2d_int32(x, self.weights["conv1"], "conv1"))))
+    x = max_pool2x2_int8(relu_int8(step("conv2", conv2d_int32(x, self.weights["conv2"], "conv2"))))
+    x = x.reshape(x.shape[0], -1)
+    x = relu_int8(step("fc1", linear_int32(x, self.weights["fc1"], "fc1")))
+    x = relu_int8(step("fc2", linear_int32(x, self.weights["fc2"], "fc2")))
+    return step("fc3", linear_int32(x, self.weights["fc3"], "fc3"))
+
+IntegerOnlyNet.forward = forward
+""",
+    "int64_bias_own_relu_pool": """
+def forward(self, x):
+    for name in LAYER_NAMES:
+        accumulator = self.accumulate(name, x).to(torch.int64)
+        if name in self.biases:
+            accumulator = accumulator + self.biases[name].to(torch.int64)
+        x = requantize(accumulator.to(torch.int32), *self.multipliers[name])
+        if name != "fc3":
+            x = torch.clamp(x, min=0)
+        if name in ("conv1", "conv2"):
+            n, c, h, w = x.shape
+            x = x.reshape(n, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+        if name == "conv2":
+            x = x.reshape(x.shape[0], -1)
+    return x
+
+IntegerOnlyNet.forward = forward
+""",
+    "loop_over_images": """
+def forward(self, x):
+    logits = []
+    for image in x:
+        y = image.unsqueeze(0)
+        for name in LAYER_NAMES:
+            accumulator = self.accumulate(name, y)
+            if name in self.biases:
+                accumulator = accumulator + self.biases[name]
+            y = requantize(accumulator, *self.multipliers[name])
+            if name in ("conv1", "conv2"):
+                y = max_pool2x2_int8(relu_int8(y))
+            elif name != "fc3":
+                y = relu_int8(y)
+            if name == "conv2":
+                y = torch.flatten(y, 1)
+        logits.append(y[0])
+    return torch.stack(logits)
+
+IntegerOnlyNet.forward = forward
+""",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05: quantize, clip_threshold, quantized_weights_per_channel
+# ---------------------------------------------------------------------------------------------
+
+_QUANTIZE_CHECKS = """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError("bits")
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+"""
+
+QUANTIZE = {
+    "float64_numpy": f"""
+def quantize(x, scale, bits, signed):
+{_QUANTIZE_CHECKS}
+    s = np.asarray(scale.detach().numpy() if isinstance(scale, torch.Tensor) else scale, dtype=np.float64)
+    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+        raise ValueError("scale")
+    values = np.asarray(x.detach().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    return torch.from_numpy(np.clip(np.round(values / s), low, high).astype(np.float32))
+""",
+    "float32_torch": f"""
+def quantize(x, scale, bits, signed):
+{_QUANTIZE_CHECKS}
+    s = scale.to(torch.float32) if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise ValueError("scale")
+    return (x.to(torch.float32) / s).round().clamp(low, high)
+""",
+    "float64_torch_python_scale": f"""
+def quantize(x, scale, bits, signed):
+{_QUANTIZE_CHECKS}
+    s = torch.as_tensor(scale, dtype=torch.float64)
+    if torch.isnan(s).any() or torch.isinf(s).any() or (s <= 0).any():
+        raise ValueError("scale")
+    codes = torch.round(x.to(torch.float64) / s)
+    return torch.clamp(codes, low, high).to(torch.float32)
+""",
+}
+
+CLIP_THRESHOLD = {
+    "float64_numpy_vectorised": """
+def clip_threshold(values, method, bits=8, signed=True, percentile=99.99, k=3.0, candidates=100):
+    if method not in ("max", "percentile", "sigma", "mse"):
+        raise ValueError(method)
+    if isinstance(values, torch.Tensor):
+        values = values.detach().numpy()
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError("values")
+    magnitudes = np.abs(x)
+    largest = float(magnitudes.max())
+    if largest == 0.0:
+        return 0.0
+    if method == "max":
+        return largest
+    if method == "percentile":
+        return float(np.percentile(magnitudes, percentile))
+    if method == "sigma":
+        return float(min(magnitudes.mean() + k * magnitudes.std(), largest))
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    thresholds = largest * np.arange(1, candidates + 1) / candidates
+    scales = (thresholds / largest_level(bits, signed))[:, None]
+    dequantized = np.clip(np.round(x[None, :] / scales), low, high) * scales
+    errors = ((dequantized - x[None, :]) ** 2).mean(axis=1)
+    return float(thresholds[int(np.argmin(errors))])
+""",
+    "float32_torch_loop": """
+def clip_threshold(values, method, bits=8, signed=True, percentile=99.99, k=3.0, candidates=100):
+    if method not in METHODS:
+        raise ValueError(method)
+    x = torch.as_tensor(values).to(torch.float32).flatten()
+    if x.numel() == 0 or not bool(torch.isfinite(x).all()):
+        raise ValueError("values")
+    magnitudes = x.abs()
+    largest = magnitudes.max()
+    if float(largest) == 0.0:
+        return 0.0
+    if method == "max":
+        return float(largest)
+    if method == "percentile":
+        return float(torch.quantile(magnitudes, percentile / 100))
+    if method == "sigma":
+        return float(torch.minimum(magnitudes.mean() + k * magnitudes.std(unbiased=False), largest))
+    best, best_error = None, None
+    for i in range(1, candidates + 1):
+        threshold = largest * i / candidates
+        scale = threshold / largest_level(bits, signed)
+        error = ((quantize(x, scale, bits, signed) * scale - x) ** 2).mean()
+        if best_error is None or error < best_error:
+            best, best_error = threshold, error
+    return float(best)
+""",
+}
+
+PER_CHANNEL = {
+    "loop_over_channels": """
+def quantized_weights_per_channel(weights, bits=8):
+    level = 2 ** (bits - 1) - 1
+    codes = torch.empty_like(weights, dtype=torch.float32)
+    scales = torch.empty(weights.shape[0], dtype=torch.float32)
+    for c in range(weights.shape[0]):
+        largest = weights[c].abs().max()
+        scales[c] = largest / level if largest > 0 else 1.0
+        codes[c] = quantize(weights[c], scales[c], bits, True)
+    return codes, scales
+""",
+    "float64_numpy": """
+def quantized_weights_per_channel(weights, bits=8):
+    level = 2 ** (bits - 1) - 1
+    w = weights.detach().numpy().astype(np.float64)
+    largest = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+    scales = np.where(largest > 0, largest / level, 1.0)
+    codes = np.clip(np.round(w / scales.reshape(-1, *[1] * (w.ndim - 1))), -level - 1, level)
+    return torch.from_numpy(codes.astype(np.float32)), torch.from_numpy(scales.astype(np.float32))
+""",
+    "float64_torch_python_scales": """
+def quantized_weights_per_channel(weights, bits=8):
+    level = 2 ** (bits - 1) - 1
+    scales, rows = [], []
+    for channel in weights.detach():
+        largest = float(channel.abs().max())
+        scale = largest / level if largest > 0 else 1.0
+        scales.append(scale)
+        rows.append(quantize(channel, scale, bits, True))
+    return torch.stack(rows), torch.tensor(scales, dtype=torch.float32)
+""",
+}
+
+# function: (assignment, solution cell to patch after, its alternatives, the tests that exercise it)
+FUNCTIONS = {
+    "fixed_point_multiplier": (
+        "04_integer_only",
+        "fixed_point_multiplier_impl",
+        FIXED_POINT_MULTIPLIER,
+        (
+            "fixed_point_multiplier_small_example",
+            "fixed_point_multiplier_edge_cases",
+            "fixed_point_multiplier_error_bound",
+            "integer_only_net_agrees_with_float_requantized",
+        ),
+    ),
+    "requantize": (
+        "04_integer_only",
+        "requantize_impl",
+        REQUANTIZE,
+        (
+            "requantize_small_example",
+            "requantize_bit_exact",
+            "integer_only_net_forward_small_network",
+            "integer_only_net_forward_matches_reference",
+            "integer_only_net_agrees_with_float_requantized",
+        ),
+    ),
+    "IntegerOnlyNet.forward": (
+        "04_integer_only",
+        "integer_only_net_impl",
+        INTEGER_FORWARD,
+        (
+            "integer_only_net_forward_small_network",
+            "integer_only_net_forward_matches_reference",
+            "integer_only_net_agrees_with_float_requantized",
+        ),
+    ),
+    "quantize": (
+        "05_ranges_and_bits",
+        "quantize_impl",
+        QUANTIZE,
+        (
+            "quantize_small_example",
+            "quantize_edge_cases",
+            "quantize_every_width",
+            "clip_threshold_small_example",
+            "clip_threshold_mse_search",
+            "quantized_weights_per_channel_small_example",
+            "quantized_weights_per_channel_edge_cases",
+            "quantized_weights_per_channel_trained_layers",
+        ),
+    ),
+    "clip_threshold": (
+        "05_ranges_and_bits",
+        "clip_threshold_impl",
+        CLIP_THRESHOLD,
+        (
+            "clip_threshold_small_example",
+            "clip_threshold_definitions",
+            "clip_threshold_mse_search",
+            "clip_threshold_edge_cases",
+        ),
+    ),
+    "quantized_weights_per_channel": (
+        "05_ranges_and_bits",
+        "quantized_weights_per_channel_impl",
+        PER_CHANNEL,
+        (
+            "quantized_weights_per_channel_small_example",
+            "quantized_weights_per_channel_edge_cases",
+            "quantized_weights_per_channel_trained_layers",
+        ),
+    ),
+}
+
+# Notebooks 01 to 03: a float64 alternative for quantized_weights, the scales and forward of notebook 2,
+# and quantized_bias.
+EARLIER = {
+    "quantized_weights": (
+        "01_weights",
+        "quantized_weights_impl",
+        {
+            "float64_numpy": """
+def quantized_weights(weights):
+    w = weights.detach().numpy().astype(np.float64)
+    largest = float(np.abs(w).max())
+    scale = largest / 127 if largest > 0 else 1.0
+    return torch.from_numpy(np.clip(np.round(w / scale), -128, 127).astype(np.float32)), scale
+""",
+        },
+        (
+            "quantized_weights_small_example",
+            "quantized_weights_mostly_negative",
+            "quantized_weights_all_zero",
+            "quantized_weights_single_element",
+            "quantized_weights_trained_layers",
+            "quantized_weights_keeps_dtype_and_shape",
+        ),
+    ),
+    "net_quantized_scales_and_forward": (
+        "02_activations",
+        "net_quantized_impl",
+        {
+            "float64": """
+def float64_input_scale(pixels):
+    largest = float(np.max(np.abs(np.asarray(pixels, dtype=np.float64))))
+    return largest / 127 if largest > 0 else 1.0
+
+def float64_activations(activations, s_w, s_initial_input, ss):
+    chain = float(s_w) * float(s_initial_input)
+    for weight_scale, output_scale in ss:
+        chain *= float(weight_scale) * float(output_scale)
+    largest = float(np.max(np.abs(np.asarray(activations, dtype=np.float64) / chain)))
+    return largest / 127 if largest > 0 else 1.0
+
+def float64_forward(self, x):
+    x = torch.clamp(torch.round(x.double() / self.input_scale), -128, 127).float()
+    for name in LAYER_NAMES:
+        layer = getattr(self, name)
+        x = torch.clamp(torch.round(layer(x).double() / layer.output_scale), -128, 127).float()
+        if name in ("conv1", "conv2"):
+            x = self.pool(F.relu(x))
+        elif name != "fc3":
+            x = F.relu(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+NetQuantized.quantize_initial_input = staticmethod(float64_input_scale)
+NetQuantized.quantize_activations = staticmethod(float64_activations)
+NetQuantized.forward = float64_forward
+""",
+            "float32_torch": """
+def float32_activations(activations, s_w, s_initial_input, ss):
+    chain = torch.tensor(s_w, dtype=torch.float32) * torch.tensor(s_initial_input, dtype=torch.float32)
+    for weight_scale, output_scale in ss:
+        chain = chain * torch.tensor(weight_scale * output_scale, dtype=torch.float32)
+    largest = float((torch.as_tensor(activations, dtype=torch.float32) / chain).abs().max())
+    return largest / 127 if largest > 0 else 1.0
+
+NetQuantized.quantize_activations = staticmethod(float32_activations)
+""",
+        },
+        (
+            "quantize_initial_input_small_example",
+            "quantize_initial_input_edge_cases",
+            "quantize_activations_first_layer",
+            "quantize_activations_chained_scale",
+            "quantize_activations_hidden_cases",
+            "net_quantized_forward_small_network",
+            "net_quantized_forward_matches_reference",
+            "net_quantized_keeps_float_accuracy",
+        ),
+    ),
+    "quantized_bias": (
+        "03_biases",
+        "net_quantized_with_bias_impl",
+        {
+            "float64_numpy": """
+def float64_quantized_bias(bias, s_w, s_initial_input, ss):
+    scale = float(s_w) * float(s_initial_input)
+    for weight_scale, output_scale in ss:
+        scale *= float(weight_scale) * float(output_scale)
+    codes = np.round(bias.detach().numpy().astype(np.float64) / scale)
+    return torch.from_numpy(np.clip(codes, -(2**31), 2**31 - 1)).to(bias.dtype)
+
+NetQuantizedWithBias.quantized_bias = staticmethod(float64_quantized_bias)
+""",
+        },
+        (
+            "quantized_bias_small_example",
+            "quantized_bias_chained_scale",
+            "quantized_bias_clamps_to_int32",
+            "quantized_bias_hidden_cases",
+            "net_quantized_with_bias_forward_matches_reference",
+            "net_quantized_with_bias_keeps_float_accuracy",
+        ),
+    ),
+}
+
+CASES = [
+    pytest.param(assignment, cell, patch, tests, id=f"{function}-{name}")
+    for function, (assignment, cell, alternatives, tests) in {**FUNCTIONS, **EARLIER}.items()
+    for name, patch in alternatives.items()
+]
+
+
+def test_every_function_has_two_alternatives():
+    assert all(len(alternatives) >= 2 for _, _, alternatives, _ in FUNCTIONS.values())
+
+
+@pytest.mark.parametrize(("assignment", "cell", "patch", "tests"), CASES)
+def test_an_honest_alternative_earns_every_point(assignment, cell, patch, tests):
+    outcomes = run_tests(assignment, patch, after=cell)
+    missing = [grade_id for grade_id in tests if grade_id not in outcomes]
+    assert not missing, f"no such tests in {assignment}: {missing}"
+    failed = {grade_id: message for grade_id, message in outcomes.items() if message}
+    assert not failed, f"an honest alternative lost points: {failed}"
