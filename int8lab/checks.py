@@ -176,11 +176,47 @@ def _same(got: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> bo
     return bool(np.all(close | both_nan))
 
 
-def _preview(values: np.ndarray, limit: int = 8) -> str:
+def _number(value: float, digits: int) -> str:
+    """An integer exactly; another number with ``digits`` significant digits."""
+    if np.isfinite(value) and value == np.round(value) and _abs(value) < 2**53:
+        return str(int(value))
+    return f"{value:.{digits}g}"
+
+
+def _digits_to_tell(expected: float, got: float) -> int:
+    """The fewest significant digits (6 at least) at which two different numbers print differently."""
+    for digits in range(6, 18):
+        if _number(expected, digits) != _number(got, digits):
+            return digits
+    return 17
+
+
+def _preview(values: np.ndarray, digits: int = 6, limit: int = 8) -> str:
     flat = values.ravel()
-    shown = ", ".join(f"{v:.6g}" for v in flat[:limit])
+    shown = ", ".join(_number(v, digits) for v in flat[:limit])
     more = f", ... ({flat.size} values, shape {tuple(values.shape)})" if flat.size > limit else ""
     return f"[{shown}{more}]"
+
+
+def _difference(got: np.ndarray, expected: np.ndarray, rtol: float, atol: float, inputs=None) -> str:
+    """How many values differ, and the first one: its index, its input when given, expected and got."""
+    both_nan = np.isnan(got) & np.isnan(expected)
+    differs = ~((np.abs(got - expected) <= atol + rtol * np.abs(expected)) | both_nan)
+    first = tuple(int(i) for i in np.argwhere(differs)[0]) if differs.any() else ()
+    want, have = float(expected[first]), float(got[first])
+    digits = _digits_to_tell(want, have)
+    where = f" at index {list(first)}" if first else ""
+    if inputs is not None:
+        input_array = _as_array(inputs)
+        if input_array.shape == expected.shape:
+            where += f" (input {_number(float(input_array[first]), 9)})"
+    if expected.size == 1:
+        return f"expected {_number(want, digits)}, got {_number(have, digits)}"
+    head = f"{int(differs.sum())} of {expected.size} values differ; the first{where}: "
+    detail = f"expected {_number(want, digits)}, got {_number(have, digits)}"
+    if expected.size <= 8:
+        detail += f" (expected {_preview(expected, digits)}, got {_preview(got, digits)})"
+    return head + detail
 
 
 def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e-8) -> str | None:
@@ -204,7 +240,7 @@ def explain(key: str | None) -> str:
     return f" This matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
 
 
-def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8) -> None:
+def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8, inputs=None) -> None:
     """Raise ``CheckFailed`` unless ``got`` equals ``expected`` within tolerance (elementwise, same shape).
 
     Args:
@@ -212,6 +248,7 @@ def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1
         got, expected: numbers, numpy arrays or tensors.
         misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``,
             or a list of such ``(key, wrong answer)`` pairs.
+        inputs: the input value behind each expected value (same shape), shown for the first difference.
     """
     got_array, expected_array = _as_array(got), _as_array(expected)
     if _same(got_array, expected_array, rtol, atol):
@@ -219,30 +256,49 @@ def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1
     if got_array.shape != expected_array.shape:
         detail = f"expected shape {tuple(expected_array.shape)}, got shape {tuple(got_array.shape)}"
     else:
-        detail = f"expected {_preview(expected_array)}, got {_preview(got_array)}"
+        detail = _difference(got_array, expected_array, rtol, atol, inputs)
     key = matching_misconception(got, misconceptions, rtol, atol) or _diagnose_integers(got_array, expected_array)
     raise CheckFailed(f"{what}: {detail}{explain(key)}")
 
 
 def _diagnose_integers(got: np.ndarray, expected: np.ndarray) -> str | None:
-    """Recognise the usual rounding and clamping mistakes by how ``got`` differs from ``expected``."""
+    """Recognise the usual rounding and clamping mistakes by how ``got`` differs from ``expected``.
+
+    Each rule names a mistake only when the values show its own signature, so that another mistake
+    is not given its name: all-zero outputs are not "clamped to [0, 255]", ties rounded the wrong
+    way only on the negative side are not "floored or truncated", a NaN where 2.5 was expected is
+    not the all-zero case.
+    """
     if got.shape != expected.shape or got.size == 0:
         return None
     if np.isfinite(expected).all() and ((expected < -128).any() or (expected > 127).any()):
         return None  # not an int8 result (a bias, say): these int8 rules do not apply
     if np.isnan(got).any() and not np.isnan(expected).any():
-        return "zero_scale"
+        # 0 / 0: a zero scale divides zeros, so NaN appears exactly where zeros were expected
+        return "zero_scale" if (expected[np.isnan(got)] == 0).all() else None
     if not np.all(np.isfinite(got)) or not np.all(got == np.round(got)):
         return None
     if (got < -128).any() or (got > 127).any():
         return "clamp_unsigned" if got.min() >= 0 and got.max() <= 255 else "no_clamp"
-    if (expected < 0).any() and got.min() >= 0 and (got[expected < 0] == 0).all():
+    negative = expected < 0
+    if (
+        negative.any()
+        and (got[negative] == 0).all()
+        and np.array_equal(got[~negative], expected[~negative])
+        and (expected[~negative] > 0).any()
+    ):
         return "clamp_unsigned"
     differs = got != expected
     if (expected == -128).any() and np.array_equal(got[differs], np.full(differs.sum(), -127.0)):
         return "clamp_127"
-    if np.all(_abs(got - expected) <= 1) and (np.all(got <= expected) or np.all(np.abs(got) <= np.abs(expected))):
-        return "floor_not_round"
+    steps = got[differs] - expected[differs]
+    if not np.all(_abs(steps) == 1):
+        return None
+    if np.all(steps == -1):
+        return "floor_not_round"  # floor: one below wherever it differs
+    towards_zero = np.all(_abs(got[differs]) < _abs(expected[differs]))
+    if towards_zero and (expected[differs] > 0).any() and (expected[differs] < 0).any():
+        return "floor_not_round"  # trunc or int(): one closer to zero, on both sides
     return None
 
 

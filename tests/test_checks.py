@@ -15,8 +15,31 @@ def test_equal_values_pass_and_nan_matches_nan():
 
 
 def test_message_shows_expected_and_got():
-    with pytest.raises(CheckFailed, match=r"f\(x\): expected \[1, 2\], got \[1, 3\]"):
+    with pytest.raises(CheckFailed, match=r"f\(x\): 1 of 2 values differ; .*expected \[1, 2\], got \[1, 3\]"):
         check_close("f(x)", [1.0, 3.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("got", "expected", "shown"),
+    [
+        ((1288490188, 32), (1288490189, 32), "expected 1288490189, got 1288490188"),  # integers in full
+        ([0.36000001], [0.36], "expected 0.36, got 0.36000001"),  # as many digits as it takes
+        (
+            np.arange(100.0) + (np.arange(100) == 57),
+            np.arange(100.0),
+            "1 of 100 values differ; the first at index [57]",
+        ),
+    ],
+)
+def test_a_failure_shows_the_values_that_differ_never_identical_previews(got, expected, shown):
+    with pytest.raises(CheckFailed) as error:
+        check_close("f(x)", got, expected, rtol=0, atol=0)
+    assert shown in str(error.value)
+
+
+def test_the_first_difference_shows_its_input():
+    with pytest.raises(CheckFailed, match=r"at index \[1, 0\] \(input -2.5\): expected -3, got -2"):
+        check_close("q", [[1.0, 2.0], [-2.0, 0.0]], [[1.0, 2.0], [-3.0, 0.0]], inputs=[[1.0, 2.0], [-2.5, 0.0]])
 
 
 def test_shape_mismatch_is_reported_as_such():
@@ -38,6 +61,20 @@ def test_integer_mistakes_are_recognised(got, expected, key):
     with pytest.raises(CheckFailed) as error:
         check_close("q", got, expected)
     assert MISCONCEPTIONS[key] in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("got", "expected", "not_key"),
+    [
+        ([0.0, 0.0, 0.0], [-3.0, 5.0, 2.0], "clamp_unsigned"),  # all zeros: swapped arguments, not a [0, 255] clamp
+        ([-2.0, 3.0, -4.0, 4.0], [-3.0, 3.0, -4.0, 4.0], "floor_not_round"),  # -2.5 -> -2: a tie, not a floor
+        ([float("nan")], [2.5], "zero_scale"),  # a one-element sample std, not the all-zero case
+    ],
+)
+def test_a_mistake_is_not_named_where_the_values_lack_its_signature(got, expected, not_key):
+    with pytest.raises(CheckFailed) as error:
+        check_close("q", got, expected)
+    assert MISCONCEPTIONS[not_key] not in str(error.value)
 
 
 def test_int8_rules_stay_out_of_int32_results():
