@@ -117,7 +117,9 @@ def test_judge_scores_the_record_and_computes_inputs_itself():
 
 def test_judge_replays_a_students_error_and_never_runs_student_names():
     error = {("double_test", 2): {"error": {"type": "NotImplementedError", "message": "later"}}}
-    assert Judge.from_source(TINY).judge(error)["double_test"].message == "NotImplementedError: later"
+    assert Judge.from_source(TINY).judge(error)["double_test"].message == (
+        "NotImplementedError: later (raised by `y = double(x)`)"
+    )
     broken = _notebook(*[(k, g, s) for k, g, s in [("solution", "impl", "def f():\n    return 1")]])
     broken.cells.append(_notebook(("test", "uses_f", "check = 1\nprint(f.value)")).cells[0])
     with pytest.raises(JudgeFault):
@@ -281,6 +283,19 @@ def test_watchdog_kills_the_worker_of_an_overdue_job(tmp_path):
     (tmp_path / "worker").write_text(f"{worker.pid} {time.time() - 11 - JOB_GRACE_SECONDS}")
     assert _overdue(tmp_path, Limits(notebook_timeout=10))
     assert worker.wait(timeout=10) == -9
+
+
+@pytest.mark.parametrize(
+    ("type_name", "message", "hint"),
+    [
+        ("OverflowError", "Python int too big to convert to C long", "a shift of 63 or more"),
+        ("RuntimeError", "Boolean value of Tensor with more than one value is ambiguous", "(scale <= 0).any()"),
+    ],
+)
+def test_a_raw_error_gets_the_call_that_raised_it_and_a_hint(type_name, message, hint):
+    error = {("double_test", 2): {"error": {"type": type_name, "message": message}}}
+    verdict = Judge.from_source(TINY).judge(error)["double_test"].message
+    assert verdict.startswith(f"{type_name}: {message}") and "`y = double(x)`" in verdict and hint in verdict
 
 
 def test_a_quantized_tensor_is_refused_with_a_message_that_says_what_to_return():

@@ -4,6 +4,7 @@ Every wrong implementation is patched into the solution notebook right after its
 cell, and the notebook's own test cells (visible and hidden) run against it.
 """
 
+import re
 import textwrap
 
 import pytest
@@ -337,12 +338,21 @@ def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch
     assert naming, f"{key}: these tests failed without naming it: {failed}"
     function = _patched_function(patch)
     assert any(function in failed[grade_id] for grade_id in naming), f"{key}: no message names {function}: {failed}"
+    for grade_id, message in failed.items():
+        named = {name for name, text in MISCONCEPTIONS.items() if text in message}
+        others = named - {key} - ALSO_MATCHES.get(key, set())
+        assert not others, f"{key}: {grade_id} names {others}, which this value does not match: {message}"
+        shown = re.search(r"expected (\[[^\]]*\]|\S+), got (\[[^\]]*\]|\S+)", message)
+        assert not (shown and shown.group(1) == shown.group(2)), f"{key}: {grade_id} shows identical values: {message}"
+
+
+#: Mistakes whose values are, on some test's inputs, exactly those of another named mistake: naming
+#: that other one there is true of the value. Every other name in a message is a wrong diagnosis.
+ALSO_MATCHES: dict[str, set[str]] = {}
 
 
 def _patched_function(patch: str) -> str:
     """The function a wrong implementation replaces, as a failure message should name it."""
-    import re
-
     assigned = re.search(r"^(\w+)\.(\w+) = ", patch, flags=re.MULTILINE)
     if assigned:
         return assigned.group(2)

@@ -317,7 +317,13 @@ def _replay(record: dict | None, statement) -> dict:
         raise NotRecorded()
     error = record.get("error")
     if isinstance(error, dict):
-        raise StudentError(str(error.get("type", "Error"))[:100], str(error.get("message", ""))[:2000])
+        type_name, message = str(error.get("type", "Error"))[:100], str(error.get("message", ""))[:2000]
+        if type_name == "NotImplementedError" and not message.strip():
+            raise StudentError(type_name, "")  # the stub: failure_message says so in its own words
+        call = " ".join(statement.source.split())
+        call = call if len(call) <= 160 else call[:159] + "…"
+        hint = error_hint(type_name, message)
+        raise StudentError(type_name, f"{message.split(chr(10))[0]} (raised by `{call}`){hint}")
     values = record.get("values")
     if not isinstance(values, dict) or set(values) != set(statement.binds):
         raise NotRecorded()
@@ -335,6 +341,36 @@ def _replay(record: dict | None, statement) -> dict:
 
 
 STUB = "NotImplementedError: a function this test calls is still the stub (it raises NotImplementedError)"
+
+
+#: Errors whose own text does not say what went wrong in the student's code: (type, words in the message, hint).
+ERROR_HINTS = (
+    (
+        "OverflowError",
+        "too big to convert",
+        "an integer beyond 64 bits: a shift of 63 or more, or 1 << shift with a large shift? The docstring says "
+        "what such a shift gives",
+    ),
+    (
+        "RuntimeError",
+        "Boolean value of Tensor with more than one value is ambiguous",
+        "a tensor of several values was used as one True or False (an `if` on a tensor of scales?): test it "
+        "with torch operations such as (scale <= 0).any()",
+    ),
+    (
+        "RuntimeError",
+        "result type Float can't be cast to the desired output type",
+        "a float result was written into an integer tensor: round and convert with .to(dtype) first",
+    ),
+)
+
+
+def error_hint(type_name: str, message: str) -> str:
+    """``'; hint: ...'`` for an error that ``ERROR_HINTS`` knows, else ''."""
+    for known_type, words, hint in ERROR_HINTS:
+        if type_name == known_type and words in message:
+            return f"; hint: {hint}"
+    return ""
 
 
 def failure_message(exc: BaseException) -> str:
