@@ -147,6 +147,18 @@ MISCONCEPTIONS = {
         "the search looks like it compared the codes quantize(x, s, ...) with x; compare the dequantized "
         "values quantize(x, s, ...) * s with x"
     ),
+    "sample_std": (
+        "the standard deviation looks like the sample one, divided by n - 1: the docstring asks for the "
+        "population standard deviation of |x|, divided by n"
+    ),
+    "wrapped_not_saturated": (
+        "values beyond [-128, 127] wrapped around (500 became -12) instead of saturating: converting to "
+        "torch.int8 keeps only the low 8 bits, so clamp before converting"
+    ),
+    "int16_accumulator": (
+        "the accumulators look as if they were held in int16 and wrapped around: a layer's sum of hundreds of "
+        "int8 x int8 products needs far more than 16 bits (section 4.9), keep it in int32"
+    ),
     "per_tensor_scale": (
         "one scale for the whole tensor: per-channel quantization gives each output channel c (dim 0) "
         "its own scale max|w[c]| / (2**(bits-1) - 1)"
@@ -220,24 +232,32 @@ def _difference(got: np.ndarray, expected: np.ndarray, rtol: float, atol: float,
 
 
 def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e-8) -> str | None:
-    """The key of the first candidate wrong answer equal to ``got``, or None.
+    """The key of the candidate wrong answer equal to ``got``, or None.
 
     ``candidates`` maps keys of ``MISCONCEPTIONS`` to wrong answers, as a dict or as a list of
-    ``(key, wrong answer)`` pairs when one misconception has several forms.
+    ``(key, wrong answer)`` pairs when one misconception has several forms. When the wrong answers of
+    several misconceptions are all equal to ``got``, the value cannot tell them apart: the keys are
+    joined with ``|``, and ``explain`` names each.
     """
     got_array = _as_array(got)
     pairs = candidates.items() if isinstance(candidates, dict) else (candidates or [])
+    matched = []
     for key, wrong in pairs:
         wrong_array = _as_array(wrong)
-        if wrong_array.shape == got_array.shape and _same(got_array, wrong_array, rtol, atol):
-            return key
-    return None
+        if wrong_array.shape == got_array.shape and _same(got_array, wrong_array, rtol, atol) and key not in matched:
+            matched.append(key)
+    return "|".join(matched) or None
 
 
 def explain(key: str | None) -> str:
-    """The sentence that names misconception ``key`` in a failure message ('' for None)."""
+    """The sentence that names misconception ``key`` (or each of ``a|b``) in a failure message ('' for None)."""
+    if not key:
+        return ""
     # One line: the grader reports the first line of a failure.
-    return f" This matches a known misconception: {MISCONCEPTIONS[key]}." if key else ""
+    sentences = [MISCONCEPTIONS[part] for part in key.split("|")]
+    if len(sentences) == 1:
+        return f" This matches a known misconception: {sentences[0]}."
+    return " This matches more than one known misconception: " + "; or ".join(sentences) + "."
 
 
 def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8, inputs=None) -> None:

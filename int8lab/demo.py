@@ -127,6 +127,10 @@ def run(out_dir: Path, json_path: Path | None, solutions: Path | None = None) ->
         print(f"int8lab demo: {exc}", file=sys.stderr)
         return 1
     print(format_table(results))
+    from .engine import choose_engine, cpu_features
+
+    # The engine rows depend on the machine (notebook 4.8): say which kernels produced them.
+    print(f"PyTorch int8 engine: {choose_engine()} on {cpu_features()}")
     print(f"\nexecuted notebooks and figures: {out_dir}   ({time.perf_counter() - started:.1f} s)")
     missing = [key for key in TABLE if key not in results]
     if json_path:

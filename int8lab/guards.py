@@ -27,7 +27,8 @@ def diagnose(values: torch.Tensor, layer: str, low: int = INT8_MIN, high: int = 
     if values.numel() == 0:
         return None
     if torch.isnan(values).any():
-        return f"input to {layer} contains NaN.{explain('zero_scale')}"
+        # NaN comes from 0/0 or inf - inf: a scale of 0 is one way, an overflow to inf is another, so no name
+        return f"input to {layer} contains NaN (from 0/0 or inf - inf: a scale of 0, or values that overflowed)"
     lo, hi = values.min().item(), values.max().item()
     seen = f"input to {layer} ranges over [{lo:.4g}, {hi:.4g}], outside the int8 range [{low}, {high}]"
     if math.isinf(lo) or math.isinf(hi):

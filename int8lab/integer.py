@@ -12,6 +12,7 @@ the forward pass dequantized somewhere. None of this computes a graded answer.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 import torch.nn as nn
@@ -73,12 +74,19 @@ class _FloatWatch(torch.overrides.TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.seen: list[str] = []
+        self.callers: set[str] = set()  # the functions the float operations ran in, to name the mistake
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         outputs = result if isinstance(result, (tuple, list)) else (result,)
         if any(isinstance(out, torch.Tensor) and out.is_floating_point() for out in outputs):
             self.seen.append(getattr(func, "__name__", repr(func)))
+            frame = sys._getframe(1)
+            for _ in range(12):
+                if frame is None:
+                    break
+                self.callers.add(frame.f_code.co_name)
+                frame = frame.f_back
         return result
 
 
@@ -89,6 +97,8 @@ def _without_float(call, what: str, misconception: str):
         result = call()
     if watch.seen:
         ops = ", ".join(dict.fromkeys(watch.seen))
+        if "requantize" in watch.callers:  # forward is integer; the float arithmetic is in requantize
+            misconception, what = "float_requantize", f"{what} (in requantize)"
         raise IntegerPipelineError(f"{what} computed in float ({ops}).{explain(misconception)}")
     return result
 

@@ -222,6 +222,15 @@ INTEGER_ONLY = [
         "04_integer_only",
         _integer_forward("x = requantize(self.accumulate(name, x), *self.multipliers[name])"),
     ),
+    (
+        "int16_accumulator",
+        "04_integer_only",
+        _integer_forward(
+            "accumulator = (self.accumulate(name, x) + self.biases.get(name, 0)).to(torch.int16).to(torch.int32)\n"
+            "        x = requantize(accumulator, *self.multipliers[name])"
+        ),
+    ),
+    ("wrapped_not_saturated", "04_integer_only", _requantize().replace("torch.clamp(rounded, -128, 127)", "rounded")),
 ]
 WRONG_IMPLEMENTATIONS += INTEGER_ONLY
 
@@ -280,6 +289,14 @@ def quantized_weights_per_channel(weights, bits=8):
 """
 
 
+PER_CHANNEL_ZERO_SCALE = """
+def quantized_weights_per_channel(weights, bits=8):
+    scales = weights.abs().reshape(weights.shape[0], -1).amax(dim=1) / (2 ** (bits - 1) - 1)
+    shaped = scales.reshape(-1, *([1] * (weights.dim() - 1)))
+    return torch.clamp(torch.round(weights / shaped), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1), scales
+"""
+
+
 def _per_channel(largest, shape):
     return PER_CHANNEL_TEMPLATE.format(largest=largest, shape=shape)
 
@@ -305,6 +322,18 @@ RANGES_AND_BITS = [
             "1, -1, *([1] * (weights.dim() - 2))",
         ),
     ),
+    ("no_clamp", "05_ranges_and_bits", _quantize("(-math.inf, math.inf)", "(-math.inf, math.inf)")),
+    (
+        "sample_std",
+        "05_ranges_and_bits",
+        _threshold(sigma="float(min(statistics.mean() + k * statistics.std(ddof=1), largest))"),
+    ),
+    (
+        "max_not_abs",
+        "05_ranges_and_bits",
+        _per_channel("weights.reshape(weights.shape[0], -1).amax(dim=1)", "-1, *([1] * (weights.dim() - 1))"),
+    ),
+    ("zero_scale", "05_ranges_and_bits", PER_CHANNEL_ZERO_SCALE),
 ]
 WRONG_IMPLEMENTATIONS += RANGES_AND_BITS
 
@@ -348,7 +377,18 @@ def test_wrong_implementation_fails_a_check_that_names_it(key, assignment, patch
 
 #: Mistakes whose values are, on some test's inputs, exactly those of another named mistake: naming
 #: that other one there is true of the value. Every other name in a message is a wrong diagnosis.
-ALSO_MATCHES: dict[str, set[str]] = {}
+ALSO_MATCHES: dict[str, set[str]] = {
+    # These weight mutants compute their scale with no guard for an all-zero tensor: a second, real mistake.
+    "range_scale": {"zero_scale"},
+    "scale_128": {"zero_scale"},
+    # This one returns 0 for all-zero activations, the all-zero case's mistake too.
+    "chain_previous_only": {"zero_scale"},
+    # Multiplying by the tiny weight scale rounds every logit to 0, as multiplying by the output scale does.
+    "multiplied_weight_scale": {"multiplied_scale"},
+    "multiplied_scale": {"multiplied_weight_scale"},
+    # conv1 has one input channel: one scale per input channel is then one scale for the whole tensor.
+    "per_input_channel": {"per_tensor_scale"},
+}
 
 
 def _patched_function(patch: str) -> str:
