@@ -250,7 +250,7 @@ def plot_bit_sweep(bits, curves: Mapping[str, Mapping[int, float]], float_accura
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 102)
     ax.set_title("Fewer bits: where the network breaks")
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the curves span the axes
     return fig
 
 
@@ -267,17 +267,26 @@ def plot_recipe_grid(bits, rows: Mapping[str, Mapping[int, float]], float_accura
     bits, labels = list(bits), list(rows)
     table = np.array([[rows[label][b] for b in bits] for label in labels])
     fig, ax = plt.subplots(figsize=(1.1 * len(bits) + 4.5, 0.42 * len(labels) + 1.6), constrained_layout=True)
-    image = ax.imshow(table, cmap="RdYlGn", vmin=10.0, vmax=float_accuracy, aspect="auto")
+    # cividis reads the same with red-green colour blindness; the numbers carry the values anyway
+    image = ax.imshow(table, cmap="cividis", vmin=10.0, vmax=float_accuracy, aspect="auto")
+    middle = (10.0 + float_accuracy) / 2
     for i, row in enumerate(table):
         tipped = False
         for j, value in enumerate(row):
             lost = float_accuracy - value > tolerance
             ax.text(
-                j, i, f"{value:.1f}", ha="center", va="center", fontsize="small", fontweight="bold" if lost else None
+                j,
+                i,
+                f"{value:.1f}",
+                ha="center",
+                va="center",
+                fontsize="small",
+                fontweight="bold" if lost else None,
+                color="white" if value < middle else "black",  # contrast on cividis' dark blue and light yellow
             )
             if lost and not tipped:
                 tipped = True
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=2.5))
     ax.set_xticks(range(len(bits)), [f"{b} bits" for b in bits])
     ax.set_yticks(range(len(labels)), labels, fontsize="small")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
@@ -298,11 +307,12 @@ def plot_layer_sensitivity(bits, accuracies: Mapping[str, Mapping[int, float]], 
     for k, name in enumerate(names):
         x = np.arange(len(bits)) + (k - (len(names) - 1) / 2) * width
         bars = ax.bar(x, [accuracies[name][b] for b in bits], width, label=name)
-        ax.bar_label(bars, labels=[f"{accuracies[name][b]:.0f}" for b in bits], fontsize="x-small")
+        ax.bar_label(bars, labels=[f"{accuracies[name][b]:.1f}" for b in bits], fontsize="x-small", rotation=90)
     ax.axhline(float_accuracy, color="black", linestyle="--", label=f"float ({float_accuracy:.1f}%)")
+    ax.axhspan(float_accuracy - 1.0, float_accuracy, color="tab:gray", alpha=0.2, label="within 1 point of float")
     ax.set_xticks(range(len(bits)), [f"{b} bits" for b in bits])
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112)  # room for the rotated labels above the tallest bars
     ax.set_title("One layer at a time: its weights and its output at b bits, the rest float")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
     return fig
@@ -332,5 +342,5 @@ def plot_clip_thresholds(values: np.ndarray, thresholds: Mapping[str, float], ti
     ax.set_xlabel("|value|")
     ax.set_ylabel("count (log)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: off the histogram
     return fig

@@ -11,6 +11,7 @@ graded function (see ``SimulatedQuantization``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,8 +74,11 @@ class SimulatedQuantization:
         images, labels: the evaluation set, float32 (N, C, 32, 32) and int64 (N,).
 
     Thresholds, weights and accuracies are computed once per recipe and kept: the sweeps of the
-    notebook ask for the same ones many times. A threshold of 0 (an all-zero tensor) gives a
-    scale of 1.0, which quantizes zeros exactly. The "mse" search runs on ``mse_sample(values)``.
+    notebook ask for the same ones many times. With ``persistent``, which images each recipe gets
+    right is also kept on disk (``_ResultStore``), so that running the notebook again with the same
+    functions and network costs nothing; a changed function gets results of its own. A threshold of 0
+    (an all-zero tensor) gives a scale of 1.0, which quantizes zeros exactly. The "mse" search runs on
+    ``mse_sample(values)``.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class SimulatedQuantization:
         quantized_weights_per_channel: Callable,
         images: torch.Tensor,
         labels: torch.Tensor,
+        persistent: bool = False,
     ):
         self.net, self.calibration = net, calibration
         self.quantize, self.clip_threshold = quantize, clip_threshold
@@ -93,15 +98,40 @@ class SimulatedQuantization:
         self.images, self.labels = images, labels
         self._thresholds: dict = {}
         self._weights: dict = {}
-        self._accuracies: dict[Recipe, float] = {}
+        self._correct: dict[Recipe, np.ndarray] = {}
+        self._store = _ResultStore(self) if persistent else None
+
+    def correct(self, recipe: Recipe) -> np.ndarray:
+        """Whether each evaluation image is classified right under ``recipe``: bool array (N,)."""
+        if recipe not in self._correct:
+            stored = self._store.get(recipe) if self._store else None
+            if stored is None or stored.shape != self.labels.shape:
+                with torch.no_grad():
+                    logits = self.logits(recipe)
+                stored = (logits.argmax(dim=1) == self.labels).numpy()
+                if self._store:
+                    self._store.put(recipe, stored)
+            self._correct[recipe] = stored
+        return self._correct[recipe]
 
     def accuracy(self, recipe: Recipe) -> float:
         """Top-1 accuracy in percent of the network quantized by ``recipe`` on the evaluation set."""
-        if recipe not in self._accuracies:
-            with torch.no_grad():
-                logits = self.logits(recipe)
-            self._accuracies[recipe] = 100.0 * float((logits.argmax(dim=1) == self.labels).float().mean())
-        return self._accuracies[recipe]
+        return 100.0 * float(self.correct(recipe).mean())
+
+    def difference_interval(
+        self, recipe: Recipe, baseline: Recipe, level: float = 0.95, resamples: int = 2000, seed: int = 0
+    ) -> tuple[float, float]:
+        """A paired bootstrap interval, in points, of ``accuracy(recipe) - accuracy(baseline)``.
+
+        The evaluation images are resampled with replacement (the same images for both recipes), so the
+        interval says how much of the difference one set of test images can tell apart, not how it would
+        vary with another training run.
+        """
+        ours, theirs = self.correct(recipe).astype(np.float64), self.correct(baseline).astype(np.float64)
+        picks = np.random.default_rng(seed).integers(0, len(ours), size=(resamples, len(ours)))
+        differences = 100.0 * (ours[picks].mean(axis=1) - theirs[picks].mean(axis=1))
+        low, high = np.percentile(differences, [50 * (1 - level), 50 * (1 + level)])
+        return float(low), float(high)
 
     def float_accuracy(self) -> float:
         return self.accuracy(Recipe())
@@ -188,3 +218,49 @@ def smallest_safe_bits(accuracies: dict[int, float], reference: float, tolerance
             break
         safe = bits
     return safe
+
+
+class _ResultStore:
+    """Which images each recipe got right, on disk under the model cache, for one set of inputs.
+
+    The file's name is a hash of everything the results depend on: the code of the three functions
+    (and of what they were compiled from), the network's weights, the calibration data and the
+    evaluation images. A store that cannot be read or written (a read-only cache, as in grading) is
+    simply not used.
+    """
+
+    def __init__(self, lab: SimulatedQuantization):
+        import hashlib
+        import marshal
+
+        from .data import cache_dir
+
+        digest = hashlib.sha256()
+        for function in (lab.quantize, lab.clip_threshold, lab.per_channel_weights):
+            code = getattr(function, "__code__", None)
+            digest.update(marshal.dumps(code) if code is not None else repr(function).encode())
+        for tensor in lab.net.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        for name in sorted(lab.calibration):
+            digest.update(np.ascontiguousarray(lab.calibration[name]).tobytes())
+        digest.update(lab.images.numpy().tobytes() + lab.labels.numpy().tobytes())
+        self.path = cache_dir() / "simulated" / f"{digest.hexdigest()[:32]}.npz"
+        self.saved: dict[str, np.ndarray] = {}
+        try:
+            with np.load(self.path) as stored:
+                self.saved = {key: stored[key] for key in stored.files}
+        except (OSError, ValueError):
+            pass
+
+    def get(self, recipe: Recipe) -> np.ndarray | None:
+        return self.saved.get(repr(recipe))
+
+    def put(self, recipe: Recipe, correct: np.ndarray) -> None:
+        self.saved[repr(recipe)] = correct
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(f".{os.getpid()}.npz")
+            np.savez(partial, **self.saved)
+            os.replace(partial, self.path)  # whole or not at all: another kernel may read it meanwhile
+        except OSError:
+            pass

@@ -122,6 +122,43 @@ def test_accuracies_are_cached_per_recipe(lab):
         lab.net.fc3.weight.data.mul_(-1)
 
 
+def test_a_difference_interval_covers_the_difference_and_shrinks_to_it_when_equal(lab):
+    """Paired bootstrap over the test images: a recipe against itself differs by exactly 0; a damaging one's
+    interval holds its measured difference."""
+    same = lab.difference_interval(Recipe(weight_bits=4), Recipe(weight_bits=4))
+    assert same == (0.0, 0.0)
+    damaged, baseline = Recipe(weight_bits=2, activation_bits=2), Recipe()
+    low, high = lab.difference_interval(damaged, baseline)
+    measured = lab.accuracy(damaged) - lab.accuracy(baseline)
+    assert low <= measured <= high and high < 0 and high - low < 20
+
+
+def test_results_persist_for_the_same_functions_and_not_for_changed_ones(
+    float_net, digits_loaders, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path))
+    calibration = profile_activations(float_net, digits_loaders[1], max_samples=200)
+    images, labels = (torch.cat(parts) for parts in zip(*digits_loaders[1], strict=True))
+
+    def build(threshold):
+        return SimulatedQuantization(
+            float_net, calibration, quantize, threshold, per_channel, images, labels, persistent=True
+        )
+
+    first = build(max_threshold)
+    accuracy = first.accuracy(Recipe(weight_bits=3, activation_bits=3))
+    assert list((tmp_path / "simulated").glob("*.npz"))
+    again = build(max_threshold)
+    monkeypatch.setattr(again, "logits", lambda recipe: pytest.fail("recomputed a stored recipe"))
+    assert again.accuracy(Recipe(weight_bits=3, activation_bits=3)) == accuracy
+
+    def halved_threshold(values, method, bits=8, signed=True):
+        return max_threshold(values, method, bits, signed) / 2
+
+    changed = build(halved_threshold)
+    assert changed._store.path != first._store.path and changed._store.get(Recipe(weight_bits=3)) is None
+
+
 def test_notebook_5_plots_label_what_they_show():
     from int8lab.plots import plot_bit_sweep, plot_clip_thresholds, plot_layer_sensitivity, plot_recipe_grid
 
@@ -133,7 +170,11 @@ def test_notebook_5_plots_label_what_they_show():
     boxed = [patch for patch in grid.axes[0].patches if not patch.get_fill()]
     assert len(boxed) == 1 and boxed[0].get_x() == 0.5  # the first width losing more than 1 point: 4 bits
     sensitivity = plot_layer_sensitivity([4, 2], {name: {4: 99.0, 2: 50.0} for name in LAYER_NAMES}, 99.0)
-    assert len(sensitivity.axes[0].patches) == 2 * len(LAYER_NAMES)
+    assert sum(len(bars) for bars in sensitivity.axes[0].containers) == 2 * len(LAYER_NAMES)
+    legend = [text.get_text() for text in sensitivity.axes[0].get_legend().get_texts()]
+    assert "within 1 point of float" in legend
+    labels = [text.get_text() for text in sensitivity.axes[0].texts]
+    assert "99.0" in labels and "50.0" in labels  # one decimal: 0.28 points is one test image
     values = np.concatenate([np.zeros(10), np.linspace(0, 5, 100)])
     histogram = plot_clip_thresholds(values, {"max": 5.0, "sigma": 2.5}, "a layer")
     labels = [text.get_text() for text in histogram.axes[0].get_legend().get_texts()]
