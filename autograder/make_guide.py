@@ -102,6 +102,12 @@ DESIGN = """\
   ($q = \\mathrm{clamp}(\\mathrm{round}(x/s))$, $s = \\max|x|/127$ for a tensor) but never the
   output-scale chain or the bias scale: a docstring says "the scale derived in 3.2", and a
   message names the misconception and points to the derivation, not to the formula.
+- Sections 4.7 to 4.9 and 5.5 to 5.8 ask the student to predict, then measure, then explain. A
+  prediction is a number or the letter of an option in a small solution cell (`answer_4_8_pair`,
+  `choice_5_7_activations`), checked only by hidden tests (`check_close`, `check_choice`), and only
+  where the answer is fixed by the arithmetic or by an effect the test suite checks with a wide
+  margin: never a latency, an engine or a random split. The explanation is graded by hand. The
+  takeaways and summaries do not state these answers.
 - Visible tests show fixed inputs and expected numbers, as any notebook test must; a student
   who reverse-engineers them still has to write the derivation, which carries its own points.
 - Notebook *n+1* starts with a correct copy of notebook *n*'s functions (locked cells), so it

@@ -92,8 +92,9 @@ MISCONCEPTIONS = {
         "62 bits, so requantize must multiply in int64"
     ),
     "float_requantize": (
-        "requantize computed in float: the hardware it models has no float unit on this path; multiply in "
-        "int64, then round with an integer shift (>> after adding half of 2**shift) and torch.where for the sign"
+        "requantize computed in float (a tensor became float32 or float64 on the way): the hardware it models has "
+        "no float unit on this path, so every step from the int32 accumulator to the int8 result, the rounding "
+        "included, must stay an integer tensor operation"
     ),
     "bias_not_added": (
         "the logits look computed without fc3's int32 bias: in IntegerOnlyNet.forward, add self.biases[name] to "
@@ -345,3 +346,20 @@ def check_true(condition: bool, message: str, misconception: str | None = None) 
     """Raise ``CheckFailed`` with ``message`` (and the named misconception) unless ``condition``."""
     if not condition:
         raise CheckFailed(message + explain(misconception))
+
+
+def check_choice(what: str, got, expected: str, wrong: dict[str, str] | None = None) -> None:
+    """Raise ``CheckFailed`` unless the option ``got`` is ``expected``: one letter, case ignored.
+
+    ``"b"``, ``"B"``, ``" b "``, ``"(b)"`` and ``"b)"`` all choose b. The message says which option
+    was chosen and, for an option in ``wrong`` (``{letter: why it is wrong}``), why it is wrong;
+    it never says which option is right.
+    """
+    if not isinstance(got, str) or not got.strip(" ().").strip():
+        raise CheckFailed(f'{what}: expected the letter of one option as a string, such as "a", got {got!r}')
+    chosen = got.strip().strip("().").strip().lower()
+    if chosen == expected.strip().lower():
+        return
+    reasons = {letter.strip().lower(): reason for letter, reason in (wrong or {}).items()}
+    reason = f" {reasons[chosen]}" if chosen in reasons else ""
+    raise CheckFailed(f'{what}: you chose "{chosen}", which is not the right option.{reason}')

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from int8lab.checks import MISCONCEPTIONS, CheckFailed, check_close, check_scale, matching_misconception
+from int8lab.checks import (
+    MISCONCEPTIONS,
+    CheckFailed,
+    check_choice,
+    check_close,
+    check_scale,
+    matching_misconception,
+)
 
 
 def test_equal_values_pass_and_nan_matches_nan():
@@ -106,3 +113,26 @@ def test_candidates_accept_several_forms_of_one_misconception():
     candidates = [("relu_misplaced", [0.0, 1.0]), ("relu_misplaced", [2.0, 1.0])]
     assert matching_misconception([2.0, 1.0], candidates) == "relu_misplaced"
     assert matching_misconception([5.0, 1.0], candidates) is None
+
+
+@pytest.mark.parametrize("got", ["b", "B", " b ", "(b)", "b)", "B."])
+def test_a_choice_ignores_case_spaces_and_brackets(got):
+    check_choice("choice_x", got, "b")
+
+
+def test_a_wrong_choice_names_the_option_chosen_and_why_it_is_wrong_never_the_right_one():
+    wrong = {"a": "A 31-bit m0 is finer than that.", "c": "Not both."}
+    with pytest.raises(CheckFailed) as error:
+        check_choice("choice_x", "A", "b", wrong)
+    message = str(error.value)
+    assert 'you chose "a"' in message and "A 31-bit m0 is finer than that." in message
+    assert '"b"' not in message and "Not both." not in message and "\n" not in message
+    with pytest.raises(CheckFailed) as error:
+        check_choice("choice_x", "d", "b", wrong)  # an option without a known reason
+    assert 'you chose "d"' in str(error.value) and '"b"' not in str(error.value)
+
+
+@pytest.mark.parametrize("got", [None, 2, "", "  ", "()", ["b"]])
+def test_a_choice_that_is_not_a_letter_says_what_is_expected(got):
+    with pytest.raises(CheckFailed, match="expected the letter of one option as a string"):
+        check_choice("choice_x", got, "b")

@@ -53,7 +53,7 @@ def test_every_test_cell_has_a_docstring_and_a_named_grade_id(assignment):
 
 
 def _solution_names(cells) -> set[str]:
-    """The functions and classes the student writes, in snake case (NetQuantized -> net_quantized)."""
+    """What the student writes: functions and classes in snake case (NetQuantized -> net_quantized), answers."""
     import re
 
     names = set()
@@ -61,6 +61,7 @@ def _solution_names(cells) -> set[str]:
         if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and cell["cell_type"] == "code":
             for name in re.findall(r"^\s*(?:def|class) (\w+)", "".join(cell["source"]), flags=re.MULTILINE):
                 names.add(re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+            names.update(re.findall(r"^(\w+) *=", "".join(cell["source"]), flags=re.MULTILINE))  # choice_4_7 = "b"
     return names
 
 
