@@ -119,18 +119,25 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
 
 
 def _check_notebook_5_claims(recorded: dict) -> None:
-    """What notebook 5's text says of its measurements (section 5.8's "What to take away"), on this run."""
+    """What notebook 5's text and its autograded answers say of its measurements, on this run.
+
+    Where a claim compares two recipes, it is checked on the 95% bootstrap interval the notebook prints,
+    not on the two accuracies alone: one test image is 0.28 points.
+    """
     float_accuracy = recorded["ranges/float"]
     grid = {key: value for key, value in recorded.items() if key.startswith("ranges/grid/")}
     assert len(grid) == 16 * 3
     assert all(abs(v - float_accuracy) <= 1.0 for k, v in grid.items() if k.endswith("/8")), grid
     assert all(float_accuracy - v > 1.0 for k, v in grid.items() if k.endswith("/2")), grid
-    assert recorded["ranges/weights/2/per_channel"] >= recorded["ranges/weights/2/per_tensor"] + 20.0
-    for bits in (4, 3, 2):
-        assert recorded[f"ranges/activations/{bits}/unsigned"] >= recorded[f"ranges/activations/{bits}/signed"]
+    # choice_5_7_weights is (c): per channel better by more than 10 points at 2-bit weights
+    assert recorded["ranges/intervals/weights/2/low"] > 10.0
+    # choice_5_7_activations is (c): signed near chance, unsigned above 80%, and the gap is no accident
     assert recorded["ranges/activations/2/signed"] < 20.0 and recorded["ranges/activations/2/unsigned"] > 80.0
+    assert recorded["ranges/intervals/activations/2/low"] > 0.0
+    # the 5.7 model answer: at 3 bits "mse" keeps the unsigned activations most accurate, beyond "max" for sure
     by_method = {m: recorded[f"ranges/activations/3/unsigned/{m}"] for m in ("max", "percentile", "sigma", "mse")}
     assert by_method["mse"] == max(by_method.values()), by_method
+    assert recorded["ranges/intervals/methods/3/mse/low"] > 0.0
     assert recorded["bits3_best"] > recorded["bits3_max"]
 
 
