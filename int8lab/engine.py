@@ -7,13 +7,11 @@ of 400 calibration images, int32 accumulators. What differs: its activations are
 requantize with a float multiplier.
 
 Which kernels run depends on the machine: ``choose_engine`` takes x86 (fbgemm and oneDNN) where
-PyTorch has it, else qnnpack (ARM). On an x86 CPU without VNNI (AVX2 only), fbgemm multiplies
-uint8 activations by int8 weights with ``vpmaddubsw``, which adds each *pair* of products in
-saturating int16 before the int32 sum: with full-range uint8 activations a pair can reach
-2 x 255 x 128 = 65,280 and is clipped to 32,767. PyTorch's default ``reduce_range=True`` keeps
-activations to 7 bits (0..127), so a pair stays within 2 x 127 x 128 = 32,512 and nothing
-saturates, on any CPU. ``pair_saturated_linear`` models that instruction, so the effect can be
-measured on any machine.
+PyTorch has it, else qnnpack (ARM). fbgemm's AVX2 kernels multiply uint8 activations by int8
+weights with ``vpmaddubsw``, which adds each *pair* of products in saturating int16 before the
+int32 sum. ``pair_saturated_linear`` models that instruction, so its
+effect can be measured on any machine; notebook 4.8 asks what it means for 8-bit and 7-bit
+activations (``reduce_range``).
 """
 
 from __future__ import annotations
@@ -117,8 +115,8 @@ def torch_int8_model(
     Args:
         float_net: a trained ``Net`` or ``NetWithBias`` (float32), left unchanged.
         calibration: images to observe the activations' ranges on (the first ``max_samples``).
-        reduce_range: activations on 7 bits (0..127), PyTorch's default, which keeps fbgemm's int16
-            pair sums from saturating on CPUs without VNNI; False uses all 8 bits (0..255).
+        reduce_range: activations on 7 bits (codes 0..127 for the calibrated range), PyTorch's default;
+            False uses all 8 bits (0..255).
         engine: the quantized engine (``choose_engine()`` when None).
 
     Returns:

@@ -1,6 +1,7 @@
 """Integer kernels for notebook 4: convolution, matrix product and pooling on real int8 tensors.
 
-PyTorch has no integer convolution on the CPU, so ``conv2d_int32`` lays the input's patches
+PyTorch's ``F.conv2d`` refuses plain integer tensors (its quantized kernels work on quantized tensor
+types and hide the accumulator), so ``conv2d_int32`` lays the input's patches
 out as rows (``Tensor.unfold``, a view that works for any dtype) and multiplies them by the
 filters with an int32 matrix product. Every product of two int8 values and every partial sum
 is an integer, so the result is exact as long as the sum fits in int32.
