@@ -185,7 +185,9 @@ def _assignment_section(assignment: str, catalogue, named_in: dict[str, list[str
     lines += [f"| {_cell(what)} | {_cell(value)} | `{where}` |" for what, value, where in EXPECTED[assignment]]
     lines.append("")
     for grade_id, points, question, answer in derivations:
-        heading = question.splitlines()[0].lstrip("# ").strip()
+        # The question's own heading: a cell can open with the end of the section before it.
+        headings = [line for line in question.splitlines() if line.startswith("#")]
+        heading = (headings[-1] if headings else question.splitlines()[0]).lstrip("# ").strip()
         lines += [f"### {heading}: `{grade_id}`", "", "Model answer, rubric and examples, from the source cell:", ""]
         lines += ["> " + line if line else ">" for line in answer.splitlines()]
         lines.append("")
