@@ -548,3 +548,27 @@ def test_student_markup_keeps_no_class_of_the_page(tmp_path):
     assert table in rendered
     page = _page(clean, tmp_path)
     assert 'class="navbar' not in page and 'id="score"' not in page
+
+
+def test_an_answer_left_as_released_is_recognised_after_sanitizing():
+    """Markdown answers are rendered to HTML in the graded notebook: an untouched one must still be found, so
+    that formgrader shows "No response" instead of waiting for a hand grade."""
+    import copy
+
+    from int8lab.grading.merge import unchanged_answers
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    release = released("02_activations")
+    markdown_answers = {
+        cell.metadata["nbgrader"]["grade_id"]
+        for cell in release.cells
+        if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution")
+    }
+    assert markdown_answers
+    graded = sanitize_notebook(copy.deepcopy(release))
+    assert markdown_answers <= unchanged_answers(graded, release)
+    answered = copy.deepcopy(release)
+    for cell in answered.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") in markdown_answers:
+            cell.source = "My own derivation: $s = \\max|x| / 127$."
+    assert not markdown_answers & unchanged_answers(sanitize_notebook(answered), release)

@@ -7,12 +7,14 @@ wait for a human.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import nbformat
 
 from .model import Result
+from .sanitize import sanitize_notebook
 from .testcells import nbgrader_meta
 
 
@@ -60,8 +62,13 @@ def _solution_ids(release) -> list[str]:
 
 
 def unchanged_answers(graded, release) -> set[str]:
-    """Grade ids of the answer cells the student left exactly as released."""
-    answers = [c for c in release.cells if nbgrader_meta(c).get("solution")]
+    """Grade ids of the answer cells the student left exactly as released.
+
+    ``graded`` went through ``sanitize_notebook``, which renders markdown cells to HTML: the release's
+    answers are rendered the same way before they are compared, or no markdown answer would ever match.
+    """
+    answers = [copy.deepcopy(c) for c in release.cells if nbgrader_meta(c).get("solution")]
+    sanitize_notebook(nbformat.v4.new_notebook(cells=answers))
     released = {nbgrader_meta(c)["grade_id"]: c.source.strip() for c in answers}
     return {
         nbgrader_meta(c)["grade_id"]
