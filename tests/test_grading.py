@@ -240,6 +240,7 @@ def test_grader_exits_zero_and_summarises(graded):
     # nbgrader's add_submission used to autoflush half-built rows (SAWarning), and nbclient left the
     # sockets to kernels it did not start open (ResourceWarning): the grader's stderr holds no warning.
     assert "Warning" not in run.stderr, run.stderr[-3000:]
+    assert "generate_feedback" not in run.stderr and "No notebooks were matched" not in run.stderr, run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("assignment", sorted(ASSIGNMENTS))
@@ -503,14 +504,15 @@ def test_skipped_plot_cells_show_their_source_and_a_note_in_the_feedback(graded)
 
 @pytest.fixture(scope="module")
 def small_class(tmp_path_factory, float_net):
-    """Three students of 01_weights graded with the defaults (plot cells run), every warning shown."""
+    """Three students of 01_weights graded with the defaults (plot cells run), every warning shown; the other
+    assignments of solutions/ are graded too, with nobody having submitted them."""
     base = tmp_path_factory.mktemp("small")
     cases = {"ann": submission("01_weights"), "bob": submission("01_weights", solved=False)}
     cases["cat"] = submission("01_weights", append=WRONG_MULTIPLIED)
     for student, notebook in cases.items():
         write_submission(base / "submitted", student, "01_weights", notebook)
     env = {**os.environ, "PYTHONWARNINGS": "default"}
-    command = [*GRADE, str(base / "submitted"), "--out", str(base / "out"), "--assignment", "01_weights"]
+    command = [*GRADE, str(base / "submitted"), "--out", str(base / "out")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     return {"out": base / "out", "run": result}
 
@@ -520,6 +522,7 @@ def test_small_class_grades_without_a_warning(small_class):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "graded 3 submission(s)" in run.stderr
     assert "Warning" not in run.stderr, run.stderr[-3000:]
+    assert "generate_feedback" not in run.stderr and "No notebooks were matched" not in run.stderr, run.stderr[-3000:]
 
 
 def test_feedback_shows_every_cell_of_the_release_with_its_plots(small_class):

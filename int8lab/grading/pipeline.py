@@ -69,7 +69,8 @@ def grade(
             results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         merge.merge(out, results, assignments)
         report.write_reports(out, results, assignments)
-        problems = _feedback(out, assignments)
+        # Pages only for what was handed in: nbgrader fails on an assignment that nobody submitted.
+        problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
         text = report.summary(results, sandbox, time.perf_counter() - started, out, problems, tally)
         (out / "grading.log").write_text(_log(results) + text + "\n")
