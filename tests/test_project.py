@@ -76,6 +76,8 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chained scales" in result.stdout and "%" in result.stdout
     assert "PyTorch int8 engine: " in result.stdout  # the machine-dependent rows name their engine and CPU
+    # The kernels talk over IPC sockets: no "running over TCP without encryption" warning, nor any other.
+    assert "warning" not in (result.stdout + result.stderr).lower(), result.stderr[-3000:]
     numbers = json.loads(table.read_text())
     assert set(numbers) == {
         "float",
