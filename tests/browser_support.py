@@ -29,16 +29,30 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
 
 def chromium_path() -> str:
-    """The browser to drive: $INT8LAB_CHROMIUM, else Debian's chromium; a missing one fails the test, clearly."""
+    """The browser to drive: $INT8LAB_CHROMIUM, else Debian's chromium, else Playwright's own build if
+    `.ci/ensure-chromium` installed one; a missing one fails the test, clearly."""
     chosen = os.environ.get("INT8LAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    chosen = chosen or _playwright_chromium()
     if not chosen or not os.access(chosen, os.X_OK):
         pytest.fail(
-            "the browser tests need Chromium: `apt-get install -y chromium` (.ci/run does it), or point "
+            "the browser tests need Chromium: `apt-get install -y chromium` (make test tries it), or point "
             "INT8LAB_CHROMIUM at a Chromium binary, or deselect them with "
             "make test PYTEST_ARGS='-m \"not browser\"'",
             pytrace=False,
         )
     return chosen
+
+
+def _playwright_chromium() -> str | None:
+    """The Chromium that `playwright install chromium` downloaded, if any."""
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            path = playwright.chromium.executable_path
+    except Exception:  # no Playwright, or no browser of its own: the caller says what to install
+        return None
+    return path if path and os.path.exists(path) else None
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -185,3 +186,24 @@ def test_instructors_guide_is_generated_from_the_sources():
         if cell["cell_type"] == "markdown" and cell.get("metadata", {}).get("nbgrader", {}).get("grade")
     )
     assert guide.count("**Examples.**") == derivations and guide.count("**Estimated time:**") == notebooks
+
+
+def test_without_chromium_make_test_says_in_one_line_what_to_run(tmp_path):
+    """.ci/ensure-chromium (make test's first step) on a machine with no Chromium, no apt-get and no Playwright:
+    exit 1 within a second and one line naming the command to run and the switch that leaves the tests out."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("env", "bash", "id", "dirname"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / ".ci", checkout / ".ci")
+    result = subprocess.run(
+        [str(checkout / ".ci" / "ensure-chromium")],
+        env={"PATH": str(tools), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install -y chromium" in lines[0] and "not browser" in lines[0], lines
