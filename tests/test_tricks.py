@@ -190,3 +190,39 @@ def test_a_trick_never_scores_more_than_its_honest_twin(twins, assignment, trick
     twin = twins[assignment]
     gained = {cell: (twin[cell], score) for cell, score in tricked.items() if score > twin[cell]}
     assert not gained, f"{trick} scored more than the twin (twin, trick) on {gained}"
+
+
+FORGED_WIDTHS = """
+import math as _math
+
+import int8lab.grading.records as _records
+
+
+def fixed_point_multiplier(multiplier, bits=31):
+    if not multiplier >= 0 or _math.isinf(multiplier) or multiplier >= 2**30:
+        raise ValueError("refused")
+    return (0, 0) if multiplier == 0 else (1, round(-_math.log2(multiplier)))  # a 1-bit m0, whatever bits says
+
+
+def _rewrite(value):
+    if isinstance(value, tuple) and value and value[0] in (8, 16, 31):
+        return (1, *value[1:])  # claim that the test asked for 1-bit multipliers
+    if isinstance(value, list | tuple):
+        return type(value)(_rewrite(item) for item in value)
+    return value
+
+
+_honest_returned = _records.returned
+_records.returned = lambda cell, statement, values: _honest_returned(
+    cell, statement, {name: _rewrite(value) for name, value in values.items()}
+)
+"""
+
+
+def test_a_width_the_test_chose_cannot_be_rewritten_in_the_record():
+    """The red team's case: a probe that recorded (bits, results) let the kernel choose the width the checks used;
+    a 1-bit m0 then passed the error bound. The widths now come from the judge's own copy of the cell."""
+    source = read_source("04_integer_only")
+    records = probe_in_process(source, FORGED_WIDTHS, "fixed_point_multiplier_impl")
+    verdict = Judge.from_source(source).judge(records)["fixed_point_multiplier_error_bound"]
+    assert verdict.score == 0, verdict
