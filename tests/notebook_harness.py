@@ -31,3 +31,15 @@ def run_tests(assignment: str, patch: str = "", after: str | None = None) -> dic
 def read_source(assignment: str):
     """The source notebook (solutions/) of ``assignment``."""
     return nbformat.read(SOURCES[assignment], as_version=4)
+
+
+def source_notebook(*cells):
+    """A source notebook from (kind, grade_id, source) triples: kind is setup, solution or test (2 points)."""
+    nb = nbformat.v4.new_notebook()
+    for kind, grade_id, source in cells:
+        meta = {"grade_id": grade_id, "locked": kind != "solution", "solution": kind == "solution"}
+        meta.update({"grade": kind == "test", "points": 2} if kind == "test" else {"grade": False})
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["nbgrader"] = meta
+        nb.cells.append(cell)
+    return nb

@@ -15,22 +15,9 @@ from int8lab.grading import intake, rebuild, records, report, run
 from int8lab.grading.judge import NOT_RUN, Judge, JudgeFault
 from int8lab.grading.model import Status
 from int8lab.grading.testcells import Role, nbgrader_meta, plan_tests, probe_source
-from notebook_harness import SOURCES
+from notebook_harness import SOURCES, source_notebook
 
-
-def _notebook(*cells):
-    """A source notebook from (kind, grade_id, source) triples: kind is setup, solution or test."""
-    nb = nbformat.v4.new_notebook()
-    for kind, grade_id, source in cells:
-        meta = {"grade_id": grade_id, "locked": kind != "solution", "solution": kind == "solution"}
-        meta.update({"grade": kind == "test", "points": 2} if kind == "test" else {"grade": False})
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["nbgrader"] = meta
-        nb.cells.append(cell)
-    return nb
-
-
-TINY = _notebook(
+TINY = source_notebook(
     ("setup", "setup", "import torch\nfrom int8lab.checks import check_close"),
     ("solution", "impl", "def double(x):\n    return 2 * x"),
     (
@@ -120,8 +107,8 @@ def test_judge_replays_a_students_error_and_never_runs_student_names():
     assert Judge.from_source(TINY).judge(error)["double_test"].message == (
         "NotImplementedError: later (raised by `y = double(x)`)"
     )
-    broken = _notebook(*[(k, g, s) for k, g, s in [("solution", "impl", "def f():\n    return 1")]])
-    broken.cells.append(_notebook(("test", "uses_f", "check = 1\nprint(f.value)")).cells[0])
+    broken = source_notebook(*[(k, g, s) for k, g, s in [("solution", "impl", "def f():\n    return 1")]])
+    broken.cells.append(source_notebook(("test", "uses_f", "check = 1\nprint(f.value)")).cells[0])
     with pytest.raises(JudgeFault):
         Judge.from_source(broken).judge({})
 

@@ -6,7 +6,6 @@ write, and checks that the judge scores only what the same honest code would sco
 
 import json
 
-import nbformat
 import pytest
 import torch
 
@@ -14,21 +13,10 @@ from int8lab.grading import judge as judge_module
 from int8lab.grading import records
 from int8lab.grading.judge import Judge
 from int8lab.grading.records import Records
-
-
-def _notebook(*cells):
-    nb = nbformat.v4.new_notebook()
-    for kind, grade_id, source in cells:
-        meta = {"grade_id": grade_id, "locked": kind != "solution", "solution": kind == "solution"}
-        meta.update({"grade": kind == "test", "points": 2} if kind == "test" else {"grade": False})
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["nbgrader"] = meta
-        nb.cells.append(cell)
-    return nb
-
+from notebook_harness import source_notebook
 
 HIDDEN = "### BEGIN HIDDEN TESTS\n{}\n### END HIDDEN TESTS"
-SOURCE = _notebook(
+SOURCE = source_notebook(
     ("setup", "setup", "import torch\nfrom int8lab.checks import check_close, check_true"),
     ("solution", "impl", "def double(x):\n    return 2 * x"),
     (
@@ -148,7 +136,7 @@ def test_lines_that_are_not_records_cost_no_parse_and_records_are_capped(monkeyp
 def test_a_check_that_runs_too_long_costs_only_its_own_test(monkeypatch):
     monkeypatch.setattr(judge_module, "TEST_CPU_SECONDS", 1)
     endless = Judge.from_source(
-        _notebook(
+        source_notebook(
             ("setup", "setup", "from int8lab.checks import check_true"),
             ("solution", "impl", "def count(n):\n    return n"),
             ("test", "loops", '"""loops."""\nn = count(5)\n' + HIDDEN.format("while n > 0:\n    n = n + 0")),
