@@ -147,10 +147,8 @@ class Judge:
         return verdicts
 
     def _position(self, cell: str, statement: int) -> tuple[int, int]:
-        for order, test in enumerate(self.tests):
-            if test.grade_id == cell:
-                return order, statement
-        return len(self.tests), statement
+        order = next((i for i, test in enumerate(self.tests) if test.grade_id == cell), len(self.tests))
+        return order, statement
 
     def _sequence(self, records: Records) -> tuple[dict, dict[str, str]]:
         """``({(cell, statement): record}, {cell: why its records are tampered})``.

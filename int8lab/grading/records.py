@@ -91,6 +91,8 @@ def _array(array, kind: str):
     return {"array": {"kind": kind, "dtype": array.dtype.name, "shape": list(array.shape), "bytes": data}}
 
 
+#: How every line ``_write`` makes begins (``json.dumps`` keeps the dict's order, and "cell" comes first).
+_RECORD_START = '{"cell": '
 #: Set by ``capture()``: records go to this list instead of the file (in-process probes).
 _captured: list | None = None
 
@@ -237,7 +239,7 @@ def read_records(text: str) -> Records:
     found = Records()
     parsed = 0
     for line in text.split("\n"):
-        if not line.startswith('{"cell": '):
+        if not line.startswith(_RECORD_START):
             continue
         if parsed >= MAX_RECORD_LINES:
             found.dropped += 1

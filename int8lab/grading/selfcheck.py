@@ -17,8 +17,9 @@ from . import coverage, records, testcells
 from .judge import Judge, Verdict
 from .records import RecordError, Records, capture, decode, read_records
 
-#: reference_shapes' results, by the source notebook's sha256: the tests judge many patched runs of one source.
-_SHAPES: dict[str, dict] = {}
+#: The reference solution's records, by the source notebook's sha256: its shapes and its self-check read the
+#: same run, and the tests judge many patched runs of one source.
+_REFERENCE: dict[str, Records] = {}
 
 
 def probe_in_process(source_nb, patch: str = "", after: str | tuple[str, ...] | None = None) -> Records:
@@ -58,32 +59,41 @@ def _restored(module: dict):
         vars(records).update(module)
 
 
+def reference_records(source_nb) -> Records:
+    """The records of the reference solution's own probes (run once per source notebook and process)."""
+    digest = hashlib.sha256(nbformat.writes(source_nb).encode()).hexdigest()
+    if digest not in _REFERENCE:
+        _REFERENCE[digest] = probe_in_process(source_nb)
+    return _REFERENCE[digest]
+
+
 def reference_shapes(source_nb) -> dict:
     """``{(grade_id, statement): {name: shape}}`` of the reference solution's probe records (coverage.py)."""
-    digest = hashlib.sha256(nbformat.writes(source_nb).encode()).hexdigest()
-    if digest not in _SHAPES:
-        shapes = {}
-        for cell, statement, record in probe_in_process(source_nb).entries:
-            values = record.get("values")
-            if not isinstance(values, dict):
-                continue  # the reference raised here: nothing to cover (check_reference reports it)
-            try:
-                shapes[(cell, statement)] = {name: coverage.shape_of(decode(v)) for name, v in values.items()}
-            except RecordError:
-                continue
-        _SHAPES[digest] = shapes
-    return _SHAPES[digest]
+    shapes = {}
+    for cell, statement, record in reference_records(source_nb).entries:
+        values = record.get("values")
+        if not isinstance(values, dict):
+            continue  # the reference raised here: nothing to cover (check_reference reports it)
+        try:
+            shapes[(cell, statement)] = {name: coverage.shape_of(decode(v)) for name, v in values.items()}
+        except RecordError:
+            continue
+    return shapes
 
 
 def judge_in_process(source_nb, patch: str = "", after: str | tuple[str, ...] | None = None) -> dict[str, Verdict]:
-    return Judge.from_source(source_nb).judge(probe_in_process(source_nb, patch, after))
+    records = probe_in_process(source_nb, patch, after) if patch else reference_records(source_nb)
+    return Judge.from_source(source_nb).judge(records)
 
 
 def check_reference(name: str, source_nb) -> dict:
     """The reference's shapes (``reference_shapes``); ``AssertionError`` naming the tests the reference of
     ``name`` fails."""
-    failures = [v for v in judge_in_process(source_nb).values() if not v.passed]
+    shapes = reference_shapes(source_nb)
+    failures = [
+        v for v in Judge.from_source(source_nb, shapes).judge(reference_records(source_nb)).values() if not v.passed
+    ]
     if failures:
         details = "; ".join(f"{v.grade_id}: {v.message}" for v in failures)
         raise AssertionError(f"the judge fails the reference solution of {name}: {details}")
-    return reference_shapes(source_nb)
+    return shapes
