@@ -18,9 +18,8 @@ from pathlib import Path
 import axe_playwright_python
 import nbformat
 import pytest
-from browser_support import ROOT, ScriptWatch, chromium, end_session, jupyter, screenshot
-from hostile import ANSWER_TEXT, SCRIPT_HTML, SCRIPT_OUTPUTS, script_in_derivations
-from sample_submissions import submission, write_submission
+from browser_support import ROOT, ScriptWatch, chromium, jupyter, screenshot
+from hostile import ANSWER_TEXT, SCRIPT_HTML
 
 from int8lab.checks import MISCONCEPTIONS
 
@@ -158,36 +157,17 @@ def test_locked_cells_cannot_be_edited_but_the_answer_cell_can(page, lab):
     assert _typing_changes(_cell(notebook, "YOUR CODE HERE"), "\n# my notes")
 
 
-# The instructor's side: a small class of 03_biases (one derivation graded by hand), plots drawn as by default.
-GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "30", "--notebook-timeout", "120"]
-GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64", "--assignment", "03_biases"]
+# The instructor's side: the demo class of classes.py, graded once per session with the plot cells run. Its
+# perfect student plays ann here; mallory carries script in her derivation and outputs.
 DERIVATION = "derivation_bias_scale"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _grading(tmp_path_factory, float_net):
-    """Starts grading the class when the module starts, so that it runs while the student's tests do.
-
-    ann solves 03_biases; mallory solves it too, with script in her derivation and in her outputs.
-    """
-    base = tmp_path_factory.mktemp("course")
-    write_submission(base / "submitted", "ann", "03_biases", submission("03_biases"))
-    hostile = submission("03_biases", append=SCRIPT_OUTPUTS, edit=script_in_derivations)
-    write_submission(base / "submitted", "mallory", "03_biases", hostile)
-    log = base / "grade.log"
-    with open(log, "wb") as sink:
-        command = [*GRADE, str(base / "submitted"), "--out", str(base / "out")]
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    yield {"process": process, "out": base / "out", "log": log}
-    end_session(process)
+ANN = "perfect"
 
 
 @pytest.fixture(scope="module")
-def course(_grading):
+def course(demo_class):
     """The graded course folder (OUT of int8lab grade)."""
-    returncode = _grading["process"].wait(timeout=900)
-    assert returncode == 0, _grading["log"].read_text()[-3000:]
-    return _grading["out"]
+    assert demo_class.run.returncode == 0, demo_class.run.stderr[-3000:]
+    return demo_class.out
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +205,8 @@ def _export(course: Path) -> dict[str, dict]:
 
 def test_instructor_grades_a_derivation_by_hand_in_formgrader(page, course, formgrader):
     """A score and a comment typed into formgrader's page are saved, shown again, and counted by nbgrader export."""
-    before = float(_export(course)["ann"]["score"])
-    _open_submission(page, formgrader, "ann")
+    before = float(_export(course)[ANN]["score"])
+    _open_submission(page, formgrader, ANN)
     score = page.locator(f"input.score#{DERIVATION}")
     comment = page.locator(f"textarea#{DERIVATION}-comment")
     score.wait_for(timeout=30_000)
@@ -246,7 +226,7 @@ def test_instructor_grades_a_derivation_by_hand_in_formgrader(page, course, form
     score.wait_for(timeout=30_000)
     assert score.input_value() == "2"
     assert comment.input_value().startswith("Right scale")
-    after = _export(course)["ann"]
+    after = _export(course)[ANN]
     assert float(after["score"]) == before + 2, after
 
 
@@ -314,7 +294,7 @@ def _axe_violations(page) -> list[dict]:
     return page.evaluate("async () => (await axe.run(document)).violations")
 
 
-@pytest.mark.parametrize("student", ["ann", "mallory"])
+@pytest.mark.parametrize("student", [ANN, "mallory"])
 def test_feedback_page_has_no_accessibility_violation_int8lab_controls(page, course, student):
     """axe-core on the feedback page (plots included): none of INT8LAB_RULES fails; the other rules are printed."""
     page.goto((course / "feedback" / student / "03_biases" / "biases.html").as_uri())

@@ -3,216 +3,30 @@
 import base64
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 from hostile import HOSTILE, active_content, hidden_lines, visible_text
-from sample_submissions import ASSIGNMENTS, autograded_points, graded_cells, submission, write_submission
+from sample_submissions import ASSIGNMENTS, autograded_points
 
+from classes import DEMO_ASSIGNMENTS, HONEST
+from classes import GRADE as CLASS_GRADE
 from int8lab.checks import MISCONCEPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-GRADE = [sys.executable, "-m", "int8lab", "grade", "--workers", "2", "--timeout", "8", "--notebook-timeout", "90"]
-GRADE += ["--solutions", str(ROOT / "solutions"), "--disk", "64"]
-# The big class skips the release's plot cells (speed); the small class below runs them, as by default.
-GRADE_FAST = [*GRADE, "--skip-demos"]
-HONEST = ("perfect", "stubs", "mis_multiplied", "mis_naive", "mis_bias_int8", "floor", "zeros")
-
-WRONG_MULTIPLIED = """
-def quantized_weights(weights):
-    scale = weights.abs().max().item() / 127
-    return torch.clamp(torch.round(weights * scale), -128, 127), scale
-"""
-WRONG_NAIVE = """
-def naive_scale(activations, s_w, s_initial_input, ss):
-    return float(np.abs(activations).max()) / 127
-
-NetQuantized.quantize_activations = staticmethod(naive_scale)
-"""
-WRONG_BIAS_INT8 = """
-def int8_bias(bias, s_w, s_initial_input, ss):
-    scale = s_w * s_initial_input * (float(np.prod([w * o for w, o in ss])) if ss else 1.0)
-    return torch.clamp(torch.round(bias / scale), -128, 127)
-
-NetQuantizedWithBias.quantized_bias = staticmethod(int8_bias)
-"""
-FLOOR = """
-def quantized_weights(weights):
-    largest = weights.abs().max().item()
-    scale = largest / 127 if largest > 0 else 1.0
-    return torch.clamp(torch.floor(weights / scale), -128, 127), scale
-"""
-
-
-ZEROS = """
-def quantized_weights(weights):
-    return torch.zeros_like(weights), 0.0
-"""
-
-
-def _drop_tests(nb):
-    nb.cells = [c for c in nb.cells if c not in graded_cells(nb)]
-
-
-def _edit_tests(nb):
-    for cell in graded_cells(nb):
-        cell.source = "assert True"
-
-
-def _tests_to_markdown(nb):
-    for cell in graded_cells(nb):
-        cell.cell_type = "markdown"
-        cell.pop("outputs", None)
-        cell.pop("execution_count", None)
-
-
-def _snoop(out: Path) -> str:
-    targets = [
-        out / "gradebook.db",
-        out / "source" / "01_weights" / "weights.ipynb",
-        ROOT / "solutions" / "01_weights" / "weights.ipynb",
-        out / "submitted" / "perfect" / "01_weights" / "weights.ipynb",
-    ]
-    return (
-        "import socket\n"
-        f"for path in {[str(t) for t in targets]!r}:\n"
-        "    try:\n"
-        "        open(path, 'rb').read(1)\n"
-        "        print('SNOOP-READ', path)\n"
-        "    except OSError as error:\n"
-        "        print('SNOOP-BLOCKED', path, error.errno)\n"
-        "try:\n"
-        "    socket.create_connection(('127.0.0.1', 22), timeout=1)\n"
-        "    print('SNOOP-NETWORK')\n"
-        "except OSError:\n"
-        "    print('SNOOP-NO-NETWORK')\n"
-    )
-
-
-def _vandal(out: Path, submitted: Path) -> str:
-    targets = [
-        out / "submitted" / "perfect" / "01_weights" / "weights.ipynb",
-        out / ".work" / "jobs" / "perfect--01_weights" / "autograded" / "perfect" / "01_weights" / "weights.ipynb",
-        out / "gradebook.db",
-        out / "grades.csv",
-        submitted / "perfect" / "01_weights" / "weights.ipynb",
-        Path("../../perfect/01_weights/weights.ipynb"),
-    ]
-    return (
-        f"for path in {[str(t) for t in targets]!r}:\n"
-        "    try:\n"
-        "        open(path, 'w').write('{}')\n"
-        "        print('VANDAL-WROTE', path)\n"
-        "    except OSError as error:\n"
-        "        print('VANDAL-BLOCKED', path, error.errno)\n"
-    )
-
-
-def build_class(root: Path, out: Path) -> Path:
-    submitted = root / "submitted"
-    cases = {
-        ("perfect", "01_weights"): submission("01_weights"),
-        ("perfect", "02_activations"): submission("02_activations"),
-        ("perfect", "03_biases"): submission("03_biases"),
-        ("stubs", "01_weights"): submission("01_weights", solved=False),
-        ("stubs", "02_activations"): submission("02_activations", solved=False),
-        ("stubs", "03_biases"): submission("03_biases", solved=False),
-        ("perfect", "04_integer_only"): submission("04_integer_only"),
-        ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
-        ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
-        ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
-        ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
-        ("loop", "01_weights"): submission("01_weights", append="while True:\n    pass"),
-        ("hog", "01_weights"): submission("01_weights", append="import numpy\nhog = numpy.ones(50 * 2**30 // 8)"),
-        ("exits", "01_weights"): submission("01_weights", append="import os\nos._exit(1)"),
-        ("killed", "01_weights"): submission("01_weights", append="import ctypes\nctypes.string_at(0)"),
-        ("corrupt", "01_weights"): b'{"cells": [ {"cell_type": "code", ',
-        ("notjupyter", "01_weights"): b'{"hello": "world"}',
-        ("absent", "01_weights"): None,
-        ("deleted", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_drop_tests),
-        ("edited", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_edit_tests),
-        ("markdown", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_tests_to_markdown),
-        ("floor", "01_weights"): submission("01_weights", append=FLOOR),
-        ("zeros", "01_weights"): submission("01_weights", append=ZEROS),
-        ("snoop", "01_weights"): submission("01_weights", append=_snoop(out)),
-        ("vandal", "01_weights"): submission("01_weights", append=_vandal(out, submitted)),
-    }
-    for name, (baseline, assignment, trick) in HOSTILE.items():
-        solved, append = {"stubs": (False, ""), "floor": (True, FLOOR), "zeros": (True, ZEROS)}[baseline]
-        cases[(name, assignment)] = submission(assignment, solved=solved, append=append + trick)
-    cases.update(
-        {
-            ("-dash[id]", "01_weights"): submission("01_weights"),
-            ("=1+2", "01_weights"): submission("01_weights"),
-            ("filler", "01_weights"): submission("01_weights", append=FILLER),
-            ("kernel_links", "01_weights"): submission("01_weights", append=_kernel_links(out)),
-            ("html", "02_activations"): submission("02_activations", append=HTML_OUTPUTS, edit=_script_answer),
-        }
-    )
-    for (student, assignment), content in cases.items():
-        write_submission(submitted, student, assignment, content)
-    for student in ("linked_nb", "fifo"):
-        (submitted / student / "01_weights").mkdir(parents=True)
-    (submitted / "linked_nb" / "01_weights" / "weights.ipynb").symlink_to("/etc/passwd")
-    os.mkfifo(submitted / "fifo" / "01_weights" / "weights.ipynb")
-    (submitted / "linked_folder").symlink_to(submitted / "perfect")
-    return submitted
-
-
-FILLER = """
-for index in range(3):
-    with open(f"filler{index}.bin", "wb") as handle:
-        handle.write(b"x" * (30 << 20))
-"""
-HTML_OUTPUTS = """
-from IPython.display import HTML, Javascript, display
-display(HTML('<img src="x" onerror="alert(1)"><script>alert(2)</script>'))
-display(Javascript("alert(3)"))
-"""
-
-
-def _script_answer(nb):
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution"):
-            cell.source = 'My derivation <script>alert(4)</script> <a href="javascript:alert(5)">see</a>'
-
-
-def _kernel_links(out: Path) -> str:
-    return KERNEL_LINKS.format(gradebook=str(out / "gradebook.db"))
-
-
-KERNEL_LINKS = """
-import os
-for name, target in [("weights.ipynb", {gradebook!r}), ("records.jsonl", "/etc/passwd")]:
-    try:
-        os.symlink(target, name)
-    except OSError:
-        pass
-os.mkfifo("weights.html")
-open("big.bin", "wb").write(b"x" * (20 << 20))
-"""
+#: One grading command of the same options as the shared classes', for the runs of a single test.
+GRADE = CLASS_GRADE
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory, float_net):
-    base = tmp_path_factory.mktemp("class")
-    out = base / "out"
-    submitted = build_class(base, out)
-    originals = {p: p.read_bytes() for p in submitted.rglob("*.ipynb") if p.is_file() and not p.is_symlink()}
-    originals.update({p: p.read_bytes() for p in (ROOT / "solutions").rglob("*.ipynb")})
-    # Every warning shown (ResourceWarning included), so that the stderr test below sees any that a run emits.
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
-    result = subprocess.run(
-        [*GRADE_FAST, str(submitted), "--out", str(out)], capture_output=True, text=True, timeout=3000, env=env
-    )
-    return {"out": out, "submitted": submitted, "run": result, "originals": originals, "base": base}
+def graded(hostile_class):
+    """The hostile class of classes.py (about fifty submissions, --skip-demos), graded once per session."""
+    return hostile_class
 
 
 def _rows(path: Path):
@@ -413,20 +227,13 @@ def test_nbgrader_export_and_formgrader_gradebook_work(graded):
         assert submission.needs_manual_grade  # the derivations wait for a human
 
 
-def test_zip_of_the_submitted_folder_is_accepted(graded, tmp_path):
-    archive = tmp_path / "submitted.zip"
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for student in ("perfect", "corrupt"):
-            for path in (graded["submitted"] / student / "01_weights").glob("*"):
-                bundle.write(path, f"submitted/{student}/01_weights/{path.name}")
-    out = tmp_path / "zipped"
-    result = subprocess.run(
-        [*GRADE, str(archive), "--out", str(out), "--assignment", "01_weights"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {(r["student_id"], r["status"]) for r in _rows(out / "grades.csv")}
-    assert rows == {("perfect", "ok"), ("corrupt", "invalid_notebook")}
-    shutil.rmtree(out)
+def test_zip_of_the_submitted_folder_is_accepted(demo_class):
+    """The demo class reaches the grader as a .zip of its submitted folder: every folder of it is graded."""
+    assert demo_class.command[-3].endswith("submitted.zip")
+    rows = {(r["student_id"], r["assignment"]): r["status"] for r in _rows(demo_class.out / "grades.csv")}
+    written = {(p.parent.parent.name, p.parent.name) for p in demo_class.submitted.glob("*/*/*.ipynb")}
+    assert rows.keys() == written
+    assert rows[("perfect", "01_weights")] == "ok" and rows[("corrupt", "01_weights")] == "invalid_notebook"
 
 
 def test_unusable_input_is_a_clear_error(tmp_path):
@@ -477,19 +284,15 @@ def test_no_script_reaches_the_instructors_pages(graded):
     assert active_content(page) == [], active_content(page)[:3]
 
 
-def test_honest_grades_do_not_depend_on_hostile_classmates(graded, tmp_path):
-    """Honest students graded alone, with the demos run, get the rows they got among hostile ones."""
-    honest = tmp_path / "honest"
-    for student in HONEST:
-        shutil.copytree(graded["submitted"] / student, honest / student)
-    out = tmp_path / "out"
-    result = subprocess.run([*GRADE, str(honest), "--out", str(out)], capture_output=True, text=True, timeout=3000)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Graded again, alone and with the demos run: the same rows (tests/test_dask.py compares two whole runs' bytes).
+def test_honest_grades_do_not_depend_on_hostile_classmates(graded, demo_class):
+    """Honest students graded without the hostile ones, with the demos run, get the rows they got among hostile
+    ones (tests/test_dask.py compares a Dask run's rows with the hostile class's too)."""
     for name in ("grades.csv", "tests.csv"):
-        alone = _rows(out / name)
-        together = [r for r in _rows(graded["out"] / name) if r["student_id"] in HONEST]
-        assert alone == together, name
+        alone = [r for r in _rows(demo_class.out / name) if r["student_id"] in HONEST]
+        together = [
+            r for r in _rows(graded["out"] / name) if r["student_id"] in HONEST and r["assignment"] in DEMO_ASSIGNMENTS
+        ]
+        assert len(alone) >= 11 and alone == together, name
 
 
 def test_skipped_plot_cells_show_their_source_and_a_note_in_the_feedback(graded):
@@ -503,24 +306,16 @@ def test_skipped_plot_cells_show_their_source_and_a_note_in_the_feedback(graded)
 
 
 @pytest.fixture(scope="module")
-def small_class(tmp_path_factory, float_net):
-    """Three students of 01_weights graded with the defaults (plot cells run), every warning shown; the other
-    assignments of solutions/ are graded too, with nobody having submitted them."""
-    base = tmp_path_factory.mktemp("small")
-    cases = {"ann": submission("01_weights"), "bob": submission("01_weights", solved=False)}
-    cases["cat"] = submission("01_weights", append=WRONG_MULTIPLIED)
-    for student, notebook in cases.items():
-        write_submission(base / "submitted", student, "01_weights", notebook)
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
-    command = [*GRADE, str(base / "submitted"), "--out", str(base / "out")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
-    return {"out": base / "out", "run": result}
+def small_class(demo_class):
+    """The demo class of classes.py: 01 to 03 graded with the defaults (plot cells run), every warning shown;
+    04 and 05, in solutions/ too, were submitted by nobody."""
+    return demo_class
 
 
 def test_small_class_grades_without_a_warning(small_class):
     run = small_class["run"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "graded 3 submission(s)" in run.stderr
+    assert f"graded {len(_rows(small_class['out'] / 'grades.csv'))} submission(s)" in run.stderr
     assert "Warning" not in run.stderr, run.stderr[-3000:]
     assert "generate_feedback" not in run.stderr and "No notebooks were matched" not in run.stderr, run.stderr[-3000:]
 
@@ -528,7 +323,7 @@ def test_small_class_grades_without_a_warning(small_class):
 def test_feedback_shows_every_cell_of_the_release_with_its_plots(small_class):
     """Each markdown cell of the release is followed by its code cell, plots included, in the perfect feedback."""
     out = small_class["out"]
-    graded = nbformat.read(out / "autograded" / "ann" / "01_weights" / "weights.ipynb", as_version=4)
+    graded = nbformat.read(out / "autograded" / "perfect" / "01_weights" / "weights.ipynb", as_version=4)
     release = nbformat.read(ROOT / "notebooks" / "01_weights" / "weights.ipynb", as_version=4)
     # Markdown is rendered to HTML for the feedback (sanitize.py), so cells are matched by id.
     shown = [c.get("id") for c in graded.cells]
@@ -537,7 +332,7 @@ def test_feedback_shows_every_cell_of_the_release_with_its_plots(small_class):
         if first.cell_type == "markdown" and second.cell_type == "code":
             assert shown[shown.index(first.id) + 1] == second.id, first.source[:80]
             assert by_id[second.id].cell_type == "code"
-    page = (out / "feedback" / "ann" / "01_weights" / "weights.html").read_text()
+    page = (out / "feedback" / "perfect" / "01_weights" / "weights.html").read_text()
     histograms = [c for c in graded.cells if "plot_weight_histograms(float_net)" in c.source]
     assert any("image/png" in o.get("data", {}) for o in histograms[0].outputs)
     assert page.count('src="data:image/png;base64,') >= 2  # the weight histograms and the clipping curves
@@ -545,7 +340,7 @@ def test_feedback_shows_every_cell_of_the_release_with_its_plots(small_class):
 
 def test_feedback_page_loads_no_script_from_outside_the_machine(small_class):
     """The page's only script is MathJax from the folder next to it, with every part its configuration loads."""
-    folder = small_class["out"] / "feedback" / "ann" / "01_weights"
+    folder = small_class["out"] / "feedback" / "perfect" / "01_weights"
     page = (folder / "weights.html").read_text()
     sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", page)
     assert [source.split("?")[0] for source in sources] == ["mathjax/MathJax.js"], sources
@@ -560,7 +355,7 @@ def test_feedback_page_loads_no_script_from_outside_the_machine(small_class):
 
 def test_feedback_command_regenerates_pages_with_their_math(small_class):
     """After manual grading, `int8lab feedback OUT` rewrites the pages and puts MathJax back next to them."""
-    folder = small_class["out"] / "feedback" / "bob" / "01_weights"
+    folder = small_class["out"] / "feedback" / "stubs" / "01_weights"
     shutil.rmtree(folder)
     result = subprocess.run(
         [sys.executable, "-m", "int8lab", "feedback", str(small_class["out"])], capture_output=True, text=True
@@ -580,8 +375,8 @@ def test_formgrader_submission_page_loads_mathjax_from_the_server(small_class):
 
     listing = "formgrader/api/submitted_notebooks/01_weights/weights"
     with jupyter("server", small_class["out"], ready=listing) as server:
-        ann = next(s for s in server.get_json(listing) if s["student"] == "ann")
-        with urllib.request.urlopen(server.url(f"formgrader/submissions/{ann['id']}")) as answer:
+        perfect = next(s for s in server.get_json(listing) if s["student"] == "perfect")
+        with urllib.request.urlopen(server.url(f"formgrader/submissions/{perfect['id']}")) as answer:
             page_url, page = answer.geturl(), answer.read().decode()
         sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", page)
         assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))], sources
