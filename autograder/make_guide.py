@@ -27,10 +27,7 @@ ASSIGNMENTS = {path.parent.name: path.name for path in sorted((ROOT / "solutions
 DIAGNOSED_ANYWHERE = ("floor_not_round", "clamp_unsigned", "clamp_127", "no_clamp", "zero_scale", "inverse_scale")
 GUARDED = ("forgot_round", "forgot_clamp")
 #: Who names a mistake that no test names itself.
-RECOGNISED_BY = {
-    **dict.fromkeys(GUARDED, "(the int8 guards)"),
-    "dequantized_forward": "(`IntegerModule` and the integer kernels, on every call)",
-}
+RECOGNISED_BY = dict.fromkeys(GUARDED, "(the int8 guards)")
 
 #: The ranges `make test` checks on a fresh run, per notebook: (what, range, where it is checked).
 EXPECTED = {

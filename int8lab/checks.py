@@ -92,17 +92,19 @@ MISCONCEPTIONS = {
         "62 bits, so requantize must multiply in int64"
     ),
     "float_requantize": (
-        "requantize computed in float (a tensor became float32 or float64 on the way): the hardware it models has "
-        "no float unit on this path, so every step from the int32 accumulator to the int8 result, the rounding "
-        "included, must stay an integer tensor operation"
+        "requantize computed in float: these are the integers of accumulator * m0 / 2**shift in float64 or float32, "
+        "whose 53 or 24 bits cannot hold every 62-bit product (one a hair below a rounding tie lands on the tie); "
+        "the hardware it models has no float unit on this path, so every step from the int32 accumulator to the int8 "
+        "result, the rounding included, must stay an integer tensor operation"
     ),
     "bias_not_added": (
         "the logits look computed without fc3's int32 bias: in IntegerOnlyNet.forward, add self.biases[name] to "
         "the layer's accumulator before requantizing it"
     ),
     "dequantized_forward": (
-        "a float tensor reached an integer layer: IntegerOnlyNet.forward must keep int8 activations and int32 "
-        "accumulators from the quantized input to the logits, with no division by a float scale"
+        "IntegerOnlyNet.forward requantizes in float (the accumulator times m0 / 2**shift, then torch.round, which "
+        "sends ties to even): it must keep int8 activations and int32 accumulators from the quantized input to the "
+        "logits, and requantize each accumulator with requantize, with no float scale"
     ),
     "bias_own_scale": (
         "your bias has a scale of its own, max|bias| / 127, like a weight; but the bias is added to the integer "

@@ -205,7 +205,7 @@ INTEGER_ONLY = [
         "float_requantize",
         "04_integer_only",
         "def requantize(accumulator, m0, shift):\n"
-        "    x = accumulator.double() * m0 / 2**shift\n"
+        "    x = accumulator.double() * m0 / 2.0**shift\n"
         "    return torch.clamp(torch.sign(x) * torch.floor(x.abs() + 0.5), -128, 127).to(torch.int8)\n",
     ),
     (
@@ -440,3 +440,28 @@ def test_a_low_accuracy_from_forward_blames_forward_not_the_scales():
         "net_quantized_keeps_float_accuracy"
     ]
     assert "NetQuantized.forward" in message and MISCONCEPTIONS["naive_output_scale"] not in message
+
+
+FLOAT64_REQUANTIZE = next(patch for key, _, patch in INTEGER_ONLY if key == "float_requantize")
+WATCH_SWITCHED_OFF = """
+integer_only = lambda function, *args, **kwargs: function
+IntegerModule.__call__ = torch.nn.Module.__call__
+"""
+
+
+def test_the_integer_only_watch_decides_no_points():
+    """A float64 requantize scores by its values alone: with the kernel's watch switched off, not one point more.
+
+    The watch runs in the student's kernel; when it decided points, the honest float64 version lost the small
+    example (which its values pass) while the same code with the watch rebound kept them.
+    """
+    honest = run_tests("04_integer_only", FLOAT64_REQUANTIZE, after=FUNCTION_CELL["requantize"])
+    switched_off = run_tests(
+        "04_integer_only", FLOAT64_REQUANTIZE + WATCH_SWITCHED_OFF, after=FUNCTION_CELL["requantize"]
+    )
+    assert honest["requantize_small_example"] is None, honest["requantize_small_example"]
+    assert MISCONCEPTIONS["float_requantize"] in honest["requantize_bit_exact"]
+    assert "m0=1073741825, shift=62" in honest["requantize_bit_exact"]  # the product a hair below a tie
+    assert {grade_id: message is None for grade_id, message in switched_off.items()} == {
+        grade_id: message is None for grade_id, message in honest.items()
+    }
