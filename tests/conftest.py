@@ -18,6 +18,11 @@ def pytest_configure(config):
 
     Set here, before collection ends, because the background gradings (classes.py) start then and read it.
     """
+    # One torch thread per process: the suite runs gradings and a second process beside its own tests, and
+    # OpenMP threads that spin-wait on a busy 2-core machine made an in-process notebook run 3 to 10 times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     if "INT8LAB_CACHE" not in os.environ:
         config._int8lab_cache = tempfile.mkdtemp(prefix="int8lab-cache-")
         os.environ["INT8LAB_CACHE"] = config._int8lab_cache
@@ -36,14 +41,31 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
     needed = [name for name in CLASS_FIXTURES if any(name in item.fixturenames for item in session.items)]
-    if needed and not session.config.option.collectonly:
+    if needed:
         from classes import Gradings
 
         session.config._int8lab_gradings = Gradings(needed)
+    # The notebook runs of the selected tests (test_misconceptions, test_alternatives), half of them in a second
+    # process: each module that has them says which run an item makes (its planned_run). To debug one process
+    # alone, set INT8LAB_TESTS_ONE_PROCESS=1.
+    runs = [run for item in session.items if (run := _planned_run(item)) is not None]
+    if len(runs) > 1 and not os.environ.get("INT8LAB_TESTS_ONE_PROCESS"):
+        import notebook_harness
+
+        notebook_harness.plan(runs)
+
+
+def _planned_run(item):
+    planned = getattr(getattr(item, "module", None), "planned_run", None)
+    return planned(item) if planned else None
 
 
 def pytest_unconfigure(config):
+    if "notebook_harness" in sys.modules:
+        sys.modules["notebook_harness"].stop_planned()
     gradings = getattr(config, "_int8lab_gradings", None)
     if gradings is not None:
         gradings.stop()

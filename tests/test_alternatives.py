@@ -495,6 +495,14 @@ def test_every_function_has_two_alternatives():
     assert all(len(alternatives) >= 2 for _, _, alternatives, _ in FUNCTIONS.values())
 
 
+def planned_run(item):
+    """The run_tests call this item makes (conftest starts it in a second process beside the other tests)."""
+    if getattr(item, "originalname", None) != "test_an_honest_alternative_earns_every_point":
+        return None
+    params = item.callspec.params
+    return params["assignment"], params["patch"], params["cell"]
+
+
 @pytest.mark.parametrize(("assignment", "cell", "patch", "tests"), CASES)
 def test_an_honest_alternative_earns_every_point(assignment, cell, patch, tests):
     outcomes = run_tests(assignment, patch, after=cell)
