@@ -97,7 +97,7 @@ EXPECTED = {
         ),
         (
             "the four schemes of 6.9 at 4 bits",
-            "no difference from symmetric per tensor supported by its 95% interval",
+            "within 1.5 points of each other (five test images)",
             "tests/test_project.py (demo)",
         ),
         (

@@ -169,10 +169,10 @@ def _check_notebook_6_claims(recorded: dict) -> None:
     """What notebook 6's model answers say of its measurements, on this run (6.8 and 6.9)."""
     float_accuracy = recorded["zero_points/float"]
     schemes = ("symmetric, per tensor", "affine, per tensor", "symmetric, per channel", "affine, per channel")
-    # 6.9: at 8 bits every scheme keeps the float accuracy; at 4 bits no difference from the symmetric
-    # per-tensor network is supported by its interval (each holds 0)
+    # 6.9: at 8 bits every scheme keeps the float accuracy; at 4 bits the schemes differ by a few images
     assert all(abs(recorded[f"zero_points/8/{scheme}"] - float_accuracy) <= 0.3 for scheme in schemes), recorded
-    assert all(recorded[f"zero_points/4/{scheme}/low"] <= 0.0 for scheme in schemes[1:]), recorded
+    at_4_bits = [recorded[f"zero_points/4/{scheme}"] for scheme in schemes]
+    assert max(at_4_bits) - min(at_4_bits) <= 1.5, recorded  # five images of 360
     # 6.8: every difference from the engine has a named cause, and the two pick the same class on all images but
     # at most one
     assert recorded["zero_points/engine_unexplained"] == 0
