@@ -126,6 +126,8 @@ def build_class(root: Path, out: Path) -> Path:
         ("stubs", "03_biases"): submission("03_biases", solved=False),
         ("perfect", "04_integer_only"): submission("04_integer_only"),
         ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
+        ("perfect", "06_zero_points"): submission("06_zero_points"),
+        ("stubs", "06_zero_points"): submission("06_zero_points", solved=False),
         ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
         ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
         ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
@@ -251,7 +253,7 @@ def test_perfect_submission_gets_every_autograded_point(graded, assignment):
     assert all(r["message"] in ("", "graded by hand") for r in _tests(graded, "perfect", assignment).values())
 
 
-@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases"])
+@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases", "06_zero_points"])
 def test_untouched_stubs_score_zero(graded, assignment):
     row = _grades(graded)[("stubs", assignment)]
     assert (row["status"], float(row["score"])) == ("ok", 0.0)
