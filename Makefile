@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-ASSIGNMENTS := 01_weights 02_activations 03_biases 04_integer_only 05_ranges_and_bits
+ASSIGNMENTS := 01_weights 02_activations 03_biases 04_integer_only 05_ranges_and_bits 06_zero_points
 NBGRADER := cd autograder && ../$(BIN)/nbgrader
 
 SUBMISSIONS ?= autograder/submitted

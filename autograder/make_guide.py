@@ -89,17 +89,40 @@ EXPECTED = {
             "tests/test_project.py (demo)",
         ),
     ],
+    "06_zero_points": [
+        (
+            "integer NetWithBias with zero points, per tensor and per channel (8 bits)",
+            "within 0.3 points of float",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "the four schemes of 6.9 at 4 bits",
+            "within 1.5 points of each other (five test images)",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "PyTorch's engine (per channel, reduce_range) against the student's network built from its parameters",
+            "at least 99% identical logit codes, the same class on all images but at most one, every difference "
+            "explained (int32 bias or near a rounding boundary)",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "a student's AffineIntegerNet with the engine's parameters",
+            "the float computation's logit codes for at least 99% of the logits, or the test fails",
+            "affine_integer_net_forward_within_a_step_of_float",
+        ),
+    ],
 }
 
 DESIGN = """\
 ## Derive first, then code: how the notebooks avoid giving answers away
 
-- Each derivation (2.2, 2.3, 3.2, 4.2, 5.4) stands before the code that uses it and is graded by hand.
+- Each derivation (2.2, 2.3, 3.2, 4.2, 5.4, 6.1, 6.4) stands before the code that uses it and is graded by hand.
   Markdown, docstrings, test docstrings and failure messages state the convention
   ($q = \\mathrm{clamp}(\\mathrm{round}(x/s))$, $s = \\max|x|/127$ for a tensor) but never the
   output-scale chain or the bias scale: a docstring says "the scale derived in 3.2", and a
   message names the misconception and points to the derivation, not to the formula.
-- Sections 4.7 to 4.9 and 5.5 to 5.8 ask the student to predict, then measure, then explain. A
+- Sections 4.7 to 4.9, 5.5 to 5.8, 6.8 and 6.9 ask the student to predict, then measure, then explain. A
   prediction is a number or the letter of an option in a small solution cell (`answer_4_8_pair`,
   `choice_5_7_activations`), checked only by hidden tests (`check_close`, `check_choice`), and only
   where the answer is fixed by the arithmetic or by an effect the test suite checks with a wide
@@ -141,13 +164,13 @@ def _assignment_section(assignment: str, catalogue, named_in: dict[str, list[str
     title = opening.splitlines()[0].lstrip("# ").strip()
     lines = [f"## {title}", ""]
     objectives = _between(opening, "**You will learn to**", "**Estimated time:**")
-    time = re.search(r"\*\*Estimated time:\*\*([^\n]+)", opening)
+    time = re.search(r"\*\*Estimated time:\*\*(.+?)(?:\n\n|$)", opening, flags=re.DOTALL)  # its whole paragraph
     lines += [
         "**Objectives.**",
         "",
         objectives,
         "",
-        f"**Estimated time:**{time.group(1) if time else ' not stated'}",
+        f"**Estimated time:** {' '.join(time.group(1).split()) if time else 'not stated'}",
         "",
     ]
     lines += [

@@ -170,6 +170,55 @@ MISCONCEPTIONS = {
         "the scales look taken over dim 1 (input channels): one scale per output channel means per row "
         "of dim 0, the maximum over all of that channel's other dimensions"
     ),
+    "zero_point_not_integer": (
+        "your zero point is not an integer: it is the code that 0.0 quantizes to, and codes are integers; with a "
+        "fractional zero point 0.0 has no code of its own and comes back as s * (round(z) - z), not 0 "
+        "(derivation 6.1): round it in affine_parameters"
+    ),
+    "zero_point_not_clamped": (
+        "your zero point lies outside the code range: it is the code of 0.0, so it must be one of the codes, or 0.0 "
+        "quantizes to a clamped code that does not dequantize to 0 (derivation 6.1); look at where the range's lowest "
+        "value lands: on the lowest code, which is -2**(bits-1) for signed codes"
+    ),
+    "zero_not_representable": (
+        "0.0 is not exactly representable with these parameters: the range was used as it is, so for a range that "
+        "does not contain 0 the zero point falls outside the codes and 0.0 quantizes to a clamped code that does not "
+        "dequantize to 0 (derivation 6.1); affine_parameters widens the range to include 0.0 first"
+    ),
+    "zero_point_subtracted": (
+        "the zero point looks subtracted when quantizing (or added when dequantizing): the zero point is the code of "
+        "0.0, so quantizing adds it to the rounded steps and dequantizing takes it off again"
+    ),
+    "correction_forgotten": (
+        "the zero-point correction of derivation 6.4 is missing: folded_bias returned the bias codes unchanged, as "
+        "if the input's zero point were 0"
+    ),
+    "correction_wrong_sign": (
+        "the zero-point correction has the wrong sign: folded_bias adds what derivation 6.4 subtracts; expand the "
+        "sum of the weight codes times the input codes minus their zero point again"
+    ),
+    "correction_per_tensor": (
+        "the zero-point correction is the same for every output channel, computed from all of the layer's weight "
+        "codes at once; derivation 6.4 gives each output channel (dim 0) a correction from its own weights only"
+    ),
+    "weight_zero_point": (
+        "the weights look quantized with a zero point, affinely, as activations are: weights stay symmetric, with a "
+        "scale of max|w[c]| / (2**(bits-1) - 1) and no zero point, because a weight zero point adds a correction "
+        "that depends on the input (derivation 6.4, part 3)"
+    ),
+    "multipliers_per_input_channel": (
+        "the multipliers look built from one weight scale per input channel (dim 1): the multiplier of output "
+        "channel c comes from the scale of the weights that produce output c, row c of dim 0 (derivation 6.4, part 2)"
+    ),
+    "relu_at_code_zero": (
+        "the ReLU looks applied at code 0, or not at all: on affine codes 0.0 is the zero point, so the ReLU keeps "
+        "every code at or above the output's zero point (AffineIntegerNet.forward)"
+    ),
+    "output_zero_point_missing": (
+        "the output codes look computed without the output's zero point: after requantizing the accumulator, "
+        "AffineIntegerNet.forward adds the zero point of the layer's output codes, then saturates (derivation 6.4, "
+        "part 2)"
+    ),
 }
 
 

@@ -19,6 +19,7 @@ NOTEBOOKS = (
     "03_biases/biases.ipynb",
     "04_integer_only/integer_only.ipynb",
     "05_ranges_and_bits/ranges_and_bits.ipynb",
+    "06_zero_points/zero_points.ipynb",
 )
 #: JSON key -> what the table calls it.
 TABLE = {
@@ -34,6 +35,9 @@ TABLE = {
     "integer_only_agreement": "same class: integer-only and PyTorch int8 (reduce_range)",
     "bits3_max": "3-bit weights + activations: max, per tensor, signed",
     "bits3_best": "3-bit weights + activations: best recipe of notebook 5",
+    "affine_int8": "integer NetWithBias, zero points (affine activations)",
+    "affine_per_channel_int8": "the same with one weight scale per output channel",
+    "engine_output_agreement": "identical logit codes: yours and PyTorch int8 (per channel)",
 }
 
 

@@ -109,6 +109,7 @@ def torch_int8_model(
     max_samples: int = 400,
     reduce_range: bool = True,
     engine: str | None = None,
+    per_channel: bool = False,
 ) -> nn.Module:
     """Quantize a copy of ``float_net`` with PyTorch's eager mode.
 
@@ -116,13 +117,16 @@ def torch_int8_model(
         float_net: a trained ``Net`` or ``NetWithBias`` (float32), left unchanged.
         calibration: images to observe the activations' ranges on (the first ``max_samples``).
         reduce_range: activations on 7 bits (codes 0..127 for the calibrated range), PyTorch's default;
-            False uses all 8 bits (0..255).
+            False uses all 8 bits (0..255). Either way the kernels saturate at quint8's 0 and 255: the
+            range only sets the scale.
         engine: the quantized engine (``choose_engine()`` when None).
+        per_channel: symmetric int8 weights with one scale per output channel (notebook 6) instead of one
+            per tensor (notebook 4).
 
     Returns:
         A module taking float32 images (N, C, 32, 32) and returning float32 logits (N, 10), which
-        inside runs quint8 activations, qint8 weights and int32 accumulators. Its ``engine`` and
-        ``reduce_range`` attributes say how it was built.
+        inside runs quint8 activations, qint8 weights and int32 accumulators. Its ``engine``,
+        ``reduce_range`` and ``per_channel`` attributes say how it was built.
     """
     import torch.ao.quantization as tq
 
@@ -134,7 +138,11 @@ def torch_int8_model(
         activation=tq.MinMaxObserver.with_args(
             dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=127 if reduce_range else 255
         ),
-        weight=tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        weight=(
+            tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+            if per_channel
+            else tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        ),
     )
     pairs = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"], ["fc2", "relu4"]]
     with _quiet():
@@ -149,7 +157,7 @@ def torch_int8_model(
                     break
         tq.convert(model, inplace=True)
     quiet = _Quiet(model)
-    quiet.engine, quiet.reduce_range = engine, reduce_range
+    quiet.engine, quiet.reduce_range, quiet.per_channel = engine, reduce_range, per_channel
     return quiet
 
 
@@ -169,6 +177,66 @@ def layer_input_codes(engine_model: nn.Module, name: str, images: torch.Tensor) 
 def layer_weight_codes(engine_model: nn.Module, name: str) -> torch.Tensor:
     """Layer ``name``'s qint8 weight codes, as torch.int8."""
     return getattr(engine_model.model, name).weight().int_repr()
+
+
+def engine_parameters(engine_model: nn.Module) -> dict:
+    """Every number an engine model quantizes with, as plain tensors and floats (notebook 6 rebuilds it on integers).
+
+    Returns ``{"input": (scale, zero_point), name: {...} for name in LAYER_NAMES}`` where each layer's dict holds
+    ``weight_codes`` (torch.int8, the layer's shape), ``weight_scales`` (torch.float64, one per output channel, or
+    one repeated for a per-tensor model), ``bias`` (the float32 bias, or None) and ``output`` (the scale and zero
+    point of the layer's quint8 output codes, as a float and an int).
+    """
+    from .models import LAYER_NAMES
+
+    model = engine_model.model
+    parameters: dict = {"input": (float(model.quant.scale), int(model.quant.zero_point))}
+    for name in LAYER_NAMES:
+        layer = getattr(model, name)
+        weight = layer.weight()
+        if weight.qscheme() in (torch.per_channel_symmetric, torch.per_channel_affine):
+            scales = weight.q_per_channel_scales().to(torch.float64)
+        else:
+            scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float64)
+        bias = layer.bias()
+        parameters[name] = {
+            "weight_codes": weight.int_repr(),
+            "weight_scales": scales,
+            "bias": None if bias is None else bias.detach().clone(),
+            "output": (float(layer.scale), int(layer.zero_point)),
+        }
+    return parameters
+
+
+def passed_on_codes(engine_model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The quint8 codes each step of an engine model passes on, as torch.uint8, for ``images``.
+
+    ``"input"``: the codes conv1 receives (the quantized images); ``"conv1"``, ``"conv2"``, ``"fc1"``, ``"fc2"``:
+    what the next layer receives (after ReLU, and pooling and flattening for the convolutions); ``"fc3"``: the
+    logits' codes. One forward pass.
+    """
+    from .models import LAYER_NAMES
+
+    model = engine_model.model
+    seen: dict[str, torch.Tensor] = {}
+    # layer -> the step whose codes it receives
+    givers = {"conv1": "input", **dict(zip(LAYER_NAMES[1:], LAYER_NAMES[:-1], strict=True))}
+    handles = [
+        getattr(model, name).register_forward_pre_hook(
+            lambda module, inputs, key=givers[name]: seen.__setitem__(key, inputs[0].int_repr())
+        )
+        for name in LAYER_NAMES
+    ]
+    handles.append(
+        model.fc3.register_forward_hook(lambda module, inputs, output: seen.__setitem__("fc3", output.int_repr()))
+    )
+    try:
+        with torch.no_grad():
+            engine_model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {key: seen[key] for key in ("input", *LAYER_NAMES)}
 
 
 def pair_saturated_linear(codes: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Integer kernels for notebook 4: convolution, matrix product and pooling on real int8 tensors.
+"""Integer kernels for notebooks 4 and 6: convolution, matrix product and pooling on real 8-bit tensors.
 
 PyTorch's ``F.conv2d`` refuses plain integer tensors (its quantized kernels work on quantized tensor
 types and hide the accumulator), so ``conv2d_int32`` lays the input's patches
@@ -6,8 +6,10 @@ out as rows (``Tensor.unfold``, a view that works for any dtype) and multiplies 
 filters with an int32 matrix product. Every product of two int8 values and every partial sum
 is an integer, so the result is exact as long as the sum fits in int32.
 
-Each kernel checks its dtypes and says what went wrong: a float tensor reaching a layer means
-the forward pass dequantized somewhere. None of this computes a graded answer.
+The activations are torch.int8 codes (notebook 4, symmetric) or torch.uint8 codes (notebook 6, with a
+zero point); weights are always torch.int8. Each kernel checks its dtypes and says what went wrong: a
+float tensor reaching a layer means the forward pass dequantized somewhere. None of this computes a
+graded answer.
 """
 
 from __future__ import annotations
@@ -45,16 +47,24 @@ class AccumulatorRecord:
 _recording: AccumulatorRecord | None = None
 
 
-def _require(tensor: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+#: The dtypes an 8-bit activation may have: signed codes (notebook 4) or unsigned codes with a zero point (notebook 6).
+CODE_DTYPES = (torch.int8, torch.uint8)
+
+
+def _require(tensor: torch.Tensor, dtype: torch.dtype | tuple[torch.dtype, ...], what: str) -> None:
+    """Raise ``IntegerPipelineError`` unless ``tensor`` has ``dtype`` (or one of several), naming the likely mistake."""
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype not in dtypes:
         got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        dtype = dtypes[0]
         if dtype == torch.int8 and got == torch.int32:
             hint = " An int32 accumulator reached the next layer: requantize every layer's accumulator to int8 first."
         elif dtype == torch.int8 and isinstance(got, torch.dtype) and got.is_floating_point:
             hint = f" A float tensor reached an integer layer: {KEEP_FORWARD_INTEGER}."
         else:
             hint = ""
-        raise IntegerPipelineError(f"{what} must be a {dtype} tensor, got {got}.{hint}")
+        wanted = " or ".join(str(d) for d in dtypes)
+        raise IntegerPipelineError(f"{what} must be a {wanted} tensor, got {got}.{hint}")
 
 
 def _record(name: str | None, accumulator: torch.Tensor) -> None:
@@ -140,34 +150,37 @@ def integer_only(function, advice: str = KEEP_REQUANTIZE_INTEGER):
 
 
 class IntegerModule(nn.Module):
-    """A module whose ``forward`` takes and returns torch.int8 and should compute no float on the way.
+    """A module whose ``forward`` takes and returns 8-bit codes and should compute no float on the way.
 
-    Calling it checks the input's and the result's dtype (``IntegerPipelineError``), and runs ``forward``
-    while watching every torch operation: one that produced a float tensor gets an
+    Calling it checks the input's and the result's dtype (``IntegerPipelineError``): one of ``code_dtypes``,
+    torch.int8 unless a subclass says otherwise (notebook 6's network also takes torch.uint8). It runs
+    ``forward`` while watching every torch operation: one that produced a float tensor gets an
     ``IntegerPipelineWarning`` naming it. ``module.forward(x)`` runs without either (for timing).
     """
 
+    code_dtypes: tuple[torch.dtype, ...] = (torch.int8,)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
-        _require(x, torch.int8, f"the input of {name}")
+        _require(x, self.code_dtypes, f"the input of {name}")
         result = _watch_float(lambda: super(IntegerModule, self).__call__(x), f"{name}.forward", KEEP_FORWARD_INTEGER)
-        _require(result, torch.int8, f"the result of {name}.forward")
+        _require(result, self.code_dtypes, f"the result of {name}.forward")
         return result
 
 
 def conv2d_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None) -> torch.Tensor:
-    """Valid 2-D convolution, stride 1, of int8 images with int8 filters, accumulated in int32.
+    """Valid 2-D convolution, stride 1, of 8-bit images with int8 filters, accumulated in int32.
 
     Args:
-        x: torch.int8, shape (N, C, H, W).
+        x: torch.int8 or torch.uint8 codes, shape (N, C, H, W).
         weight: torch.int8, shape (O, C, k, k).
         name: the layer's name, for ``recorded_accumulators``.
 
     Returns:
         torch.int32 of shape (N, O, H - k + 1, W - k + 1): each output is the sum of C·k·k
-        products of an int8 weight and an int8 pixel.
+        products of an int8 weight and an 8-bit code.
     """
-    _require(x, torch.int8, f"the input of {name or 'a convolution'}")
+    _require(x, CODE_DTYPES, f"the input of {name or 'a convolution'}")
     _require(weight, torch.int8, f"the weight of {name or 'a convolution'}")
     batch, channels, height, width = x.shape
     out_channels, _, k, _ = weight.shape
@@ -182,8 +195,9 @@ def conv2d_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None)
 
 
 def linear_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None) -> torch.Tensor:
-    """``x @ weight.T`` for int8 ``x`` (N, F) and int8 ``weight`` (O, F), accumulated in int32 (N, O)."""
-    _require(x, torch.int8, f"the input of {name or 'a linear layer'}")
+    """``x @ weight.T`` for 8-bit codes ``x`` (N, F), int8 or uint8, and int8 ``weight`` (O, F), accumulated in
+    int32 (N, O)."""
+    _require(x, CODE_DTYPES, f"the input of {name or 'a linear layer'}")
     _require(weight, torch.int8, f"the weight of {name or 'a linear layer'}")
     accumulator = x.to(torch.int32) @ weight.to(torch.int32).T
     _record(name, accumulator)
@@ -191,8 +205,11 @@ def linear_int32(x: torch.Tensor, weight: torch.Tensor, name: str | None = None)
 
 
 def max_pool2x2_int8(x: torch.Tensor) -> torch.Tensor:
-    """2x2 max-pooling, stride 2, of int8 feature maps (N, C, H, W) with even H and W: still int8."""
-    _require(x, torch.int8, "the input of max-pooling")
+    """2x2 max-pooling, stride 2, of 8-bit feature maps (N, C, H, W) with even H and W, int8 or uint8: the same dtype.
+
+    Pooling commutes with any increasing map, so it runs on the codes whatever their scale and zero point.
+    """
+    _require(x, CODE_DTYPES, "the input of max-pooling")
     batch, channels, height, width = x.shape
     return x.reshape(batch, channels, height // 2, 2, width // 2, 2).amax(dim=(3, 5))
 

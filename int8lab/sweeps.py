@@ -127,11 +127,7 @@ class SimulatedQuantization:
         interval says how much of the difference one set of test images can tell apart, not how it would
         vary with another training run.
         """
-        ours, theirs = self.correct(recipe).astype(np.float64), self.correct(baseline).astype(np.float64)
-        picks = np.random.default_rng(seed).integers(0, len(ours), size=(resamples, len(ours)))
-        differences = 100.0 * (ours[picks].mean(axis=1) - theirs[picks].mean(axis=1))
-        low, high = np.percentile(differences, [50 * (1 - level), 50 * (1 + level)])
-        return float(low), float(high)
+        return difference_interval(self.correct(recipe), self.correct(baseline), level, resamples, seed)
 
     def float_accuracy(self) -> float:
         return self.accuracy(Recipe())
@@ -186,6 +182,27 @@ class SimulatedQuantization:
         """The clipping threshold of activation ``key`` (as ``clip_threshold`` gives it), for plots."""
         scale = self._scale(self.calibration[key], ("activations", key), method, bits, signed)
         return scale * largest_level(bits, signed)
+
+
+def difference_interval(
+    correct: np.ndarray, baseline_correct: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A paired bootstrap interval, in points, of the accuracy of ``correct`` minus that of ``baseline_correct``.
+
+    Args:
+        correct, baseline_correct: bool arrays (N,), whether each of the same N evaluation images is classified
+            right by the two networks compared.
+
+    The images are resampled with replacement, the same ones for both, so the interval says how much of the
+    difference one set of test images can tell apart, not how it would vary with another training run.
+    """
+    ours, theirs = np.asarray(correct, dtype=np.float64), np.asarray(baseline_correct, dtype=np.float64)
+    if ours.shape != theirs.shape or ours.ndim != 1:
+        raise ValueError(f"two bool arrays of one shape (N,) are needed, got {ours.shape} and {theirs.shape}")
+    picks = np.random.default_rng(seed).integers(0, len(ours), size=(resamples, len(ours)))
+    differences = 100.0 * (ours[picks].mean(axis=1) - theirs[picks].mean(axis=1))
+    low, high = np.percentile(differences, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
 
 
 #: The "mse" search quantizes its values once per candidate: a large activation is searched on a sample.

@@ -143,6 +143,8 @@ def build_hostile_class(root: Path, out: Path) -> Path:
         ("stubs", "03_biases"): submission("03_biases", solved=False),
         ("perfect", "04_integer_only"): submission("04_integer_only"),
         ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
+        ("perfect", "06_zero_points"): submission("06_zero_points"),
+        ("stubs", "06_zero_points"): submission("06_zero_points", solved=False),
         ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
         ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
         ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),

@@ -306,6 +306,175 @@ def quantized_weights_per_channel(weights, bits=8):
 """,
 }
 
+# ---------------------------------------------------------------------------------------------
+# Notebook 06: affine_parameters, quantize_affine and dequantize_affine, folded_bias,
+# channel_multipliers and per_channel_requantization, AffineIntegerNet.forward
+# ---------------------------------------------------------------------------------------------
+
+AFFINE_PARAMETERS = {
+    "float32_torch": """
+def affine_parameters(low, high, bits=8, signed=False):
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError("bits")
+    ends = torch.tensor([low, high], dtype=torch.float32)
+    if not bool(torch.isfinite(ends).all()) or low > high:
+        raise ValueError("range")
+    lowest, highest = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    low, high = torch.clamp(ends[0], max=0.0), torch.clamp(ends[1], min=0.0)
+    if bool(low == high):
+        return 1.0, lowest
+    scale = (high - low) / (highest - lowest)
+    return float(scale), int(lowest - torch.round(low / scale))
+""",
+    "float64_numpy": """
+def affine_parameters(low, high, bits=8, signed=False):
+    if type(bits) is not int or bits < 2 or bits > 16:
+        raise ValueError("bits")
+    if np.isnan(low) or np.isnan(high) or np.isinf(low) or np.isinf(high) or low > high:
+        raise ValueError("range")
+    lowest, highest = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    low, high = np.float64(min(low, 0.0)), np.float64(max(high, 0.0))
+    if high - low == 0:
+        return 1.0, lowest
+    scale = (high - low) / (highest - lowest)
+    return float(scale), int(lowest + np.round(-low / scale))
+""",
+    "from_the_top_end": """
+def affine_parameters(low, high, bits=8, signed=False):
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError("bits")
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError("range")
+    lowest, highest = code_range(bits, signed)
+    low, high = min(low, 0.0), max(high, 0.0)
+    if low == high:
+        return 1.0, lowest
+    scale = (high - low) / (highest - lowest)
+    return scale, highest - round(high / scale)  # the highest value lands on the highest code
+""",
+}
+
+QUANTIZE_AFFINE = {
+    "float64_numpy": """
+def quantize_affine(x, scale, zero_point, bits=8, signed=False):
+    lowest, highest = code_range(bits, signed)
+    values = np.asarray(x, dtype=np.float64)
+    steps = np.round(values / np.asarray(scale, dtype=np.float64)) + np.asarray(zero_point)
+    return torch.from_numpy(np.clip(steps, lowest, highest).astype(np.int32))
+
+def dequantize_affine(codes, scale, zero_point):
+    codes = np.asarray(codes, dtype=np.float64)
+    return torch.from_numpy((np.asarray(scale) * (codes - np.asarray(zero_point))).astype(np.float32))
+""",
+    "float32_torch": """
+def quantize_affine(x, scale, zero_point, bits=8, signed=False):
+    lowest, highest = code_range(bits, signed)
+    codes = (x.float() / torch.as_tensor(scale).float()).round() + torch.as_tensor(zero_point).float()
+    return codes.clamp(lowest, highest).to(torch.int32)
+
+def dequantize_affine(codes, scale, zero_point):
+    return (codes.float() - torch.as_tensor(zero_point).float()) * torch.as_tensor(scale).float()
+""",
+}
+
+FOLDED_BIAS = {
+    "float32_torch": """
+def folded_bias(bias_codes, weight_codes, input_zero_point):
+    sums = weight_codes.float().flatten(1).sum(dim=1)
+    return (bias_codes.float() - float(input_zero_point) * sums).round().to(torch.int32)
+""",
+    "python_loop": """
+def folded_bias(bias_codes, weight_codes, input_zero_point):
+    folded = []
+    for channel in range(weight_codes.shape[0]):
+        total = sum(int(code) for code in weight_codes[channel].flatten().tolist())
+        folded.append(int(bias_codes[channel]) - int(input_zero_point) * total)
+    return torch.tensor(folded, dtype=torch.int32)
+""",
+}
+
+PER_CHANNEL_REQUANTIZATION = {
+    "float32_torch": """
+def channel_multipliers(input_scale, weight_scales, output_scale):
+    real = torch.as_tensor(weight_scales, dtype=torch.float32) * input_scale / output_scale
+    pairs = [fixed_point_multiplier(float(value)) for value in real]
+    return torch.tensor([m for m, _ in pairs]), torch.tensor([s for _, s in pairs])
+
+def per_channel_requantization(weights, input_scale, output_scale, bits=8):
+    level = 2 ** (bits - 1) - 1
+    largest = weights.detach().flatten(1).abs().max(dim=1).values
+    scales = torch.where(largest > 0, largest / level, torch.ones_like(largest))
+    shaped = scales.view(-1, *([1] * (weights.dim() - 1)))
+    codes = torch.clamp(torch.round(weights.detach() / shaped), -level - 1, level).to(torch.int8)
+    return (codes, scales, *channel_multipliers(input_scale, scales, output_scale))
+""",
+    "float64_numpy_loop": """
+def channel_multipliers(input_scale, weight_scales, output_scale):
+    m0s, shifts = [], []
+    for scale in np.asarray(weight_scales, dtype=np.float64):
+        m0, shift = fixed_point_multiplier(float(np.float64(input_scale) * scale / np.float64(output_scale)))
+        m0s.append(m0)
+        shifts.append(shift)
+    return torch.tensor(m0s, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+
+def per_channel_requantization(weights, input_scale, output_scale, bits=8):
+    level = 2 ** (bits - 1) - 1
+    w = weights.detach().numpy().astype(np.float64)
+    scales, codes = [], []
+    for channel in w:
+        largest = np.abs(channel).max()
+        scale = largest / level if largest > 0 else 1.0
+        scales.append(scale)
+        codes.append(np.clip(np.round(channel / scale), -level - 1, level))
+    m0, shift = channel_multipliers(input_scale, scales, output_scale)
+    return torch.from_numpy(np.stack(codes).astype(np.int8)), torch.tensor(scales), m0, shift
+""",
+}
+
+AFFINE_FORWARD = {
+    "channel_by_channel": """
+def forward(self, x):
+    for name in LAYER_NAMES:
+        accumulator = self.accumulate(name, x)
+        m0, shift = self.multipliers[name]
+        _, zero_point, lowest, highest = self.outputs[name]
+        channels = []
+        for c in range(accumulator.shape[1]):
+            rounded = rounding_shift(accumulator[:, c] + self.biases[name][c], int(m0[c]), int(shift[c]))
+            floor = max(lowest, zero_point) if name != "fc3" else lowest  # the ReLU and the saturation at once
+            channels.append(torch.clamp(rounded + zero_point, floor, highest))
+        x = torch.stack(channels, dim=1).to(torch.uint8 if lowest >= 0 else torch.int8)
+        if name in ("conv1", "conv2"):
+            x = max_pool2x2_int8(x)
+        if name == "conv2":
+            x = x.reshape(x.shape[0], -1)
+    return x
+
+AffineIntegerNet.forward = forward
+""",
+    "unrolled_int64": """
+def forward(self, x):
+    def step(name, x, relu):
+        accumulator = self.accumulate(name, x).to(torch.int64)
+        view = [1, -1] + [1] * (accumulator.dim() - 2)
+        m0, shift = (value.view(view) for value in self.multipliers[name])
+        _, zero_point, lowest, highest = self.outputs[name]
+        codes = rounding_shift(accumulator + self.biases[name].to(torch.int64).view(view), m0, shift) + zero_point
+        codes = codes.clamp(lowest, highest)
+        if relu:
+            codes = torch.maximum(codes, torch.tensor(zero_point))
+        return codes.to(self.code_dtype(lowest))
+
+    x = max_pool2x2_int8(step("conv1", x, True))
+    x = max_pool2x2_int8(step("conv2", x, True)).flatten(1)
+    x = step("fc1", x, True)
+    x = step("fc2", x, True)
+    return step("fc3", x, False)
+
+AffineIntegerNet.forward = forward
+""",
+}
+
 # function: (assignment, solution cell to patch after, its alternatives, the tests that exercise it)
 FUNCTIONS = {
     "fixed_point_multiplier": (
@@ -375,6 +544,51 @@ FUNCTIONS = {
             "quantized_weights_per_channel_small_example",
             "quantized_weights_per_channel_edge_cases",
             "quantized_weights_per_channel_trained_layers",
+        ),
+    ),
+    "affine_parameters": (
+        "06_zero_points",
+        "affine_parameters_impl",
+        AFFINE_PARAMETERS,
+        ("affine_parameters_small_example", "affine_parameters_edge_cases", "affine_parameters_zero_is_exact"),
+    ),
+    "quantize_affine": (
+        "06_zero_points",
+        "quantize_affine_impl",
+        QUANTIZE_AFFINE,
+        ("quantize_affine_small_example", "quantize_affine_rows_ties_and_widths"),
+    ),
+    "folded_bias": (
+        "06_zero_points",
+        "folded_bias_impl",
+        FOLDED_BIAS,
+        (
+            "folded_bias_small_example",
+            "folded_bias_convolution_and_wide_layer",
+            "affine_integer_net_forward_small_network",
+            "affine_integer_net_forward_matches_reference",
+            "affine_integer_net_forward_within_a_step_of_float",
+        ),
+    ),
+    "per_channel_requantization": (
+        "06_zero_points",
+        "per_channel_requantization_impl",
+        PER_CHANNEL_REQUANTIZATION,
+        (
+            "per_channel_requantization_small_example",
+            "per_channel_requantization_trained_layers",
+            "affine_integer_net_forward_matches_reference",
+            "affine_integer_net_forward_within_a_step_of_float",
+        ),
+    ),
+    "AffineIntegerNet.forward": (
+        "06_zero_points",
+        "affine_integer_net_impl",
+        AFFINE_FORWARD,
+        (
+            "affine_integer_net_forward_small_network",
+            "affine_integer_net_forward_matches_reference",
+            "affine_integer_net_forward_within_a_step_of_float",
         ),
     ),
 }

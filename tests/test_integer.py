@@ -140,3 +140,63 @@ def test_reduce_range_keeps_the_calibration_images_codes_near_7_bits(float_net, 
     assert reduced.reduce_range and reduced.engine in torch.backends.quantized.supported_engines
     assert int(layer_input_codes(reduced, "fc1", images).max()) <= 130
     assert int(layer_input_codes(full, "fc1", images).max()) >= 250
+
+
+def test_kernels_take_uint8_codes_as_notebook_6_does():
+    """Unsigned activation codes 0..255 (a zero point's uint8) are summed exactly too; pooling keeps uint8."""
+    codes = torch.randint(0, 256, (2, 6, 14, 14), generator=torch.Generator().manual_seed(9), dtype=torch.uint8)
+    filters = _int8((16, 6, 5, 5), 10)
+    assert torch.equal(conv2d_int32(codes, filters), F.conv2d(codes.double(), filters.double()).to(torch.int32))
+    flat = codes.flatten(1)[:, :400]
+    weight = _int8((120, 400), 11)
+    assert torch.equal(linear_int32(flat, weight), (flat.double() @ weight.double().T).to(torch.int32))
+    pooled = max_pool2x2_int8(codes)
+    assert pooled.dtype == torch.uint8 and torch.equal(pooled.double(), F.max_pool2d(codes.double(), 2))
+    with pytest.raises(IntegerPipelineError, match="torch.int8 or torch.uint8"):
+        linear_int32(flat.to(torch.int16), weight)
+
+
+def test_an_integer_module_takes_the_code_dtypes_it_declares():
+    class Unsigned(IntegerModule):
+        code_dtypes = (torch.uint8, torch.int8)
+
+        def forward(self, x):
+            return x
+
+    codes = torch.tensor([0, 200, 255], dtype=torch.uint8)
+    assert torch.equal(Unsigned()(codes), codes)
+    with pytest.raises(IntegerPipelineError, match="torch.uint8 or torch.int8"):
+        Unsigned()(codes.to(torch.int32))
+
+
+def test_the_engine_hands_over_its_per_channel_parameters_and_codes(float_net, digits_loaders):
+    """engine_parameters: one weight scale per output channel, no bias in Net; passed_on_codes: what each step
+    passes on, the input's codes being the images quantized with the engine's own scale and zero point."""
+    from int8lab.engine import engine_parameters, passed_on_codes, torch_int8_model
+
+    train_loader, test_loader = digits_loaders
+    engine = torch_int8_model(float_net, train_loader, max_samples=200, per_channel=True)
+    parameters = engine_parameters(engine)
+    assert engine.per_channel and set(parameters) == {"input", "conv1", "conv2", "fc1", "fc2", "fc3"}
+    conv1 = parameters["conv1"]
+    assert conv1["weight_codes"].dtype == torch.int8 and conv1["weight_codes"].shape == (6, 1, 5, 5)
+    assert conv1["weight_scales"].shape == (6,) and len(set(conv1["weight_scales"].tolist())) == 6
+    assert conv1["bias"] is None or not conv1["bias"].any()  # Net has no bias; some engines keep zeros
+    images = next(iter(test_loader))[0][:8]
+    codes = passed_on_codes(engine, images)
+    shapes = {key: tuple(value.shape) for key, value in codes.items()}
+    assert shapes == {
+        "input": (8, 1, 32, 32),
+        "conv1": (8, 6, 14, 14),
+        "conv2": (8, 400),
+        "fc1": (8, 120),
+        "fc2": (8, 84),
+        "fc3": (8, 10),
+    }
+    assert all(value.dtype == torch.uint8 for value in codes.values())
+    scale, zero_point = parameters["input"]
+    assert torch.equal(
+        codes["input"].to(torch.int64), torch.clamp(torch.round(images / scale) + zero_point, 0, 255).to(torch.int64)
+    )
+    per_tensor = engine_parameters(torch_int8_model(float_net, train_loader, max_samples=200))
+    assert len(set(per_tensor["conv1"]["weight_scales"].tolist())) == 1

@@ -337,12 +337,122 @@ RANGES_AND_BITS = [
 ]
 WRONG_IMPLEMENTATIONS += RANGES_AND_BITS
 
+AFFINE_TEMPLATE = """
+def affine_parameters(low, high, bits=8, signed=False):
+    if not 2 <= bits <= 16 or not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError("bad arguments")
+    lowest, highest = code_range(bits, signed)
+    {widen}
+    if low == high:
+        return 1.0, lowest
+    scale = (high - low) / (highest - lowest)
+    return scale, {zero_point}
+"""
+
+
+def _affine(widen="low, high = min(low, 0.0), max(high, 0.0)", zero_point="int(lowest - round(low / scale))"):
+    return AFFINE_TEMPLATE.format(widen=widen, zero_point=zero_point)
+
+
+FOLD_TEMPLATE = """
+def folded_bias(bias_codes, weight_codes, input_zero_point):
+    sums = {sums}
+    return (bias_codes.to(torch.int64) {sign} int(input_zero_point) * sums).to(torch.int32)
+"""
+
+
+def _fold(sums="weight_codes.to(torch.int64).reshape(weight_codes.shape[0], -1).sum(dim=1)", sign="-"):
+    return FOLD_TEMPLATE.format(sums=sums, sign=sign)
+
+
+AFFINE_FORWARD_TEMPLATE = """
+def forward(self, x):
+    for name in LAYER_NAMES:
+        accumulator = self.accumulate(name, x)
+        by_channel = (1, -1) + (1,) * (accumulator.dim() - 2)
+        m0, shift = self.multipliers[name]
+        _, zero_point, lowest, highest = self.outputs[name]
+        accumulator = accumulator + self.biases[name].reshape(by_channel)
+        codes = rounding_shift(accumulator, m0.reshape(by_channel), shift.reshape(by_channel))
+        codes = torch.clamp(codes + {added}, lowest, highest)
+        if name != "fc3":
+            codes = torch.clamp(codes, min={relu_at})
+        x = codes.to(self.code_dtype(lowest))
+        if name in ("conv1", "conv2"):
+            x = max_pool2x2_int8(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+AffineIntegerNet.forward = forward
+"""
+
+
+def _affine_forward(added="zero_point", relu_at="zero_point"):
+    return AFFINE_FORWARD_TEMPLATE.format(added=added, relu_at=relu_at)
+
+
+ZERO_POINTS = [
+    ("zero_point_not_integer", "06_zero_points", _affine(zero_point="lowest - low / scale")),
+    ("zero_point_not_clamped", "06_zero_points", _affine(zero_point="int(-round(low / scale))")),  # qmin left out
+    ("zero_not_representable", "06_zero_points", _affine(widen="pass")),  # the range as it is, nothing clamped
+    (
+        "zero_point_subtracted",
+        "06_zero_points",
+        """
+def quantize_affine(x, scale, zero_point, bits=8, signed=False):
+    lowest, highest = code_range(bits, signed)
+    codes = torch.round(x / torch.as_tensor(scale, dtype=torch.float32)) - torch.as_tensor(zero_point)
+    return torch.clamp(codes, lowest, highest).to(torch.int32)
+
+def dequantize_affine(codes, scale, zero_point):
+    return (torch.as_tensor(codes) + torch.as_tensor(zero_point)).to(torch.float32) * torch.as_tensor(scale)
+""",
+    ),
+    ("correction_forgotten", "06_zero_points", _fold(sums="0")),
+    ("correction_wrong_sign", "06_zero_points", _fold(sign="+")),
+    ("correction_per_tensor", "06_zero_points", _fold(sums="weight_codes.to(torch.int64).sum()")),
+    (
+        "weight_zero_point",
+        "06_zero_points",
+        """
+def per_channel_requantization(weights, input_scale, output_scale, bits=8):
+    scales, codes = [], []
+    for row in weights.detach().reshape(weights.shape[0], -1):
+        scale, zero_point = affine_parameters(float(row.min()), float(row.max()), bits, signed=True)
+        scales.append(scale)
+        codes.append(quantize_affine(row, scale, zero_point, bits, signed=True))
+    m0, shift = channel_multipliers(input_scale, scales, output_scale)
+    return torch.stack(codes).reshape(weights.shape).to(torch.int8), torch.tensor(scales), m0, shift
+""",
+    ),
+    (
+        "multipliers_per_input_channel",
+        "06_zero_points",
+        """
+def per_channel_requantization(weights, input_scale, output_scale, bits=8):
+    level = 2 ** (bits - 1) - 1
+    w = weights.detach()
+    largest = w.abs().transpose(0, 1).reshape(w.shape[1], -1).amax(dim=1)
+    scales = torch.where(largest > 0, largest / level, torch.ones_like(largest))
+    by_input = scales.reshape(1, -1, *([1] * (w.dim() - 2)))
+    codes = torch.clamp(torch.round(w / by_input), -level - 1, level).to(torch.int8)
+    m0, shift = channel_multipliers(input_scale, scales, output_scale)
+    return codes, scales, m0, shift
+""",
+    ),
+    ("relu_at_code_zero", "06_zero_points", _affine_forward(relu_at="0")),
+    ("output_zero_point_missing", "06_zero_points", _affine_forward(added="0")),
+]
+WRONG_IMPLEMENTATIONS += ZERO_POINTS
+
 SOLUTION_CELL = {
     "01_weights": "quantized_weights_impl",
     "02_activations": "net_quantized_impl",
     "03_biases": "net_quantized_with_bias_impl",
     "04_integer_only": "integer_only_net_impl",
     "05_ranges_and_bits": "quantize_impl",
+    "06_zero_points": "affine_integer_net_impl",
 }
 #: Where a patch of one function goes when an assignment has several solution cells.
 FUNCTION_CELL = {
@@ -350,6 +460,10 @@ FUNCTION_CELL = {
     "requantize": "requantize_impl",
     "clip_threshold": "clip_threshold_impl",
     "quantized_weights_per_channel": "quantized_weights_per_channel_impl",
+    "affine_parameters": "affine_parameters_impl",
+    "quantize_affine": "quantize_affine_impl",
+    "folded_bias": "folded_bias_impl",
+    "per_channel_requantization": "per_channel_requantization_impl",
 }
 
 

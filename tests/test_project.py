@@ -12,7 +12,19 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GRADED_FUNCTIONS = ("quantized_weights", "quantize_activations", "quantize_initial_input", "quantized_bias")
+GRADED_FUNCTIONS = (
+    "quantized_weights",
+    "quantize_activations",
+    "quantize_initial_input",
+    "quantized_bias",
+    # notebook 6
+    "affine_parameters",
+    "quantize_affine",
+    "dequantize_affine",
+    "folded_bias",
+    "channel_multipliers",
+    "per_channel_requantization",
+)
 CONDA_TO_PYPI = {"pytorch-cpu": "torch", "python": None, "pip": None}
 
 
@@ -93,6 +105,9 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
         "integer_only_agreement",
         "bits3_max",
         "bits3_best",
+        "affine_int8",
+        "affine_per_channel_int8",
+        "engine_output_agreement",
     }
     # 0.3 points is one test image of 360: the int8 networks may lose at most one.
     assert numbers["float"] >= 98.0
@@ -116,6 +131,12 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
         right = figures.pop("int32 (your quantized_bias)")
         assert len(figures) == 4 and all(wrong > right * 1.05 for wrong in figures.values()), (measure, right, figures)
     _check_notebook_5_claims(recorded)
+    # Notebook 6: zero points and per-channel scales keep the float accuracy at 8 bits, and the integer network
+    # gives PyTorch's engine's logit codes (per-channel weights, reduce_range) for at least 99% of the logits.
+    assert abs(numbers["affine_int8"] - numbers["bias_float"]) <= 0.3
+    assert abs(numbers["affine_per_channel_int8"] - numbers["bias_float"]) <= 0.3
+    assert numbers["engine_output_agreement"] >= 99.0
+    _check_notebook_6_claims(recorded)
     executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
@@ -142,6 +163,20 @@ def _check_notebook_5_claims(recorded: dict) -> None:
     assert by_method["mse"] == max(by_method.values()), by_method
     assert recorded["ranges/intervals/methods/3/mse/low"] > 0.0
     assert recorded["bits3_best"] > recorded["bits3_max"]
+
+
+def _check_notebook_6_claims(recorded: dict) -> None:
+    """What notebook 6's model answers say of its measurements, on this run (6.8 and 6.9)."""
+    float_accuracy = recorded["zero_points/float"]
+    schemes = ("symmetric, per tensor", "affine, per tensor", "symmetric, per channel", "affine, per channel")
+    # 6.9: at 8 bits every scheme keeps the float accuracy; at 4 bits the schemes differ by a few images
+    assert all(abs(recorded[f"zero_points/8/{scheme}"] - float_accuracy) <= 0.3 for scheme in schemes), recorded
+    at_4_bits = [recorded[f"zero_points/4/{scheme}"] for scheme in schemes]
+    assert max(at_4_bits) - min(at_4_bits) <= 1.5, recorded  # five images of 360
+    # 6.8: every difference from the engine has a named cause, and the two pick the same class on all images but
+    # at most one
+    assert recorded["zero_points/engine_unexplained"] == 0
+    assert recorded["zero_points/engine_top1_agreement"] >= 99.5
 
 
 def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(tmp_path):

@@ -179,3 +179,18 @@ def test_notebook_5_plots_label_what_they_show():
     histogram = plot_clip_thresholds(values, {"max": 5.0, "sigma": 2.5}, "a layer")
     labels = [text.get_text() for text in histogram.axes[0].get_legend().get_texts()]
     assert labels[0].startswith("max: T = 5 (0.00% clipped)") and "sigma: T = 2.5" in labels[1]
+
+
+def test_the_difference_interval_is_a_function_of_two_arrays():
+    """Notebook 6 compares networks that are not recipes: the same interval from two bool arrays."""
+    from int8lab.sweeps import difference_interval
+
+    same = np.array([True, False, True, True])
+    assert difference_interval(same, same) == (0.0, 0.0)
+    better = np.ones(360, dtype=bool)
+    worse = better.copy()
+    worse[:36] = False
+    low, high = difference_interval(better, worse)
+    assert 0.0 < low <= 10.0 <= high
+    with pytest.raises(ValueError, match="one shape"):
+        difference_interval(same, same[:3])
