@@ -222,10 +222,10 @@ def passed_on_codes(engine_model: nn.Module, images: torch.Tensor) -> dict[str, 
     # layer -> the step whose codes it receives
     givers = {"conv1": "input", **dict(zip(LAYER_NAMES[1:], LAYER_NAMES[:-1], strict=True))}
     handles = [
-        getattr(model, name).register_forward_pre_hook(
-            lambda module, inputs, key=givers[name]: seen.__setitem__(key, inputs[0].int_repr())
+        getattr(model, layer_name).register_forward_pre_hook(
+            lambda module, inputs, key=givers[layer_name]: seen.__setitem__(key, inputs[0].int_repr())
         )
-        for name in LAYER_NAMES
+        for layer_name in LAYER_NAMES
     ]
     handles.append(
         model.fc3.register_forward_hook(lambda module, inputs, output: seen.__setitem__("fc3", output.int_repr()))

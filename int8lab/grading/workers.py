@@ -194,8 +194,12 @@ def _overdue(job_dir: Path, limits: Limits) -> bool:
 
 def _warm_worker() -> None:
     import nbclient  # noqa: F401 (imported once, used by every submission this worker grades)
-    import torch  # noqa: F401 (the judge's)
+    import torch  # the judge's
     import zmq
+
+    # One thread per worker, as per kernel: the workers share the cores, and OpenMP threads that spin-wait on
+    # a busy machine made in-process judging several times slower.
+    torch.set_num_threads(1)
 
     # A kernel client's zmq context, collected later as garbage, can block forever in term()
     # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
