@@ -7,6 +7,7 @@ their records, exactly as ``int8lab grade`` does with a student's kernel, withou
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def _run_here(assignment: str, patch: str, after) -> dict[str, str | None]:
     return {grade_id: verdict.message or None for grade_id, verdict in verdicts.items()}
 
 
+def _run_quietly(assignment: str, patch: str, after) -> dict[str, str | None]:
+    """``_run_here`` in the second process, whose warnings would reach the terminal: pytest does not capture it."""
+    with warnings.catch_warnings(record=True):
+        return _run_here(assignment, patch, after)
+
+
 #: ``run_tests`` calls that ``plan`` handed to the second process, by their arguments.
 _PLANNED: dict[tuple, Future] = {}
 _executor: ProcessPoolExecutor | None = None
@@ -54,7 +61,7 @@ def plan(runs: list[tuple[str, str, str | tuple[str, ...] | None]]) -> None:
         _executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     for run in reversed(runs):
         if run not in _PLANNED:
-            _PLANNED[run] = _executor.submit(_run_here, *run)
+            _PLANNED[run] = _executor.submit(_run_quietly, *run)
 
 
 def stop_planned() -> None:
