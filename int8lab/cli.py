@@ -33,7 +33,7 @@ def _grade(args) -> int:
     limits = Limits(args.timeout, args.notebook_timeout, memory, disk_bytes=disk, run_demos=not args.skip_demos)
     try:
         grade(
-            Path(args.submissions),
+            Path(args.submissions) if args.submissions else None,
             Path(args.out),
             workers=args.workers,
             limits=limits,
@@ -42,6 +42,7 @@ def _grade(args) -> int:
             keep_work=args.keep_work,
             dask=args.dask,
             judges=args.judges,
+            course_dir=Path(args.course_dir) if args.course_dir else None,
         )
     except GradingError as exc:
         print(f"int8lab grade: {exc}", file=sys.stderr)
@@ -75,7 +76,18 @@ def main(argv=None) -> int:
         "its own sandboxed kernel, and write OUT/grades.csv, OUT/tests.csv and OUT/feedback/. Exit status 0 "
         "when every submission was graded, whatever the scores.",
     )
-    grade.add_argument("submissions", help="folder in nbgrader's submitted/ layout, or a .zip of it")
+    grade.add_argument(
+        "submissions",
+        nargs="?",
+        help="folder in nbgrader's submitted/ layout, or a .zip of it (default: the folder nbgrader collect fills "
+        "in the course folder)",
+    )
+    grade.add_argument(
+        "--course-dir",
+        metavar="DIR",
+        help="the nbgrader course folder, whose nbgrader_config.py names the course, the exchange and the late "
+        "penalty (default: autograder/ beside the solutions' folder, if it has one)",
+    )
     grade.add_argument("--out", required=True, help="course folder for the gradebook, feedback and CSV files")
     grade.add_argument("--workers", type=int, default=2, help="submissions graded at once (default: 2)")
     grade.add_argument(

@@ -9,11 +9,16 @@ The stages, each a module of this package:
     merge     scores into OUT's nbgrader gradebook, graded notebooks into OUT/autograded
     report    grades.csv, tests.csv, feedback pages, the summary
 
-OUT is an nbgrader course folder: formgrader, manual grading and ``nbgrader export`` work in it.
+OUT is an nbgrader course folder: formgrader, manual grading and ``nbgrader export`` work in it, and so do
+``release_feedback`` and ``fetch_feedback``: each submission's ``timestamp.txt`` and ``submission_secret.txt``
+(from nbgrader's exchange) go with it into OUT/submitted and OUT/autograded, its time into the gradebook.
+Without SUBMISSIONS, the folder that ``nbgrader collect`` fills in the course folder (``autograder/``
+beside ``solutions/``, or ``course_dir``) is graded.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import replace
@@ -29,7 +34,7 @@ from .workers import grade_all
 
 
 def grade(
-    submissions: Path,
+    submissions: Path | None,
     out: Path,
     workers: int = 2,
     limits: Limits | None = None,
@@ -39,15 +44,22 @@ def grade(
     progress: bool = True,
     dask: str | None = None,
     judges: int = 0,
+    course_dir: Path | None = None,
 ) -> list[Result]:
     """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
+
+    ``submissions``: a folder in nbgrader's submitted/ layout or a .zip of one; None for the folder that
+    ``nbgrader collect`` fills in the course folder ``course_dir`` (default: autograder/ beside the solutions).
 
     ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
     ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
     ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
     """
     started, limits, out = time.perf_counter(), limits or Limits(), out.resolve()
-    assignments = course.load_assignments(course.find_solutions(solutions), assignment_ids)
+    solutions = course.find_solutions(solutions)
+    assignments = course.load_assignments(solutions, assignment_ids)
+    course_folder = course.find_course_folder(course_dir, solutions)
+    submissions = _submissions_folder(submissions, course_folder)
     client, cluster = connect(dask, workers) if dask else (None, None)  # an unreachable scheduler fails now
     work = _fresh_folder(out / ".work")
     cgroups = PidsCgroups.available()
@@ -60,19 +72,22 @@ def grade(
             )
         _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
         course.build_course(work / "template", assignments)
-        course.prepare_out(out, work / "template")
+        course.prepare_out(out, work / "template", course_folder)
         _keep_submitted(out, jobs)
         tally = None
         if client:  # the kernels run on the cluster's workers, each checked there first
             results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
         else:
             results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
-        merge.merge(out, results, assignments)
+        late = merge.merge(out, results, assignments, course.due_dates(course_folder, assignments))
+        if late:  # nbgrader's LateSubmissionPlugin, as the course configures it
+            course.nbgrader(out, "assign_late_penalties", stdin=json.dumps(late))
         report.write_reports(out, results, assignments)
         # Pages only for what was handed in: nbgrader fails on an assignment that nobody submitted.
+        notes = _receipt_notes(results, late)
         problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
-        text = report.summary(results, sandbox, time.perf_counter() - started, out, problems, tally)
+        text = report.summary(results, sandbox, time.perf_counter() - started, out, notes + problems, tally)
         (out / "grading.log").write_text(_log(results) + text + "\n")
         report.print_summary(text)
         return results
@@ -85,6 +100,42 @@ def grade(
             cgroups.close()
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _submissions_folder(submissions: Path | None, course_folder) -> Path:
+    """SUBMISSIONS, else the folder ``nbgrader collect`` fills in the course folder."""
+    if submissions is not None:
+        return submissions.resolve()
+    if course_folder is None:
+        raise GradingError(
+            "no SUBMISSIONS given, and no nbgrader course folder (autograder/ with its nbgrader_config.py beside "
+            "solutions/, or --course-dir) to find the ones nbgrader collect gathered: name the folder or .zip"
+        )
+    if not course_folder.submitted.is_dir():
+        raise GradingError(
+            f"nothing collected yet in {course_folder.submitted}: run `nbgrader collect ASSIGNMENT` in "
+            f"{course_folder.config.parent}, or name the folder or .zip of the submissions"
+        )
+    return course_folder.submitted
+
+
+def _receipt_notes(results: list[Result], late: list[tuple[str, str]]) -> list[str]:
+    """Summary lines on the exchange's files: those left out, the late submissions, and the submissions whose
+    feedback nbgrader's release_feedback cannot send (it stops at the first page without both files)."""
+    graded = [r.job for r in results if r.graded is not None]
+    notes = [f"{job.student}/{job.assignment}: {problem}" for job in graded for problem in job.receipt.problems]
+    if late:
+        notes.append("late, with nbgrader's late penalty: " + ", ".join(f"{s}/{a}" for s, a in sorted(late)))
+    for assignment in sorted({job.assignment for job in graded}):
+        jobs = [job for job in graded if job.assignment == assignment]
+        lacking = sorted(job.student for job in jobs if job.receipt.timestamp is None or job.receipt.secret is None)
+        if lacking and len(lacking) < len(jobs):  # some came through the exchange, these did not
+            notes.append(
+                f"{assignment}: {len(lacking)} submission(s) lack a valid timestamp.txt or submission_secret.txt; "
+                f"nbgrader release_feedback stops at their pages: release the others with "
+                f"--CourseDirectory.student_id_exclude={','.join(lacking)}"
+            )
+    return notes
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -132,7 +183,8 @@ def kernel_check_limits(limits: Limits) -> Limits:
 
 
 def _keep_submitted(out: Path, jobs: list[Job]) -> None:
-    """OUT/submitted keeps what each student handed in, copied from a regular file only."""
+    """OUT/submitted keeps what each student handed in: the notebook, copied from a regular file only, and the
+    exchange's files as parsed (``intake.write_receipt``), in place of what an earlier grading kept there."""
     for job in jobs:
         if job.notebook is None:
             continue
@@ -142,7 +194,10 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
             continue
         destination = out / "submitted" / job.student / job.assignment
         destination.mkdir(parents=True, exist_ok=True)
+        for stale in (intake.TIMESTAMP_FILE, intake.SECRET_FILE):
+            (destination / stale).unlink(missing_ok=True)
         (destination / job.notebook.name).write_bytes(data)
+        intake.write_receipt(destination, job.receipt)
 
 
 def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[str]:
