@@ -25,7 +25,8 @@ from .judge import Judge
 from .model import GradingError
 from .testcells import nbgrader_meta
 
-COURSE_ID = "int8lab"
+#: The course id when none of the instructor's nbgrader configuration files names one.
+DEFAULT_COURSE_ID = "int8lab"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
 
@@ -35,7 +36,10 @@ def configure(c, root: Path, repository: bool = False) -> None:
     ``repository``: the folders of this repository (solutions/ is the source, notebooks/ the release).
     """
     root = Path(root).resolve()
-    c.CourseDirectory.course_id = COURSE_ID
+    # The instructor's course id wins wherever nbgrader reads it: this file (a line after this call), or a
+    # configuration file loaded before this one (~/.jupyter, /etc/jupyter); this is only the default.
+    if not _checking_other_configs and "course_id" not in c.CourseDirectory and not _course_id_set_elsewhere():
+        c.CourseDirectory.course_id = DEFAULT_COURSE_ID
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
     c.ClearSolutions.code_stub = {"python": CODE_STUB}
@@ -76,6 +80,33 @@ def configure(c, root: Path, repository: bool = False) -> None:
         setattr(c.CourseDirectory, f"{step}_directory", folder)
     gradebook = root / "autograder" / "gradebook.db" if repository else root / "gradebook.db"
     c.CourseDirectory.db_url = f"sqlite:///{gradebook}"
+
+
+#: True while ``_course_id_set_elsewhere`` loads other configuration files, which may call ``configure`` too.
+_checking_other_configs = False
+
+
+def _course_id_set_elsewhere() -> bool:
+    """Whether an nbgrader configuration file of the Jupyter configuration path (user, environment, system:
+    the files nbgrader loads before the course folder's) sets ``CourseDirectory.course_id``."""
+    global _checking_other_configs
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+    _checking_other_configs = True
+    try:
+        for folder in jupyter_config_path():
+            for loader in (PyFileConfigLoader, JSONFileConfigLoader):
+                suffix = ".py" if loader is PyFileConfigLoader else ".json"
+                try:
+                    config = loader(f"nbgrader_config{suffix}", path=folder).load_config()
+                except Exception:  # absent (ConfigFileNotFound), or broken: nbgrader reports that when it loads it
+                    continue
+                if "course_id" in config.get("CourseDirectory", {}):
+                    return True
+        return False
+    finally:
+        _checking_other_configs = False
 
 
 def write_config(root: Path, course_config: Path | None = None) -> None:
