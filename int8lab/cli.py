@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         "grade",
         help="autograde a class: SUBMISSIONS is nbgrader's submitted/ layout (or a .zip of it)",
         description="Autograde <student_id>/<assignment_id>/<notebook>.ipynb submissions with nbgrader, each in "
-        "its own sandboxed kernel, and write OUT/grades.csv, OUT/tests.csv and OUT/feedback/. Exit status 0 "
-        "when every submission was graded, whatever the scores.",
+        "its own sandboxed kernel, and write OUT/int8lab-grades.csv, OUT/int8lab-tests.csv and OUT/feedback/. "
+        "Exit status 0 when every submission was graded, whatever the scores.",
     )
     grade.add_argument(
         "submissions",

@@ -194,6 +194,11 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
         text = pages[0].read_text()
         assert SIGNATURE.format(student) in text and SIGNATURE.format(other) not in text, student
 
+    # nbgrader's export (grades.csv) and int8lab's own table lie side by side: neither overwrote the other.
+    assert _rows(graded / "int8lab-grades.csv") == [
+        {"student_id": student, "assignment": ASSIGNMENT, "score": "11", "max_score": "11", "status": "ok"}
+        for student in (ON_TIME, LATE)
+    ]
     # nbgrader's export: the points by hand, the submission times, and Bob's penalty (the whole score).
     exported = {row["student_id"]: row for row in _rows(graded / "grades.csv")}
     on_time, late = exported[ON_TIME], exported[LATE]

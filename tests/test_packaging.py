@@ -69,5 +69,5 @@ def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    grades = (course / "graded" / "grades.csv").read_text().splitlines()
+    grades = (course / "graded" / "int8lab-grades.csv").read_text().splitlines()
     assert grades[1:] == ["ada,01_weights,10,10,ok", "bob,01_weights,0,10,ok", "cy,01_weights,10,10,ok"]

@@ -7,7 +7,7 @@ The stages, each a module of this package:
     run       execute that notebook in a sandboxed kernel; take back its records
     judge     score the records in this (clean) process, against the source's hidden tests
     merge     scores into OUT's nbgrader gradebook, graded notebooks into OUT/autograded
-    report    grades.csv, tests.csv, feedback pages, the summary
+    report    int8lab-grades.csv, int8lab-tests.csv, feedback pages, the summary
 
 OUT is an nbgrader course folder: formgrader, manual grading and ``nbgrader export`` work in it, and so do
 ``release_feedback`` and ``fetch_feedback``: each submission's ``timestamp.txt`` and ``submission_secret.txt``
