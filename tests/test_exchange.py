@@ -171,7 +171,14 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
 
     # No SUBMISSIONS: the folder that nbgrader collect filled, found through the course's configuration.
     grade = [str(BIN / "int8lab"), "grade", "--out", "graded", *GRADE_OPTIONS]
-    _run(grade, course, instructor, "int8lab grade")
+    summary = _run(grade, course, instructor, "int8lab grade")
+    assert f"late, with nbgrader's late penalty: {LATE}/{ASSIGNMENT}" in summary, summary[-3000:]
+    log = (graded / "grading.log").read_text()
+    phases = ["reading the course", "intake", "checking the grader, the course template beside it"]
+    phases += ["keeping the submissions", "grading", "gradebook", "reports", "feedback"]
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("phase ")] == [
+        f"phase {name}" for name in phases
+    ], log
 
     # A grade by hand, written as formgrader's API writes it (nbgrader's GradeHandler.put).
     with Gradebook(f"sqlite:///{graded / 'gradebook.db'}") as gradebook:
@@ -180,19 +187,27 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
         grade_by_hand.needs_manual_grade = False
         gradebook.db.commit()
 
-    _run([str(BIN / "int8lab"), "feedback", str(graded)], course, instructor, "int8lab feedback")
+    # A relative path, as the README writes it.
+    _run([str(BIN / "int8lab"), "feedback", "graded"], course, instructor, "int8lab feedback")
     _run(_nbgrader("release_feedback", ASSIGNMENT), graded, instructor, "release_feedback")
+    # The students fetch their pages while the instructor exports the grades.
     fetching = {s: _start(_nbgrader("fetch_feedback", ASSIGNMENT), homes[s], homes[s]) for s in (ON_TIME, LATE)}
+    exporting = _start(_nbgrader("export"), graded, instructor)
     for student, process in fetching.items():
         _finish(process, f"fetch_feedback by {student}")
-    _run(_nbgrader("export"), graded, instructor, "export")
+    _finish(exporting, "export")
 
     # Each student fetched one page, their own: it carries their signature and not the other's.
+    fetched = {}
     for student, other in ((ON_TIME, LATE), (LATE, ON_TIME)):
         pages = sorted((homes[student] / ASSIGNMENT / "feedback").rglob("*.html"))
         assert [page.name for page in pages] == [f"{NOTEBOOK}.html"], pages
         text = pages[0].read_text()
         assert SIGNATURE.format(student) in text and SIGNATURE.format(other) not in text, student
+        fetched[student] = text
+    # Ada's page came after the grade by hand; Bob's shows nbgrader's penalty.
+    assert f"{NOTEBOOK} (Score: {AUTOGRADED_POINTS + MANUAL_POINTS} / 14.0)" in fetched[ON_TIME]
+    assert f"Late submission penalty (Score: -{AUTOGRADED_POINTS})" in fetched[LATE]
 
     # nbgrader's export (grades.csv) and int8lab's own table lie side by side: neither overwrote the other.
     assert _rows(graded / "int8lab-grades.csv") == [
@@ -209,3 +224,27 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
     when = {name: datetime.datetime.fromisoformat(row["timestamp"]) for name, row in exported.items()}
     due_date = datetime.datetime.fromisoformat(on_time["duedate"])
     assert when[ON_TIME] < due_date < when[LATE], (on_time, late)
+
+    # In a repository, ruff leaves the course folder alone (make lint), whatever its name.
+    subprocess.run(["git", "init", "-q", str(course)], check=True)
+    shutil.copy(ROOT / "pyproject.toml", course)
+    for check in (["check"], ["format", "--check"]):
+        linted = subprocess.run([str(BIN / "ruff"), *check, "."], cwd=course, capture_output=True, text=True)
+        assert linted.returncode == 0, linted.stdout[-3000:]
+
+    # A page nbgrader cannot write: one line, no traceback, a non-zero exit; the other page keeps its MathJax.
+    (graded / "autograded" / LATE / ASSIGNMENT / f"{NOTEBOOK}.ipynb").write_text("{not json")
+    failed = subprocess.run(
+        [str(BIN / "int8lab"), "feedback", "graded"],
+        cwd=course,
+        env=_environment(instructor),
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (
+        failed.stderr.startswith("int8lab feedback: feedback: nbgrader generate_feedback")
+        and "Traceback" not in failed.stderr
+    )
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert (graded / "feedback" / ON_TIME / ASSIGNMENT / "mathjax" / "MathJax.js").is_file()

@@ -260,6 +260,7 @@ def test_out_holds_only_the_course_the_notebooks_and_the_reports(graded):
     expected = {"gradebook.db", "nbgrader_config.py", "int8lab-grades.csv", "int8lab-tests.csv", "grading.log"}
     expected |= {"source", "release", "submitted", "autograded", "feedback", "export.csv"}  # export: another test
     expected |= {".mathjax"}  # the one copy that every feedback folder's mathjax/ is hard-linked from
+    expected |= {".gitignore"}  # all of OUT: in a repository, neither git nor ruff reads a course folder
     assert {p.name for p in out.iterdir()} - {"export.csv"} == expected - {"export.csv"}
     for student in (out / "autograded").iterdir():
         for folder in student.iterdir():

@@ -261,6 +261,18 @@ def test_regrading_replaces_the_kept_exchange_files(tmp_path):
         assert (kept / "weights.ipynb").read_text() == "{}"
 
 
+def test_a_gradebook_that_cannot_be_written_is_one_line_with_its_details_kept(tmp_path):
+    """A damaged (or locked) gradebook is a problem of the run, said in one line (the exit status is then 1),
+    with the traceback for grading.log; never a traceback on the instructor's terminal."""
+    from int8lab.grading import pipeline
+
+    (tmp_path / "gradebook.db").write_bytes(b"not an SQLite database" * 64)
+    late, problems = pipeline._gradebook(tmp_path, [], {}, None)
+    assert late == [] and len(problems) == 1, problems
+    assert str(problems[0]).startswith("gradebook: ") and "\n" not in str(problems[0]), problems[0]
+    assert "Traceback" in problems[0].details
+
+
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])
 def test_spreadsheet_formulas_are_neutralised(text):
     assert report.spreadsheet_safe(text) == "'" + text

@@ -223,8 +223,16 @@ def nbgrader(root: Path, *argv: str, stdin: str | None = None) -> str:
     command = [sys.executable, "-m", "int8lab.grading.course", str(root), *argv]
     done = subprocess.run(command, cwd=root, env=env, input=stdin, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        raise GradingError(f"nbgrader {' '.join(argv)} failed in {root}:\n{(done.stdout + done.stderr)[-3000:]}")
+        output = done.stdout + done.stderr
+        raise GradingError(f"nbgrader {' '.join(argv)} failed in {root}: {_last_error(output)}", output[-5000:])
     return done.stdout
+
+
+def _last_error(output: str) -> str:
+    """The line of nbgrader's output that says what went wrong: its last ERROR line, else the last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors or lines or ["no output"])[-1][:500]
 
 
 def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
@@ -247,6 +255,10 @@ def prepare_out(out: Path, template: Path, course_folder: CourseFolder | None) -
             shutil.copytree(template / part, out / part, dirs_exist_ok=True)
         shutil.copy2(template / "gradebook.db", out / "gradebook.db")
     write_config(out, course_folder.config if course_folder else None)
+    ignore = out / ".gitignore"
+    if not ignore.exists():  # an instructor's own is kept
+        # In a repository, students' work and grades stay out of git, and out of ruff (`make lint`) too.
+        ignore.write_text("# Written by int8lab grade: nothing of this course folder belongs in git.\n*\n")
 
 
 def due_dates(course_folder: CourseFolder | None, names) -> dict:

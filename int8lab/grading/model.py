@@ -9,7 +9,13 @@ from pathlib import Path
 
 
 class GradingError(RuntimeError):
-    """The grader itself cannot run (bad input folder, broken course or install); nothing was graded."""
+    """The grader itself cannot run (bad input folder, broken course or install); nothing was graded. Also what
+    failed after grading (the gradebook, the feedback pages). ``details``: what grading.log keeps beyond the
+    message (a command's output)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class Status(enum.Enum):
