@@ -247,4 +247,5 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
         and "Traceback" not in failed.stderr
     )
     assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert f"for student '{LATE}'; nbformat.reader.NotJSONError" in failed.stderr, failed.stderr  # what and who
     assert (graded / "feedback" / ON_TIME / ASSIGNMENT / "mathjax" / "MathJax.js").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,10 +230,15 @@ def nbgrader(root: Path, *argv: str, stdin: str | None = None) -> str:
 
 
 def _last_error(output: str) -> str:
-    """The line of nbgrader's output that says what went wrong: its last ERROR line, else the last line."""
+    """One line of nbgrader's output that says what went wrong: its last ERROR message (not its pointer to a
+    traceback) and the last exception, with how many submissions failed when there were several."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "ERROR" in line or "Error" in line]
-    return (errors or lines or ["no output"])[-1][:500]
+    said = [line.split("] ", 1)[-1] for line in lines if "| ERROR]" in line]
+    said = [line for line in said if not line.startswith(("Traceback", "Please see"))]
+    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b[^:]*: ", line)]
+    failed = sum(line.startswith("There was an error processing assignment '") for line in said)
+    parts = said[-1:] + raised[-1:] + ([f"{failed} submissions failed, each in the details"] if failed > 1 else [])
+    return ("; ".join(parts) or (lines or ["no output"])[-1])[:500]
 
 
 def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
