@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -271,6 +272,29 @@ def test_a_gradebook_that_cannot_be_written_is_one_line_with_its_details_kept(tm
     assert late == [] and len(problems) == 1, problems
     assert str(problems[0]).startswith("gradebook: ") and "\n" not in str(problems[0]), problems[0]
     assert "Traceback" in problems[0].details
+
+
+def test_a_course_graded_before_gets_the_assignments_it_lacks(tmp_path):
+    """OUT graded once with --assignment 03_biases, then for 01_weights: the gradebook gets 01_weights (its
+    notebook and graded cells) before its scores are merged, instead of failing on a missing entry."""
+    from nbgrader.api import Gradebook
+
+    from int8lab.grading import course
+
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights", "03_biases"])
+    course.build_course(tmp_path / "template", assignments)
+    out = tmp_path / "out"
+    course.prepare_out(out, tmp_path / "template", None)
+    for part in ("source", "release"):  # as a course that only 03_biases was graded into
+        shutil.rmtree(out / part / "01_weights")
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        gradebook.remove_assignment("01_weights")
+    course.prepare_out(out, tmp_path / "template", None)
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        (notebook,) = gradebook.find_assignment("01_weights").notebooks
+        graded = {cell.name for cell in notebook.grade_cells}
+    assert notebook.name == "weights" and graded == {grade_id for grade_id, _, _ in assignments["01_weights"].cells}
+    assert (out / "release" / "01_weights" / "weights.ipynb").is_file()
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])

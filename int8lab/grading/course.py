@@ -255,16 +255,37 @@ def build_course(root: Path, assignments: dict[str, Assignment]) -> None:
 
 
 def prepare_out(out: Path, template: Path, course_folder: CourseFolder | None) -> None:
-    """OUT becomes a course (sources, releases, gradebook) unless it is one; its config is rewritten."""
-    if not (out / "gradebook.db").exists() or not (out / "source").exists():
+    """OUT becomes a course (sources, releases, gradebook) unless it is one; its config is rewritten. A course
+    graded before gets the assignments it lacks (an earlier run with --assignment), in its gradebook too."""
+    fresh = not (out / "gradebook.db").exists() or not (out / "source").exists()
+    if fresh:
         for part in ("source", "release"):
             shutil.copytree(template / part, out / part, dirs_exist_ok=True)
         shutil.copy2(template / "gradebook.db", out / "gradebook.db")
     write_config(out, course_folder.config if course_folder else None)
+    missing = [] if fresh else _missing_assignments(out, sorted(p.name for p in (template / "source").iterdir()))
+    for name in missing:
+        shutil.copytree(template / "source" / name, out / "source" / name, dirs_exist_ok=True)
+    if missing:  # nbgrader adds them to OUT's gradebook as it added them to the template's
+        nbgrader(out, "generate_assignment", *missing)
     ignore = out / ".gitignore"
     if not ignore.exists():  # an instructor's own is kept
         # In a repository, students' work and grades stay out of git, and out of ruff (`make lint`) too.
         ignore.write_text("# Written by int8lab grade: nothing of this course folder belongs in git.\n*\n")
+
+
+def _missing_assignments(out: Path, names: list[str]) -> list[str]:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    missing = []
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        for name in names:
+            try:
+                if not gradebook.find_assignment(name).notebooks:  # a due date set in OUT before it was graded
+                    missing.append(name)
+            except MissingEntry:
+                missing.append(name)
+    return missing
 
 
 def due_dates(course_folder: CourseFolder | None, names) -> dict:

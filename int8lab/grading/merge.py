@@ -39,14 +39,13 @@ def merge(out: Path, results: list[Result], assignments: dict, due_dates: dict |
             notebook = Path(assignment.notebook).stem
             gradebook.update_or_create_student(job.student)
             try:
-                gradebook.find_submission(job.assignment, job.student)
+                submission = gradebook.find_submission(job.assignment, job.student)
             except MissingEntry:
                 # nbgrader builds the new submission's notebooks and grades before adding it to the
                 # session; a lazy load in between would autoflush them half-attached (SQLAlchemy 2's
                 # "not in session" SAWarning). Its own commit flushes them once they are complete.
                 with gradebook.db.no_autoflush:
-                    gradebook.add_submission(job.assignment, job.student)
-            submission = gradebook.find_submission(job.assignment, job.student)
+                    submission = gradebook.add_submission(job.assignment, job.student)
             submission.timestamp = job.receipt.timestamp  # the graded submission's, or none: not an older one's
             for submitted_notebook in submission.notebooks:
                 submitted_notebook.late_submission_penalty = None  # as nbgrader's autograde resets it
