@@ -3,7 +3,9 @@
 An instructor and two students, each with a home folder (and so a Jupyter configuration and an exchange
 cache) of their own: generate, release, fetch, submit, collect, ``int8lab grade``, a grade by hand written as
 formgrader writes it, ``int8lab feedback``, ``release_feedback``, ``fetch_feedback`` and ``export``. Ada
-submits before the due date; Bob after it, and the course configures nbgrader's late penalty.
+submits before the due date; Bob after it, and the course configures nbgrader's late penalty. Then, on the
+same course: ruff leaves the graded folder alone in a repository (make lint), and a page nbgrader cannot write
+costs one line and exit status 1, not the other pages' MathJax. Before it, where the course id comes from.
 """
 
 from __future__ import annotations
