@@ -63,7 +63,9 @@ def test_wheel_installs_and_grades_a_class_outside_the_checkout(tmp_path):
     result = subprocess.run(
         [str(fresh / "bin" / "int8lab"), "grade", "submitted", "--out", "graded", "--timeout", "30"],
         cwd=course,
-        env={**os.environ, "PATH": path},
+        # nbconvert's templates (share/jupyter) are installed beside the borrowed packages, under this prefix: the
+        # feedback pages failed without them, which the exit status now says (it was 0 whatever the feedback did).
+        env={**os.environ, "PATH": path, "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter")},
         capture_output=True,
         text=True,
         timeout=900,
