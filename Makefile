@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 ASSIGNMENTS := 01_weights 02_activations 03_biases 04_integer_only 05_ranges_and_bits 06_zero_points
 NBGRADER := cd autograder && ../$(BIN)/nbgrader
 
-SUBMISSIONS ?= autograder/submitted
+# Empty: what nbgrader collect gathered in autograder/submitted (the course folder's configuration says where).
+SUBMISSIONS ?=
 OUT ?= graded
 WORKERS ?= 2
 
@@ -23,7 +24,7 @@ help:
 	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
 	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
-	@echo "make grade   autograde SUBMISSIONS (default autograder/submitted) into OUT (default graded)"
+	@echo "make grade   autograde SUBMISSIONS (default: what nbgrader collect gathered) into OUT (default graded)"
 	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
 	@echo "make bench-dask  local pool against Dask on 100 generated submissions; extrapolation to 1,000 students"
 	@echo "make guide   regenerate docs/instructors-guide.md from solutions/ and the misconception catalogue"
@@ -32,7 +33,11 @@ help:
 venv: $(STAMP)
 
 # torch is pinned to 2.13.0 in the lock file: an unpinned torch pulls a multi-GB CUDA build.
+# The lowest Python is pyproject.toml's requires-python: said in one line, before pip fails on a locked package.
 $(STAMP): requirements/lock.txt pyproject.toml
+	@$(PYTHON) -c "import re, sys; low = re.search(r'requires-python = \">=([0-9.]+)', open('pyproject.toml').read())[1]; \
+	sys.exit(sys.version_info[:3] < tuple(map(int, low.split('.'))) and \
+	f'int8lab needs Python {low} or newer, and $(PYTHON) is {sys.version.split()[0]}: run make with PYTHON=python3.12, say')"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/lock.txt

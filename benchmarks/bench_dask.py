@@ -56,10 +56,10 @@ class Timer:
 
 def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str | None):
     started = time.perf_counter()
-    results = pipeline.grade(
+    graded = pipeline.grade(
         submitted, out, workers=workers, limits=limits, solutions=ROOT / "solutions", progress=False, dask=dask
     )
-    return time.perf_counter() - started, results
+    return time.perf_counter() - started, graded.results
 
 
 def scheduler_overhead(workers: int, probe_bytes: int, executed_bytes: int, tasks: int = 1000) -> float:

@@ -32,30 +32,57 @@ def _grade(args) -> int:
     memory, disk = args.memory << 20, args.disk << 20
     limits = Limits(args.timeout, args.notebook_timeout, memory, disk_bytes=disk, run_demos=not args.skip_demos)
     try:
-        grade(
-            Path(args.submissions),
-            Path(args.out),
+        graded = grade(
+            _path(args.submissions),
+            _path(args.out),
             workers=args.workers,
             limits=limits,
             assignment_ids=args.assignment or None,
-            solutions=Path(args.solutions) if args.solutions else None,
+            solutions=_path(args.solutions),
             keep_work=args.keep_work,
             dask=args.dask,
             judges=args.judges,
+            course_dir=_path(args.course_dir),
         )
-    except GradingError as exc:
+    except (GradingError, OSError) as exc:  # OSError: a folder that cannot be read or written
         print(f"int8lab grade: {exc}", file=sys.stderr)
         return 2
-    return 0
+    # The summary above named what failed after grading, and grading.log has its details.
+    return 1 if graded.problems else 0
 
 
 def _feedback(args) -> int:
     from .grading.pipeline import regenerate_feedback
 
-    problems = regenerate_feedback(Path(args.course), args.assignment or None)
+    course = _path(args.course)
+    try:
+        problems = regenerate_feedback(course, args.assignment or None)
+    except OSError as exc:
+        problems = [exc]
+    log = _log_details(course / "grading.log", problems)
     for problem in problems:
-        print(f"int8lab feedback: {problem}", file=sys.stderr)
+        more = f" (details in {log})" if log and getattr(problem, "details", "") else ""
+        print(f"int8lab feedback: {problem}{more}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _log_details(log: Path, problems: list) -> Path | None:
+    """The problems' details (nbgrader's own output) appended to the course folder's grading.log; the log, or
+    None when there was nothing to add or no log to add it to."""
+    details = "".join(f"int8lab feedback: {p}\n{p.details}\n" for p in problems if getattr(p, "details", ""))
+    if not details or not log.is_file():
+        return None
+    try:
+        with open(log, "a") as handle:
+            handle.write("\n" + details)
+    except OSError:
+        return None
+    return log
+
+
+def _path(argument: str | None) -> Path | None:
+    """A path argument, absolute: relative ones are read from the folder the command runs in."""
+    return Path(argument).resolve() if argument else None
 
 
 def main(argv=None) -> int:
@@ -72,10 +99,23 @@ def main(argv=None) -> int:
         "grade",
         help="autograde a class: SUBMISSIONS is nbgrader's submitted/ layout (or a .zip of it)",
         description="Autograde <student_id>/<assignment_id>/<notebook>.ipynb submissions with nbgrader, each in "
-        "its own sandboxed kernel, and write OUT/grades.csv, OUT/tests.csv and OUT/feedback/. Exit status 0 "
-        "when every submission was graded, whatever the scores.",
+        "its own sandboxed kernel, and write OUT/int8lab-grades.csv, OUT/int8lab-tests.csv and OUT/feedback/. "
+        "Exit status 0 when every submission was graded, whatever the scores; 1 when the gradebook or the "
+        "feedback pages could not be written (the summary says which; OUT/grading.log has the details); 2 when "
+        "nobody could be graded.",
     )
-    grade.add_argument("submissions", help="folder in nbgrader's submitted/ layout, or a .zip of it")
+    grade.add_argument(
+        "submissions",
+        nargs="?",
+        help="folder in nbgrader's submitted/ layout, or a .zip of it (default: the folder nbgrader collect fills "
+        "in the course folder)",
+    )
+    grade.add_argument(
+        "--course-dir",
+        metavar="DIR",
+        help="the nbgrader course folder, whose nbgrader_config.py names the course, the exchange and the late "
+        "penalty (default: autograder/ beside the solutions' folder, if it has one)",
+    )
     grade.add_argument("--out", required=True, help="course folder for the gradebook, feedback and CSV files")
     grade.add_argument("--workers", type=int, default=2, help="submissions graded at once (default: 2)")
     grade.add_argument(

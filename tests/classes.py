@@ -118,7 +118,7 @@ def _vandal(out: Path, submitted: Path) -> str:
         out / "submitted" / "perfect" / "01_weights" / "weights.ipynb",
         out / ".work" / "jobs" / "perfect--01_weights" / "autograded" / "perfect" / "01_weights" / "weights.ipynb",
         out / "gradebook.db",
-        out / "grades.csv",
+        out / "int8lab-grades.csv",
         submitted / "perfect" / "01_weights" / "weights.ipynb",
         Path("../../perfect/01_weights/weights.ipynb"),
     ]

@@ -121,14 +121,14 @@ def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_pat
         timeout=600,
     )
     assert remote.returncode == 0, remote.stderr[-3000:]
-    for name in ("grades.csv", "tests.csv"):
+    for name in ("int8lab-grades.csv", "int8lab-tests.csv"):
         local = [
             row
             for row in _rows(hostile_class.out / name)
             if row["student_id"] in FROM_THE_HOSTILE_CLASS and row["assignment"] == "01_weights"
         ]
         assert len(local) >= 4 and _rows(tmp_path / "dask" / name) == local, name
-    grades = {row["student_id"]: row for row in _rows(tmp_path / "dask" / "grades.csv")}
+    grades = {row["student_id"]: row for row in _rows(tmp_path / "dask" / "int8lab-grades.csv")}
     assert {student: row["status"] for student, row in grades.items()} == FROM_THE_HOSTILE_CLASS
     assert grades["perfect"]["score"] == grades["perfect"]["max_score"] != "0"  # a perfect one scored
     tally = next(line for line in remote.stderr.splitlines() if line.startswith("jobs run per Dask worker: "))
@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_grading_loses_and_repeats_no_student(cluster, tmp_p
     _, stderr = grading.communicate(timeout=600)
     assert killed == "alpha", "the grading ended before a grading task ran on the worker to kill"
     assert grading.returncode == 0, stderr[-3000:]
-    rows = _rows(tmp_path / "out" / "grades.csv")
+    rows = _rows(tmp_path / "out" / "int8lab-grades.csv")
     assert sorted(row["student_id"] for row in rows) == sorted(expected)  # each once
     assert {row["student_id"]: row["status"] for row in rows} == expected
     from nbgrader.api import Gradebook
@@ -245,7 +245,7 @@ def test_a_worker_that_cannot_hold_the_model_cache_stops_the_run_before_any_grad
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "cannot grade like this machine" in result.stderr and "model cache" in result.stderr, result.stderr
-    assert not (tmp_path / "out" / "grades.csv").exists()
+    assert not (tmp_path / "out" / "int8lab-grades.csv").exists()
 
 
 def test_a_worker_with_other_code_is_named_as_such():

@@ -35,13 +35,13 @@ def _rows(path: Path):
 
 
 def _grades(graded):
-    return {(r["student_id"], r["assignment"]): r for r in _rows(graded["out"] / "grades.csv")}
+    return {(r["student_id"], r["assignment"]): r for r in _rows(graded["out"] / "int8lab-grades.csv")}
 
 
 def _tests(graded, student, assignment):
     return {
         r["grade_id"]: r
-        for r in _rows(graded["out"] / "tests.csv")
+        for r in _rows(graded["out"] / "int8lab-tests.csv")
         if r["student_id"] == student and r["assignment"] == assignment
     }
 
@@ -230,7 +230,7 @@ def test_nbgrader_export_and_formgrader_gradebook_work(graded):
 def test_zip_of_the_submitted_folder_is_accepted(demo_class):
     """The demo class reaches the grader as a .zip of its submitted folder: every folder of it is graded."""
     assert demo_class.command[-3].endswith("submitted.zip")
-    rows = {(r["student_id"], r["assignment"]): r["status"] for r in _rows(demo_class.out / "grades.csv")}
+    rows = {(r["student_id"], r["assignment"]): r["status"] for r in _rows(demo_class.out / "int8lab-grades.csv")}
     written = {(p.parent.parent.name, p.parent.name) for p in demo_class.submitted.glob("*/*/*.ipynb")}
     assert rows.keys() == written
     assert rows[("perfect", "01_weights")] == "ok" and rows[("corrupt", "01_weights")] == "invalid_notebook"
@@ -250,16 +250,17 @@ def test_odd_ids_and_kernel_side_links_are_graded_normally(graded, student):
 
 
 def test_no_message_holds_a_path_and_formulas_are_neutralised(graded):
-    text = (graded["out"] / "tests.csv").read_text() + (graded["out"] / "grades.csv").read_text()
+    text = (graded["out"] / "int8lab-tests.csv").read_text() + (graded["out"] / "int8lab-grades.csv").read_text()
     assert str(graded["base"]) not in text and "/tmp/" not in text
     assert "\n=1+2," not in text and "\n'=1+2," in text
 
 
 def test_out_holds_only_the_course_the_notebooks_and_the_reports(graded):
     out = graded["out"]
-    expected = {"gradebook.db", "nbgrader_config.py", "grades.csv", "tests.csv", "grading.log"}
+    expected = {"gradebook.db", "nbgrader_config.py", "int8lab-grades.csv", "int8lab-tests.csv", "grading.log"}
     expected |= {"source", "release", "submitted", "autograded", "feedback", "export.csv"}  # export: another test
     expected |= {".mathjax"}  # the one copy that every feedback folder's mathjax/ is hard-linked from
+    expected |= {".gitignore"}  # all of OUT: in a repository, neither git nor ruff reads a course folder
     assert {p.name for p in out.iterdir()} - {"export.csv"} == expected - {"export.csv"}
     for student in (out / "autograded").iterdir():
         for folder in student.iterdir():
@@ -287,7 +288,7 @@ def test_no_script_reaches_the_instructors_pages(graded):
 def test_honest_grades_do_not_depend_on_hostile_classmates(graded, demo_class):
     """Honest students graded without the hostile ones, with the demos run, get the rows they got among hostile
     ones (tests/test_dask.py compares a Dask run's rows with the hostile class's too)."""
-    for name in ("grades.csv", "tests.csv"):
+    for name in ("int8lab-grades.csv", "int8lab-tests.csv"):
         alone = [r for r in _rows(demo_class.out / name) if r["student_id"] in HONEST]
         together = [
             r for r in _rows(graded["out"] / name) if r["student_id"] in HONEST and r["assignment"] in DEMO_ASSIGNMENTS
@@ -315,7 +316,7 @@ def small_class(demo_class):
 def test_small_class_grades_without_a_warning(small_class):
     run = small_class["run"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert f"graded {len(_rows(small_class['out'] / 'grades.csv'))} submission(s)" in run.stderr
+    assert f"graded {len(_rows(small_class['out'] / 'int8lab-grades.csv'))} submission(s)" in run.stderr
     assert "Warning" not in run.stderr, run.stderr[-3000:]
     assert "generate_feedback" not in run.stderr and "No notebooks were matched" not in run.stderr, run.stderr[-3000:]
 

@@ -3,6 +3,8 @@
 import copy
 import json
 import os
+import shutil
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -13,7 +15,7 @@ from sample_submissions import released, submission
 
 from int8lab.grading import intake, rebuild, records, report, run
 from int8lab.grading.judge import NOT_RUN, Judge, JudgeFault
-from int8lab.grading.model import Status
+from int8lab.grading.model import Job, Receipt, Status
 from int8lab.grading.testcells import Role, nbgrader_meta, plan_tests, probe_source
 from notebook_harness import SOURCES, source_notebook
 
@@ -174,6 +176,125 @@ def test_intake_gives_every_submitted_folder_a_row(tmp_path):
     assert jobs["bob"].status is Status.MISSING and ".01_weights" in jobs["bob"].reason
     assert jobs["carol"].notebook == root / "carol" / "01_weights" / "weights.ipynb"
     assert jobs["dave"].notebook.name == "my weights.ipynb"
+
+
+SECRET = "5f" * 64  # what nbgrader submit writes: secrets.token_hex(64)
+
+
+def _receipt_folder(tmp_path, student: str, timestamp=None, secret=None):
+    """A submission folder with ``timestamp.txt`` and ``submission_secret.txt`` given as bytes, a link target
+    (a Path) or None (absent)."""
+    folder = tmp_path / "submitted" / student / "01_weights"
+    folder.mkdir(parents=True)
+    (folder / "weights.ipynb").write_text("{}")
+    for name, content in ((intake.TIMESTAMP_FILE, timestamp), (intake.SECRET_FILE, secret)):
+        if isinstance(content, Path):
+            (folder / name).symlink_to(content)
+        elif content is not None:
+            (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("2025-03-14 16:00:00.250000 UTC", "2025-03-14 16:00:00.250000"),  # nbgrader's default
+        ("2025-03-14 17:00:00.000001 CET", "2025-03-14 16:00:00.000001"),  # Exchange.timezone = "Europe/Paris"
+        ("2025-07-14 18:00:00 Europe/Paris", "2025-07-14 16:00:00.000000"),
+        ("2025-03-14 16:00:00", "2025-03-14 16:00:00.000000"),
+    ],
+)
+def test_a_submission_time_is_read_as_nbgrader_reads_it_and_written_back_in_utc(tmp_path, text, utc):
+    folder = _receipt_folder(tmp_path, "ada", text.encode(), SECRET.encode())
+    receipt = intake.read_receipt(folder)
+    assert receipt.problems == () and receipt.secret == SECRET
+    from nbgrader.utils import parse_utc
+
+    assert receipt.timestamp == parse_utc(text)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    intake.write_receipt(kept, receipt)
+    assert (kept / intake.TIMESTAMP_FILE).read_text() == f"{utc} UTC"
+    assert (kept / intake.SECRET_FILE).read_text() == SECRET  # byte for byte: the student's cache hashes it
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "secret", "why"),
+    [
+        (Path("/etc/hostname"), Path("/etc/hostname"), "links are not followed"),
+        (b"2025-03-14 16:00:00 UTC" + b" " * 200, b"x" * 2000, "more than the"),
+        (b"2025-03-14 16:00:00 /etc/localtime", b"", "not a timestamp"),  # dateutil would open a zone path
+        (b"2025-03-14 16:00:00 ../../proc/self/environ", b"two words", "not a timestamp"),
+        (b"2025-02-30 16:00:00 UTC", b"\xe9t\xe9", "day is out of range"),
+        (b"9999-12-31 23:59:59 -1400", "s\u00e9cret".encode(), "out of range"),
+        (b"=HYPERLINK(1)", b"\n", "not a timestamp"),
+    ],
+)
+def test_exchange_files_that_nbgrader_would_not_write_are_left_out_with_a_reason(tmp_path, timestamp, secret, why):
+    folder = _receipt_folder(tmp_path, "mallory", timestamp, secret)
+    receipt = intake.read_receipt(folder)
+    assert receipt.timestamp is None and receipt.secret is None, receipt
+    assert len(receipt.problems) == 2 and why in receipt.problems[0], receipt.problems
+    assert all(problem.split()[0] in (intake.TIMESTAMP_FILE, intake.SECRET_FILE) for problem in receipt.problems)
+    if isinstance(timestamp, Path):  # a FIFO in place of a file is refused without blocking, too
+        (folder / intake.TIMESTAMP_FILE).unlink()
+        os.mkfifo(folder / intake.TIMESTAMP_FILE)
+        assert "not a regular file" in intake.read_receipt(folder).problems[0]
+
+
+def test_a_submission_outside_the_exchange_has_an_empty_receipt_and_no_problem(tmp_path):
+    assert intake.read_receipt(_receipt_folder(tmp_path, "zoe")) == Receipt()
+
+
+def test_regrading_replaces_the_kept_exchange_files(tmp_path):
+    """OUT/submitted holds the graded submission's files after every grading: a newer submission's, and none
+    left over from an older one when the newer has none."""
+    from int8lab.grading.pipeline import _keep_submitted
+
+    out = tmp_path / "out"
+    first = _receipt_folder(tmp_path / "first", "ada", b"2025-03-14 16:00:00.000000 UTC", SECRET.encode())
+    second = _receipt_folder(tmp_path / "second", "ada", b"2025-03-15 09:30:00.000000 UTC")
+    kept = out / "submitted" / "ada" / "01_weights"
+    for folder, timestamp, secret in ((first, "2025-03-14 16:00:00", SECRET), (second, "2025-03-15 09:30:00", None)):
+        _keep_submitted(out, [Job("ada", "01_weights", folder / "weights.ipynb", receipt=intake.read_receipt(folder))])
+        assert (kept / intake.TIMESTAMP_FILE).read_text() == f"{timestamp}.000000 UTC"
+        assert (kept / intake.SECRET_FILE).exists() is (secret is not None)
+        assert (kept / "weights.ipynb").read_text() == "{}"
+
+
+def test_a_gradebook_that_cannot_be_written_is_one_line_with_its_details_kept(tmp_path):
+    """A damaged (or locked) gradebook is a problem of the run, said in one line (the exit status is then 1),
+    with the traceback for grading.log; never a traceback on the instructor's terminal."""
+    from int8lab.grading import pipeline
+
+    (tmp_path / "gradebook.db").write_bytes(b"not an SQLite database" * 64)
+    late, problems = pipeline._gradebook(tmp_path, [], {}, None)
+    assert late == [] and len(problems) == 1, problems
+    assert str(problems[0]).startswith("gradebook: ") and "\n" not in str(problems[0]), problems[0]
+    assert "Traceback" in problems[0].details
+
+
+def test_a_course_graded_before_gets_the_assignments_it_lacks(tmp_path):
+    """OUT graded once with --assignment 03_biases, then for 01_weights: the gradebook gets 01_weights (its
+    notebook and graded cells) before its scores are merged, instead of failing on a missing entry."""
+    from nbgrader.api import Gradebook
+
+    from int8lab.grading import course
+
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights", "03_biases"])
+    course.build_course(tmp_path / "template", assignments)
+    out = tmp_path / "out"
+    course.prepare_out(out, tmp_path / "template", None)
+    for part in ("source", "release"):  # as a course that only 03_biases was graded into
+        shutil.rmtree(out / part / "01_weights")
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        gradebook.remove_assignment("01_weights")
+    course.prepare_out(out, tmp_path / "template", None)
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        (notebook,) = gradebook.find_assignment("01_weights").notebooks
+        graded = {cell.name for cell in notebook.grade_cells}
+    assert notebook.name == "weights" and graded == {grade_id for grade_id, _, _ in assignments["01_weights"].cells}
+    assert (out / "release" / "01_weights" / "weights.ipynb").is_file()
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"])

@@ -2,12 +2,19 @@
 
 Nothing here follows a link or opens anything but a regular file: a symlink, FIFO or device
 among the submissions is refused with a status that says so, and never read.
+
+Beside a notebook handed in through nbgrader's exchange lie the two files ``nbgrader submit`` wrote
+(``nbgrader collect`` copies them): ``timestamp.txt`` and ``submission_secret.txt``. They are read as the
+student's (the student owned them in the exchange): bounded, parsed, and written into OUT again from the
+parsed value only (``read_receipt``, ``write_receipt``).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import stat
 import zipfile
 import zlib
@@ -15,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 
-from .model import GradingError, Job, Status
+from .model import GradingError, Job, Receipt, Status
 
 MAX_ZIP_BYTES = 2 << 30  # refuse archives that expand beyond 2 GiB
 MAX_NOTEBOOK_BYTES = 64 << 20
@@ -41,6 +48,74 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise InvalidNotebook(f"{path.name} holds more than the {limit} bytes allowed")
     return data
+
+
+#: The two files of nbgrader's exchange beside a submitted notebook, and the most of each that is read.
+TIMESTAMP_FILE, SECRET_FILE = "timestamp.txt", "submission_secret.txt"
+MAX_TIMESTAMP_BYTES, MAX_SECRET_BYTES = 128, 1024
+#: nbgrader's timestamp (``Exchange.timestamp_format``, "%Y-%m-%d %H:%M:%S.%f %Z"): a date, a time, and a zone
+#: that is a name (UTC, CET, Europe/Paris) or a number. Only this shape reaches nbgrader's own parser, which
+#: would open a zone given as a path (dateutil's gettz).
+_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?"
+    r"( ([A-Za-z][A-Za-z0-9_+\-]{0,40}(/[A-Za-z0-9_+\-]{1,40}){0,3}|[+-]?\d{1,5}))?"
+)
+#: nbgrader writes ``secrets.token_hex(64)``; any printable ASCII without spaces is kept byte for byte, since
+#: the student's copy in their exchange cache must hash to the same feedback page name.
+_SECRET = re.compile(rf"[!-~]{{1,{MAX_SECRET_BYTES}}}")
+#: How the timestamp is written into OUT: nbgrader's default format, in UTC.
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f UTC"
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    """The time of an nbgrader timestamp as nbgrader reads it (``nbgrader.utils.parse_utc``: UTC, no zone, as its
+    gradebook keeps times); ValueError if ``text`` is not one."""
+    from nbgrader.utils import parse_utc
+
+    text = text.strip()
+    if not _TIMESTAMP.fullmatch(text):
+        raise ValueError("not a timestamp in nbgrader's format (YYYY-MM-DD HH:MM:SS.ffffff ZONE)")
+    return parse_utc(text)
+
+
+def read_receipt(folder: Path) -> Receipt:
+    """What nbgrader's exchange wrote beside a submission in ``folder``: each file read if it is a regular file
+    of bounded size (never through a link), then parsed; a file that is not what nbgrader writes is left out,
+    with the reason in ``problems``. A file that is absent (a submission not from the exchange) is no problem."""
+    timestamp, secret, problems = None, None, []
+    text = _read_text(folder / TIMESTAMP_FILE, MAX_TIMESTAMP_BYTES, problems)
+    if text is not None:
+        try:
+            timestamp = parse_timestamp(text)
+        except (ValueError, OverflowError) as exc:  # dateutil's errors are ValueErrors, a year out of range too
+            problems.append(f"{TIMESTAMP_FILE} ignored: {exc}"[:300])
+    text = _read_text(folder / SECRET_FILE, MAX_SECRET_BYTES, problems)
+    if text is not None:
+        if _SECRET.fullmatch(text):
+            secret = text
+        else:
+            problems.append(f"{SECRET_FILE} ignored: not printable ASCII without spaces, as nbgrader writes it")
+    return Receipt(timestamp, secret, tuple(problems))
+
+
+def _read_text(path: Path, limit: int, problems: list[str]) -> str | None:
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_regular_file(path, limit).decode("ascii")
+    except InvalidNotebook as exc:
+        problems.append(f"{path.name} ignored: {exc}")
+    except UnicodeDecodeError:
+        problems.append(f"{path.name} ignored: not ASCII text")
+    return None
+
+
+def write_receipt(folder: Path, receipt: Receipt) -> None:
+    """The receipt's files in ``folder`` (a folder of OUT), from the parsed values only."""
+    if receipt.timestamp is not None:
+        (folder / TIMESTAMP_FILE).write_text(receipt.timestamp.strftime(TIMESTAMP_FORMAT))
+    if receipt.secret is not None:
+        (folder / SECRET_FILE).write_text(receipt.secret)
 
 
 def read_notebook(path: Path):
@@ -139,11 +214,11 @@ def _job(student: Path, folder: Path, assignment: str, notebook: str) -> Job:
         return Job(student.name, assignment, None, Status.MISSING, reason)
     if not _is_folder(student) or not _is_folder(folder):
         return Job(student.name, assignment, None, Status.MISSING, "the submission is a link, not a folder: refused")
-    expected = folder / notebook
+    expected, receipt = folder / notebook, read_receipt(folder)
     if os.path.lexists(expected):
-        return Job(student.name, assignment, expected)
+        return Job(student.name, assignment, expected, receipt=receipt)
     # Hidden notebooks are what archivers (._name) and editors leave, not a renamed submission.
     others = sorted(p for p in folder.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
     if len(others) == 1:
-        return Job(student.name, assignment, others[0], reason=f"graded {others[0].name} (renamed)")
+        return Job(student.name, assignment, others[0], reason=f"graded {others[0].name} (renamed)", receipt=receipt)
     return Job(student.name, assignment, None, Status.MISSING, f"no {notebook} in {assignment}/")

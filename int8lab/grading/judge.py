@@ -35,7 +35,7 @@ from .records import RecordError, Records, Unrecorded, decode
 from .testcells import Role, TestCell
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
-MAX_MESSAGE = 600  # characters of a failure message kept in tests.csv and the feedback
+MAX_MESSAGE = 600  # characters of a failure message kept in int8lab-tests.csv and the feedback
 NOT_RUN = "the test did not run in your notebook, so nothing could be checked (it was skipped, changed or stopped)"
 TAMPERED = (
     "records tampered: {detail}; only the test's own probes write records, once each and in order, "

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 class GradingError(RuntimeError):
-    """The grader itself cannot run (bad input folder, broken course or install); nothing was graded."""
+    """The grader itself cannot run (bad input folder, broken course or install); nothing was graded. Also what
+    failed after grading (the gradebook, the feedback pages). ``details``: what grading.log keeps beyond the
+    message (a command's output)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class Status(enum.Enum):
@@ -39,6 +46,18 @@ class Limits:
     run_demos: bool = True
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What nbgrader's exchange wrote beside a submission, as parsed by intake (``intake.read_receipt``)."""
+
+    #: when the student submitted (``timestamp.txt``), in UTC without a zone, as nbgrader's gradebook keeps it
+    timestamp: datetime.datetime | None = None
+    #: ``submission_secret.txt``, which names the student's feedback page in the exchange
+    secret: str | None = None
+    #: why a file that was there was left out
+    problems: tuple[str, ...] = ()
+
+
 @dataclass
 class Job:
     """One student's submission of one assignment, as intake found it."""
@@ -48,6 +67,7 @@ class Job:
     notebook: Path | None
     status: Status = Status.OK
     reason: str = ""
+    receipt: Receipt = field(default_factory=Receipt)
 
 
 @dataclass

@@ -7,16 +7,24 @@ The stages, each a module of this package:
     run       execute that notebook in a sandboxed kernel; take back its records
     judge     score the records in this (clean) process, against the source's hidden tests
     merge     scores into OUT's nbgrader gradebook, graded notebooks into OUT/autograded
-    report    grades.csv, tests.csv, feedback pages, the summary
+    report    int8lab-grades.csv, int8lab-tests.csv, feedback pages, the summary
 
-OUT is an nbgrader course folder: formgrader, manual grading and ``nbgrader export`` work in it.
+OUT is an nbgrader course folder: formgrader, manual grading and ``nbgrader export`` work in it, and so do
+``release_feedback`` and ``fetch_feedback``: each submission's ``timestamp.txt`` and ``submission_secret.txt``
+(from nbgrader's exchange) go with it into OUT/submitted and OUT/autograded, its time into the gradebook.
+Without SUBMISSIONS, the folder that ``nbgrader collect`` fills in the course folder (``autograder/``
+beside ``solutions/``, or ``course_dir``) is graded.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import replace
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nbformat
@@ -28,8 +36,35 @@ from .model import GradingError, Job, Limits, Result, Status
 from .workers import grade_all
 
 
+@dataclass
+class Graded:
+    """What ``grade`` did: a result per submission, and what failed after grading (the gradebook, the feedback
+    pages), each a ``GradingError`` with one line to show and its details in grading.log."""
+
+    results: list[Result]
+    problems: list[GradingError] = field(default_factory=list)
+
+
+class Phases:
+    """The wall-clock seconds of each phase of a run, for grading.log."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def lines(self) -> str:
+        return "".join(f"phase {name}: {seconds:.1f} s\n" for name, seconds in self.seconds.items())
+
+
 def grade(
-    submissions: Path,
+    submissions: Path | None,
     out: Path,
     workers: int = 2,
     limits: Limits | None = None,
@@ -39,43 +74,65 @@ def grade(
     progress: bool = True,
     dask: str | None = None,
     judges: int = 0,
-) -> list[Result]:
+    course_dir: Path | None = None,
+) -> Graded:
     """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
+
+    ``submissions``: a folder in nbgrader's submitted/ layout or a .zip of one; None for the folder that
+    ``nbgrader collect`` fills in the course folder ``course_dir`` (default: autograder/ beside the solutions).
 
     ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
     ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
     ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
+    Raises ``GradingError`` when nobody could be graded; what fails later is in ``Graded.problems``.
     """
-    started, limits, out = time.perf_counter(), limits or Limits(), out.resolve()
-    assignments = course.load_assignments(course.find_solutions(solutions), assignment_ids)
+    started, limits, out, phases = time.perf_counter(), limits or Limits(), out.resolve(), Phases()
+    with phases("reading the course"):
+        solutions = course.find_solutions(solutions)
+        assignments = course.load_assignments(solutions, assignment_ids)
+        course_folder = course.find_course_folder(course_dir, solutions)
+        submissions = _submissions_folder(submissions, course_folder)
     client, cluster = connect(dask, workers) if dask else (None, None)  # an unreachable scheduler fails now
     work = _fresh_folder(out / ".work")
     cgroups = PidsCgroups.available()
     try:
-        jobs = intake.find_jobs(intake.open_submissions(submissions.resolve(), work), assignments)
+        with phases("intake"):
+            jobs = intake.find_jobs(intake.open_submissions(submissions, work), assignments)
         if not jobs:
             raise GradingError(
                 f"no submissions in {submissions}: expected <student_id>/<assignment_id>/<notebook>.ipynb "
                 f"with an assignment among {', '.join(assignments)}"
             )
-        _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
-        course.build_course(work / "template", assignments)
-        course.prepare_out(out, work / "template")
-        _keep_submitted(out, jobs)
+        # nbgrader builds the course template in a process of its own while the grader checks itself here.
+        with phases("checking the grader, the course template beside it"), ThreadPoolExecutor(1) as beside:
+            template = beside.submit(course.build_course, work / "template", assignments)
+            _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
+            template.result()
+        with phases("keeping the submissions"):
+            course.prepare_out(out, work / "template", course_folder)
+            _keep_submitted(out, jobs)
         tally = None
-        if client:  # the kernels run on the cluster's workers, each checked there first
-            results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
-        else:
-            results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
-        merge.merge(out, results, assignments)
-        report.write_reports(out, results, assignments)
-        # Pages only for what was handed in: nbgrader fails on an assignment that nobody submitted.
-        problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
+        with phases("grading"):
+            if client:  # the kernels run on the cluster's workers, each checked there first
+                results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
+            else:
+                results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
+        with phases("gradebook"):
+            late, problems = _gradebook(out, results, assignments, course_folder)
+        with phases("reports"):
+            report.write_reports(out, results, assignments)
+        notes = _receipt_notes(results, late)
+        with phases("feedback"):
+            if problems:
+                problems.append(GradingError("feedback: not written, since the gradebook failed"))
+            else:  # pages only for what was handed in: nbgrader fails on an assignment that nobody submitted
+                problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
-        text = report.summary(results, sandbox, time.perf_counter() - started, out, problems, tally)
-        (out / "grading.log").write_text(_log(results) + text + "\n")
+        lines = notes + [str(problem) for problem in problems]
+        text = report.summary(results, sandbox, time.perf_counter() - started, out, lines, tally)
+        (out / "grading.log").write_text(_log(results) + phases.lines() + text + "\n" + _details(problems))
         report.print_summary(text)
-        return results
+        return Graded(results, problems)
     finally:
         if client:
             client.close()
@@ -85,6 +142,61 @@ def grade(
             cgroups.close()
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _gradebook(out: Path, results, assignments, course_folder) -> tuple[list, list[GradingError]]:
+    """The scores, times and due dates into OUT's gradebook, then nbgrader's late penalties; the late
+    submissions and the problems (the CSV files and the summary are written all the same)."""
+    try:
+        late = merge.merge(out, results, assignments, course.due_dates(course_folder, assignments))
+        if late:  # nbgrader's LateSubmissionPlugin, as the course configures it
+            course.nbgrader(out, "assign_late_penalties", stdin=json.dumps(late))
+    except GradingError as exc:
+        return [], [GradingError(f"gradebook: {exc}", exc.details)]
+    except Exception as exc:  # the database (locked, damaged, of another nbgrader): said, never a traceback
+        details = traceback.format_exc()
+        return [], [GradingError(f"gradebook: {out / 'gradebook.db'} could not be updated ({exc!r:.300})", details)]
+    return late, []
+
+
+def _details(problems: list[GradingError]) -> str:
+    return "".join(f"\n{problem}\n{problem.details}\n" for problem in problems if problem.details)
+
+
+def _submissions_folder(submissions: Path | None, course_folder) -> Path:
+    """SUBMISSIONS, else the folder ``nbgrader collect`` fills in the course folder."""
+    if submissions is not None:
+        return submissions.resolve()
+    if course_folder is None:
+        raise GradingError(
+            "no SUBMISSIONS given, and no nbgrader course folder (autograder/ with its nbgrader_config.py beside "
+            "solutions/, or --course-dir) to find the ones nbgrader collect gathered: name the folder or .zip"
+        )
+    if not course_folder.submitted.is_dir():
+        raise GradingError(
+            f"nothing collected yet in {course_folder.submitted}: run `nbgrader collect ASSIGNMENT` in "
+            f"{course_folder.config.parent}, or name the folder or .zip of the submissions"
+        )
+    return course_folder.submitted
+
+
+def _receipt_notes(results: list[Result], late: list[tuple[str, str]]) -> list[str]:
+    """Summary lines on the exchange's files: those left out, the late submissions, and the submissions whose
+    feedback nbgrader's release_feedback cannot send (it stops at the first page without both files)."""
+    graded = [r.job for r in results if r.graded is not None]
+    notes = [f"{job.student}/{job.assignment}: {problem}" for job in graded for problem in job.receipt.problems]
+    if late:
+        notes.append("late, with nbgrader's late penalty: " + ", ".join(f"{s}/{a}" for s, a in sorted(late)))
+    for assignment in sorted({job.assignment for job in graded}):
+        jobs = [job for job in graded if job.assignment == assignment]
+        lacking = sorted(job.student for job in jobs if job.receipt.timestamp is None or job.receipt.secret is None)
+        if lacking and len(lacking) < len(jobs):  # some came through the exchange, these did not
+            notes.append(
+                f"{assignment}: {len(lacking)} submission(s) lack a valid timestamp.txt or submission_secret.txt; "
+                f"nbgrader release_feedback stops at their pages: release the others with "
+                f"--CourseDirectory.student_id_exclude={','.join(lacking)}"
+            )
+    return notes
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -132,7 +244,8 @@ def kernel_check_limits(limits: Limits) -> Limits:
 
 
 def _keep_submitted(out: Path, jobs: list[Job]) -> None:
-    """OUT/submitted keeps what each student handed in, copied from a regular file only."""
+    """OUT/submitted keeps what each student handed in: the notebook, copied from a regular file only, and the
+    exchange's files as parsed (``intake.write_receipt``), in place of what an earlier grading kept there."""
     for job in jobs:
         if job.notebook is None:
             continue
@@ -142,43 +255,50 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
             continue
         destination = out / "submitted" / job.student / job.assignment
         destination.mkdir(parents=True, exist_ok=True)
+        for stale in (intake.TIMESTAMP_FILE, intake.SECRET_FILE):
+            (destination / stale).unlink(missing_ok=True)
         (destination / job.notebook.name).write_bytes(data)
+        intake.write_receipt(destination, job.receipt)
 
 
-def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[str]:
+def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[GradingError]:
     """nbgrader's feedback pages for a graded course folder, with MathJax next to them; returns the problems."""
+    out = out.resolve()
     if not (out / "gradebook.db").is_file():
-        return [f"{out} is not a course folder graded by int8lab grade (it has no gradebook.db)"]
-    names = assignments or sorted(p.name for p in (out / "autograded").glob("*/*") if p.is_dir())
-    return _feedback(out, sorted(set(names)))
+        return [GradingError(f"{out} is not a course folder graded by int8lab grade (it has no gradebook.db)")]
+    graded = sorted({p.name for p in (out / "autograded").glob("*/*") if p.is_dir()})
+    unknown = sorted(set(assignments or []) - set(graded))
+    if unknown:
+        return [GradingError(f"nothing graded in {out} for {', '.join(unknown)}; graded: {', '.join(graded)}")]
+    return _feedback(out, sorted(set(assignments or graded)))
 
 
-def _feedback(out: Path, assignments) -> list[str]:
+def _feedback(out: Path, assignments) -> list[GradingError]:
     """One nbgrader process per assignment, as many at once as this machine has cores: the pages are the
-    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py)."""
+    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py). The pages
+    that were written get their MathJax whatever failed for the others."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
-    def pages(assignment: str) -> str:
+    def pages(assignment: str) -> GradingError | None:
         try:
             course.nbgrader(out, "generate_feedback", assignment)
         except GradingError as exc:
-            return f"feedback: {exc}"
-        return ""
+            return GradingError(f"feedback: {exc}", exc.details)
+        return None
 
     names = list(assignments)
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as threads:
         problems = [problem for problem in threads.map(pages, names) if problem]
-    if problems:
-        return problems
     try:
         feedback.add_mathjax(out)
     except (ImportError, OSError) as exc:
-        return [
-            f"feedback: the pages are written, but their math needs MathJax next to them and it could not be "
-            f"added ({exc}); is jupyter-server-mathjax installed?"
-        ]
-    return []
+        problems.append(
+            GradingError(
+                f"feedback: the pages are written, but their math needs MathJax next to them and it could not be "
+                f"added ({exc}); is jupyter-server-mathjax installed?"
+            )
+        )
+    return problems
 
 
 def _log(results: list[Result]) -> str:

@@ -1,7 +1,8 @@
-"""Report: grades.csv, tests.csv, the feedback pages and the summary an instructor reads.
+"""Report: int8lab-grades.csv, int8lab-tests.csv, the feedback pages and the summary an instructor reads.
 
 The CSV files are sorted and hold no timestamp or path: the same class gives the same bytes.
-A cell that a spreadsheet would take for a formula is neutralised (OWASP's rule).
+A cell that a spreadsheet would take for a formula is neutralised (OWASP's rule). Their names are
+int8lab's own: ``nbgrader export`` writes ``grades.csv`` into the same folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .model import Result, Status
 
+GRADES_CSV, TESTS_CSV = "int8lab-grades.csv", "int8lab-tests.csv"
 GRADES_HEADER = ["student_id", "assignment", "score", "max_score", "status"]
 TESTS_HEADER = ["student_id", "assignment", "grade_id", "score", "max_score", "message"]
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -57,8 +59,8 @@ def write_reports(out: Path, results: list[Result], assignments: dict) -> None:
         grade_writer.writerow([spreadsheet_safe(v) for v in [*row, str(result.status)]])
         for test_row in test_rows(result, assignment):
             test_writer.writerow([spreadsheet_safe(v) for v in test_row])
-    (out / "grades.csv").write_text(grades.getvalue())
-    (out / "tests.csv").write_text(tests.getvalue())
+    (out / GRADES_CSV).write_text(grades.getvalue())
+    (out / TESTS_CSV).write_text(tests.getvalue())
 
 
 def summary(
@@ -80,7 +82,7 @@ def summary(
     if tally:
         lines.append("jobs run per Dask worker: " + ", ".join(f"{w}: {n}" for w, n in sorted(tally.items())))
     lines += problems
-    lines.append(f"results: {out / 'grades.csv'}, {out / 'tests.csv'}, feedback in {out / 'feedback'}")
+    lines.append(f"results: {out / GRADES_CSV}, {out / TESTS_CSV}, feedback in {out / 'feedback'}")
     return "\n".join(lines)
 
 
