@@ -24,6 +24,10 @@ import pytest
 from hostile import SCRIPT_MARK as MARK
 
 ROOT = Path(__file__).resolve().parents[1]
+#: How long a page may take to show what a test waits for. An honest wait is seconds; with the suite's class
+#: gradings beside it on a busy 2-core machine, a kernel running a whole notebook took over two minutes once. A
+#: hang still shows, after five.
+PATIENCE_MS = 300_000
 #: Screenshots land here (gitignored), so that a human can look at what the browser showed.
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 

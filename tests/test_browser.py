@@ -18,7 +18,7 @@ from pathlib import Path
 import axe_playwright_python
 import nbformat
 import pytest
-from browser_support import ROOT, ScriptWatch, chromium, jupyter, screenshot
+from browser_support import PATIENCE_MS, ROOT, ScriptWatch, chromium, jupyter, screenshot
 from hostile import ANSWER_TEXT, SCRIPT_HTML
 
 from int8lab.checks import MISCONCEPTIONS
@@ -47,6 +47,7 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(PATIENCE_MS)  # clicks and page loads too: Playwright's own default is 30 s
     yield context.new_page()
     context.close()
 
@@ -80,9 +81,9 @@ def lab(tmp_path_factory, float_net):
 def _open_notebook(page, lab, path: str):
     page.goto(lab.url(f"lab/tree/{path}"))
     notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
-    notebook.locator(".jp-Cell").first.wait_for(timeout=60_000)
+    notebook.locator(".jp-Cell").first.wait_for(timeout=PATIENCE_MS)
     # The kernel is ready when the toolbar's (visually hidden) status says so.
-    page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=60_000)
+    page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=PATIENCE_MS)
     return notebook
 
 
@@ -117,18 +118,18 @@ def test_student_sees_the_misconception_then_the_passing_test_and_the_plot(page,
     _run_all(page)
     test_cell = _cell(notebook, "quantized_weights returns the right integers and scale")
     message = MISCONCEPTIONS["scale_128"][:50]
-    test_cell.locator(".jp-OutputArea", has_text=message).wait_for(timeout=120_000)
+    test_cell.locator(".jp-OutputArea", has_text=message).wait_for(timeout=PATIENCE_MS)
     test_cell.scroll_into_view_if_needed()
     screenshot(test_cell, "student-misconception")
 
     _replace_source(_cell(notebook, "def quantized_weights"), RIGHT)
     _run_all(page)
-    test_cell.locator(".jp-OutputArea", has_text=PASSED).wait_for(timeout=120_000)
+    test_cell.locator(".jp-OutputArea", has_text=PASSED).wait_for(timeout=PATIENCE_MS)
     assert message not in test_cell.locator(".jp-OutputArea").inner_text()
     screenshot(test_cell, "student-test-passes")
 
     histogram = _cell(notebook, "plot_weight_histograms(float_net)").locator(".jp-OutputArea img").first
-    histogram.wait_for(timeout=60_000)
+    histogram.wait_for(timeout=PATIENCE_MS)
     histogram.scroll_into_view_if_needed()
     box = histogram.bounding_box()
     assert box and box["width"] > 100 and box["height"] > 100, box
@@ -209,7 +210,7 @@ def test_instructor_grades_a_derivation_by_hand_in_formgrader(page, course, form
     _open_submission(page, formgrader, ANN)
     score = page.locator(f"input.score#{DERIVATION}")
     comment = page.locator(f"textarea#{DERIVATION}-comment")
-    score.wait_for(timeout=30_000)
+    score.wait_for(timeout=PATIENCE_MS)
     score.scroll_into_view_if_needed()
     # Each field saves itself on change (formgrader's Backbone models): wait for the server's answer.
     with page.expect_response(lambda r: "/formgrader/api/grade/" in r.url and r.request.method == "PUT") as saved:
@@ -223,7 +224,7 @@ def test_instructor_grades_a_derivation_by_hand_in_formgrader(page, course, form
     screenshot(page.locator(".nbgrader_cell", has=score).first, "formgrader-manual-grade")
 
     page.reload()
-    score.wait_for(timeout=30_000)
+    score.wait_for(timeout=PATIENCE_MS)
     assert score.input_value() == "2"
     assert comment.input_value().startswith("Right scale")
     after = _export(course)[ANN]
