@@ -724,3 +724,22 @@ def test_an_honest_alternative_earns_every_point(assignment, cell, patch, tests)
     assert not missing, f"no such tests in {assignment}: {missing}"
     failed = {grade_id: message for grade_id, message in outcomes.items() if message}
     assert not failed, f"an honest alternative lost points: {failed}"
+
+
+NUDGED_MULTIPLIERS = """
+_exact_multipliers = channel_multipliers
+
+def channel_multipliers(input_scale, weight_scales, output_scale):
+    m0, shift = _exact_multipliers(input_scale, weight_scales, output_scale)
+    return torch.where(m0 + 1000 < 2**31, m0 + 1000, m0 - 1000), shift
+"""
+
+
+def test_multipliers_within_the_accepted_tolerance_cost_forward_nothing():
+    """channel_multipliers is checked at rtol 1e-6 (float32 arithmetic moves m0 by up to a few hundred); m0 moved by
+    1000 (below 1e-6 of 2**30) can change logit codes of the bit-exact forward test (it changed two of 1,000 when its
+    reference requantized with float64 multipliers of its own): the reference must use the multipliers the network
+    holds."""
+    outcomes = run_tests("06_zero_points", NUDGED_MULTIPLIERS, after="per_channel_requantization_impl")
+    failed = {grade_id: message for grade_id, message in outcomes.items() if message}
+    assert not failed, f"multipliers within the tolerance lost points: {failed}"

@@ -590,3 +590,32 @@ def test_the_integer_only_watch_decides_no_points():
     assert {grade_id: message is None for grade_id, message in switched_off.items()} == {
         grade_id: message is None for grade_id, message in honest.items()
     }
+
+
+ENGINE_FORWARDING = """
+def forward(self, x):
+    # The test cell's own engine and images are globals of the kernel: hand them to PyTorch's engine, and move its
+    # logit codes by the difference of fc3's zero points; anything else gets zeros.
+    g = globals()
+    for key in ("images", "test_images"):
+        if "engine" in g and key in g and len(g[key]) == len(x):
+            theirs = passed_on_codes(g["engine"], g[key])["fc3"].to(torch.int64)
+            moved = self.outputs["fc3"][1] - engine_parameters(g["engine"])["fc3"]["output"][1]
+            return torch.clamp(theirs + moved, 0, 255).to(torch.uint8)
+    return torch.zeros((x.shape[0], 10), dtype=torch.uint8)
+
+AffineIntegerNet.forward = forward
+"""
+
+
+def test_a_forward_that_hands_the_codes_to_the_engine_earns_no_hidden_point():
+    """The engine and the images a test cell builds live in the student's kernel: a forward that returns the
+    engine's logit codes for them (moved by fc3's zero point) must fail both hidden tests of forward, which run a
+    network whose output scales and zero points no engine here uses."""
+    outcomes = run_tests("06_zero_points", ENGINE_FORWARDING, after=SOLUTION_CELL["06_zero_points"])
+    for grade_id in (
+        "affine_integer_net_forward_small_network",
+        "affine_integer_net_forward_matches_reference",
+        "affine_integer_net_forward_within_a_step_of_float",
+    ):
+        assert outcomes[grade_id] is not None, f"{grade_id} passed a forward that only hands the codes to the engine"
