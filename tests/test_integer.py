@@ -200,3 +200,24 @@ def test_the_engine_hands_over_its_per_channel_parameters_and_codes(float_net, d
     )
     per_tensor = engine_parameters(torch_int8_model(float_net, train_loader, max_samples=200))
     assert len(set(per_tensor["conv1"]["weight_scales"].tolist())) == 1
+
+
+def test_int16_pairs_counts_the_pairs_vpmaddubsw_clips_and_the_outputs_any_pairing_could():
+    """Codes of 136 and 130 times 127 leave int16 (33,782), times -128 too; codes up to 128 never can."""
+    from int8lab.engine import int16_pairs
+
+    weight = torch.tensor([[127, 127, 0, 0], [127, 0, 127, 0], [-128, -128, -128, -128]], dtype=torch.int8)
+    # neighbours: rows 0 and 2 pair the two codes and clip; row 1 pairs each with a small product
+    assert int16_pairs(torch.tensor([[136, 130, 5, 9]]), weight) == (2, 2)
+    # no neighbours clip now, but rows 1 and 2 hold two products a kernel pairing otherwise would clip
+    assert int16_pairs(torch.tensor([[136, 5, 130, 9]]), weight) == (0, 2)
+    assert int16_pairs(torch.tensor([[128, 128, 128, 128]]), weight) == (0, 0)
+    # A convolution's pairs run over (kernel row, kernel column, channel): channels 0 and 1 of one pixel pair up.
+    image = torch.zeros((1, 2, 2, 2), dtype=torch.uint8)
+    image[0, :, 0, 0] = 200
+    kernel = torch.zeros((1, 2, 2, 2), dtype=torch.int8)
+    kernel[0, :, 0, 0] = 127
+    assert int16_pairs(image, kernel) == (1, 1)
+    kernel[0, 1, 0, 0], kernel[0, 1, 1, 1] = 0, 127  # the same products' partner is now another pixel's
+    image[0, 1, 1, 1] = 200
+    assert int16_pairs(image, kernel) == (0, 1)
