@@ -339,19 +339,6 @@ def affine_parameters(low, high, bits=8, signed=False):
     scale = (high - low) / (highest - lowest)
     return float(scale), int(lowest + np.round(-low / scale))
 """,
-    "from_the_top_end": """
-def affine_parameters(low, high, bits=8, signed=False):
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError("bits")
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError("range")
-    lowest, highest = code_range(bits, signed)
-    low, high = min(low, 0.0), max(high, 0.0)
-    if low == high:
-        return 1.0, lowest
-    scale = (high - low) / (highest - lowest)
-    return scale, highest - round(high / scale)  # the highest value lands on the highest code
-""",
 }
 
 QUANTIZE_AFFINE = {

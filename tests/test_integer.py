@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from int8lab.integer import (
+    KEEP_AFFINE_FORWARD_INTEGER,
+    KEEP_FORWARD_INTEGER,
     IntegerModule,
     IntegerPipelineError,
     IntegerPipelineWarning,
@@ -75,6 +77,23 @@ def test_integer_module_warns_on_a_forward_that_computes_in_float_and_refuses_fl
         assert Shifting()(x).tolist() == [-8, 0, 10]
     with pytest.raises(IntegerPipelineError, match="input of Shifting must be a torch.int8"):
         Shifting()(x.float())
+
+
+def test_each_integer_module_gives_its_own_advice_on_a_float_forward():
+    """Notebook 4's advice names requantize and int8 activations; notebook 6's network has uint8 codes with zero
+    points and requantizes with rounding_shift, so its warning says that instead."""
+
+    class Affine(IntegerModule):
+        code_dtypes = (torch.uint8, torch.int8)
+        float_advice = KEEP_AFFINE_FORWARD_INTEGER
+
+        def forward(self, x):
+            return torch.round(x.float() * 0.5).to(torch.uint8)
+
+    with pytest.warns(IntegerPipelineWarning) as caught:
+        Affine()(torch.tensor([4, 9], dtype=torch.uint8))
+    message = str(caught[0].message)
+    assert "rounding_shift" in message and "uint8" in message and KEEP_FORWARD_INTEGER not in message
 
 
 def test_recorded_accumulators_keep_the_largest_and_the_tensors():
