@@ -11,7 +11,8 @@ PyTorch has it, else qnnpack (ARM). fbgemm's AVX2 kernels multiply uint8 activat
 weights with ``vpmaddubsw``, which adds each *pair* of products in saturating int16 before the
 int32 sum. ``pair_saturated_linear`` models that instruction, so its
 effect can be measured on any machine; notebook 4.8 asks what it means for 8-bit and 7-bit
-activations (``reduce_range``).
+activations (``reduce_range``). ``int16_pairs`` counts, for the codes a layer really received, the
+pairs it would clip and the outputs where any pairing could (notebook 6.8).
 """
 
 from __future__ import annotations

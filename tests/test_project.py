@@ -179,9 +179,10 @@ def _check_notebook_6_claims(recorded: dict) -> None:
     ), recorded
     at_4_bits = [recorded[f"zero_points/4/{scheme}"] for scheme in schemes]
     assert max(at_4_bits) - min(at_4_bits) <= 1.5, recorded  # five images of 360
-    # 6.8: where no output is at risk in the int16 table (on the digits, none: the largest input codes are 127 to
-    # 136), the engine's sums are exact, so no layer differs by more than one code, every difference has a named
-    # cause, and the two pick the same class on all images but at most one
+    # 6.8: where no output is at risk in the int16 table (on the digits, none: the largest input codes are 120 to
+    # 136, and two products leave int16 only where two codes adding up to 257 meet two large weights of one sign),
+    # the engine's sums are exact, so no layer differs by more than one code, every difference has a named cause,
+    # and the two pick the same class on all images but at most one
     assert recorded["zero_points/engine_int16_at_risk"] == 0
     assert recorded["zero_points/engine_largest_difference"] <= 1
     assert recorded["zero_points/engine_unexplained"] == 0
