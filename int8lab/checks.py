@@ -312,7 +312,9 @@ def explain(key: str | None) -> str:
     return " This matches more than one known misconception: " + "; or ".join(sentences) + "."
 
 
-def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8, inputs=None) -> None:
+def check_close(
+    what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1e-8, inputs=None, diagnose: bool = True
+) -> None:
     """Raise ``CheckFailed`` unless ``got`` equals ``expected`` within tolerance (elementwise, same shape).
 
     Args:
@@ -321,6 +323,8 @@ def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1
         misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``,
             or a list of such ``(key, wrong answer)`` pairs.
         inputs: the input value behind each expected value (same shape), shown for the first difference.
+        diagnose: False names only ``misconceptions``, never a rounding or clamping mistake read from how the
+            values differ (``_diagnose_integers``).
     """
     got_array, expected_array = _as_array(got), _as_array(expected)
     if _same(got_array, expected_array, rtol, atol):
@@ -329,8 +333,38 @@ def check_close(what: str, got, expected, misconceptions=None, rtol=1e-5, atol=1
         detail = f"expected shape {tuple(expected_array.shape)}, got shape {tuple(got_array.shape)}"
     else:
         detail = _difference(got_array, expected_array, rtol, atol, inputs)
-    key = matching_misconception(got, misconceptions, rtol, atol) or _diagnose_integers(got_array, expected_array)
+    key = matching_misconception(got, misconceptions, rtol, atol)
+    if key is None and diagnose:
+        key = _diagnose_integers(got_array, expected_array)
     raise CheckFailed(f"{what}: {detail}{explain(key)}")
+
+
+#: How close to a rounding tie k + 1/2, relative to the quotient, an honest computation may land on either side.
+#: A float32 quotient x / s is within about 2**-23 of the exact one (the scale's rounding, then the division's);
+#: 2**-20 leaves a factor of 8.
+TIE_WINDOW = 2.0**-20
+
+
+def check_codes(what: str, got, exact, lowest: int, highest: int, misconceptions=None) -> None:
+    """Raise ``CheckFailed`` unless ``got`` holds the codes ``clamp(round(exact), lowest, highest)``, rounded half
+    to even, but for one code's difference where an honest computation may round either way.
+
+    ``exact`` is the quotient the codes round (``x / s``), computed by the test in float64. Where it lies within
+    ``|exact| * TIE_WINDOW`` of a tie k + 1/2, a float32 (or float64) computation of the same quotient can land on
+    the other side: there either neighbour is accepted. When such a neighbour is among the values that differ,
+    the failure names only the given ``misconceptions``: a value one below there is no sign of floor.
+    """
+    got_array, exact_array = _as_array(got), _as_array(exact)
+    expected = np.clip(np.round(exact_array), lowest, highest)  # np.round: half to even
+    if got_array.shape != exact_array.shape:
+        check_close(what, got, expected, misconceptions, rtol=0, atol=0)
+        return
+    near = np.abs(exact_array - np.floor(exact_array) - 0.5) <= np.abs(exact_array) * TIE_WINDOW
+    below, above = np.clip(np.floor(exact_array), lowest, highest), np.clip(np.ceil(exact_array), lowest, highest)
+    either = near & ((got_array == below) | (got_array == above))
+    accepted = np.where(either, got_array, expected)
+    tolerated = bool((either & (got_array != expected)).any())
+    check_close(what, got, accepted, misconceptions, rtol=0, atol=0, diagnose=not tolerated)
 
 
 def _diagnose_integers(got: np.ndarray, expected: np.ndarray) -> str | None:

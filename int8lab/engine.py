@@ -11,7 +11,8 @@ PyTorch has it, else qnnpack (ARM). fbgemm's AVX2 kernels multiply uint8 activat
 weights with ``vpmaddubsw``, which adds each *pair* of products in saturating int16 before the
 int32 sum. ``pair_saturated_linear`` models that instruction, so its
 effect can be measured on any machine; notebook 4.8 asks what it means for 8-bit and 7-bit
-activations (``reduce_range``).
+activations (``reduce_range``). ``int16_pairs`` counts, for the codes a layer really received, the
+pairs it would clip and the outputs where any pairing could (notebook 6.8).
 """
 
 from __future__ import annotations
@@ -259,6 +260,43 @@ def pair_saturated_linear(codes: torch.Tensor, weight: torch.Tensor) -> tuple[to
     pairs = products[..., 0::2] + products[..., 1::2]
     clipped = pairs.clamp(-(2**15), 2**15 - 1)
     return clipped.sum(-1), clipped != pairs
+
+
+def int16_pairs(codes: torch.Tensor, weight: torch.Tensor, chunk: int = 2048) -> tuple[int, int]:
+    """How a layer's sums would fare in int16 pairs on an x86 CPU without VNNI, for the codes it received.
+
+    Args:
+        codes: the layer's unsigned input codes in [0, 255]: (N, K) for a linear layer, (N, C, H, W) for a
+            convolution (valid, stride 1).
+        weight: its torch.int8 weight codes, (O, K) or (O, C, k, k).
+
+    Returns:
+        ``(pairs, outputs)``: ``pairs``, the neighbouring products (k, k + 1) of an output's sum whose int16 sum
+        ``vpmaddubsw`` would clip, as ``pair_saturated_linear`` models it, with a convolution's inputs in fbgemm's
+        (kernel row, kernel column, channel) order; ``outputs``, the outputs in which some two products of the same
+        sign leave int16, whichever a kernel pairs. ``outputs == 0`` means no pair can saturate, in any order.
+        (A CPU with VNNI adds four products in int32, and qnnpack on ARM widens them: there nothing saturates.)
+    """
+    x = codes.to(torch.int64)
+    w = weight.to(torch.int64)
+    if w.dim() == 4:
+        out_channels, channels, k, _ = w.shape
+        x = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 4, 5, 1).reshape(-1, k * k * channels)
+        w = w.permute(0, 2, 3, 1).reshape(out_channels, -1)
+    # Two products leave int16 only if their codes add up to 257 or more (128 * 128 * 2 is -32768 at most):
+    # only rows holding two such codes need a look.
+    top = x.topk(min(2, x.shape[1]), dim=1).values.sum(dim=1)
+    x = x[top >= 257]
+    pairs = outputs = 0
+    for start in range(0, x.shape[0], chunk):
+        rows = x[start : start + chunk]
+        _, clipped = pair_saturated_linear(rows, w)
+        pairs += int(clipped.sum())
+        products = rows[:, None, :] * w[None, :, :]
+        highest = products.topk(min(2, products.shape[-1]), dim=-1).values.sum(dim=-1)
+        lowest = -(-products).topk(min(2, products.shape[-1]), dim=-1).values.sum(dim=-1)
+        outputs += int(((highest > 2**15 - 1) | (lowest < -(2**15))).sum())
+    return pairs, outputs
 
 
 class _Quiet(nn.Module):

@@ -118,6 +118,13 @@ KEEP_FORWARD_INTEGER = (
     "keep int8 activations and int32 accumulators from the quantized input to the logits, and requantize each "
     "accumulator with requantize: the tests compare the logits bit for bit, which a float requantization misses"
 )
+#: The same for notebook 6's network, whose codes are uint8 with zero points and whose requantization is
+#: rounding_shift plus integer additions and clamps.
+KEEP_AFFINE_FORWARD_INTEGER = (
+    "keep 8-bit codes (uint8, with their zero points) and int32 accumulators from the input codes to the logits: "
+    "requantize each accumulator with rounding_shift, then add the zero point and clamp, all on integer tensors; "
+    "the tests compare the logits bit for bit, which a float requantization misses"
+)
 
 
 def _watch_float(call, what: str, advice: str):
@@ -155,15 +162,18 @@ class IntegerModule(nn.Module):
     Calling it checks the input's and the result's dtype (``IntegerPipelineError``): one of ``code_dtypes``,
     torch.int8 unless a subclass says otherwise (notebook 6's network also takes torch.uint8). It runs
     ``forward`` while watching every torch operation: one that produced a float tensor gets an
-    ``IntegerPipelineWarning`` naming it. ``module.forward(x)`` runs without either (for timing).
+    ``IntegerPipelineWarning`` naming it and giving ``float_advice``. ``module.forward(x)`` runs without either
+    (for timing).
     """
 
     code_dtypes: tuple[torch.dtype, ...] = (torch.int8,)
+    #: What the warning asks of a forward that computed a float (notebook 6's network has its own).
+    float_advice: str = KEEP_FORWARD_INTEGER
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         _require(x, self.code_dtypes, f"the input of {name}")
-        result = _watch_float(lambda: super(IntegerModule, self).__call__(x), f"{name}.forward", KEEP_FORWARD_INTEGER)
+        result = _watch_float(lambda: super(IntegerModule, self).__call__(x), f"{name}.forward", self.float_advice)
         _require(result, self.code_dtypes, f"the result of {name}.forward")
         return result
 

@@ -11,6 +11,7 @@ from int8lab.checks import (
     CheckFailed,
     check_choice,
     check_close,
+    check_codes,
     check_scale,
     matching_misconception,
 )
@@ -136,3 +137,26 @@ def test_a_wrong_choice_names_the_option_chosen_and_why_it_is_wrong_never_the_ri
 def test_a_choice_that_is_not_a_letter_says_what_is_expected(got):
     with pytest.raises(CheckFailed, match="expected the letter of one option as a string"):
         check_choice("choice_x", got, "b")
+
+
+def test_codes_may_differ_by_one_only_where_the_exact_quotient_is_a_hair_from_a_tie():
+    """A float32 quotient lands within about 2**-23 of the float64 one: at a near tie it may round the other way."""
+    exact = np.array([2.5 + 2.0**-40, 7.2, -3.5 - 2.0**-45, 130.4])  # two near ties, then a clamped value
+    check_codes("q", [3, 7, -4, 127], exact, -128, 127)  # the float64 rounding
+    check_codes("q", [2, 7, -3, 127], exact, -128, 127)  # the other side of both near ties: no failure
+    with pytest.raises(CheckFailed, match="expected 8, got 7"):  # 7.6 is no near tie
+        check_codes("q", [3, 7, -4, 127], [2.5, 7.6, -3.5, 130.4], -128, 127)
+    with pytest.raises(CheckFailed, match="expected 3, got 1"):  # a near tie accepts its two neighbours only
+        check_codes("q", [1, 7, -4, 127], exact, -128, 127)
+
+
+def test_a_code_one_below_at_a_near_tie_is_not_called_floored():
+    """One code one below where the quotient is a hair above a tie, and one more below elsewhere: the failure names
+    no rounding mistake, since an honest float32 computation can give the first."""
+    exact = np.array([2.5 + 2.0**-40, 6.7, 9.7])
+    with pytest.raises(CheckFailed) as error:
+        check_codes("q", [2, 6, 10], exact, -128, 127)
+    assert MISCONCEPTIONS["floor_not_round"] not in str(error.value)
+    with pytest.raises(CheckFailed) as error:  # without the near tie, the same pattern is floor's
+        check_codes("q", [3, 6, 9], exact, -128, 127)
+    assert MISCONCEPTIONS["floor_not_round"] in str(error.value)

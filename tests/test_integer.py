@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from int8lab.integer import (
+    KEEP_AFFINE_FORWARD_INTEGER,
+    KEEP_FORWARD_INTEGER,
     IntegerModule,
     IntegerPipelineError,
     IntegerPipelineWarning,
@@ -75,6 +77,23 @@ def test_integer_module_warns_on_a_forward_that_computes_in_float_and_refuses_fl
         assert Shifting()(x).tolist() == [-8, 0, 10]
     with pytest.raises(IntegerPipelineError, match="input of Shifting must be a torch.int8"):
         Shifting()(x.float())
+
+
+def test_each_integer_module_gives_its_own_advice_on_a_float_forward():
+    """Notebook 4's advice names requantize and int8 activations; notebook 6's network has uint8 codes with zero
+    points and requantizes with rounding_shift, so its warning says that instead."""
+
+    class Affine(IntegerModule):
+        code_dtypes = (torch.uint8, torch.int8)
+        float_advice = KEEP_AFFINE_FORWARD_INTEGER
+
+        def forward(self, x):
+            return torch.round(x.float() * 0.5).to(torch.uint8)
+
+    with pytest.warns(IntegerPipelineWarning) as caught:
+        Affine()(torch.tensor([4, 9], dtype=torch.uint8))
+    message = str(caught[0].message)
+    assert "rounding_shift" in message and "uint8" in message and KEEP_FORWARD_INTEGER not in message
 
 
 def test_recorded_accumulators_keep_the_largest_and_the_tensors():
@@ -200,3 +219,24 @@ def test_the_engine_hands_over_its_per_channel_parameters_and_codes(float_net, d
     )
     per_tensor = engine_parameters(torch_int8_model(float_net, train_loader, max_samples=200))
     assert len(set(per_tensor["conv1"]["weight_scales"].tolist())) == 1
+
+
+def test_int16_pairs_counts_the_pairs_vpmaddubsw_clips_and_the_outputs_any_pairing_could():
+    """Codes of 136 and 130 times 127 leave int16 (33,782), times -128 too; codes up to 128 never can."""
+    from int8lab.engine import int16_pairs
+
+    weight = torch.tensor([[127, 127, 0, 0], [127, 0, 127, 0], [-128, -128, -128, -128]], dtype=torch.int8)
+    # neighbours: rows 0 and 2 pair the two codes and clip; row 1 pairs each with a small product
+    assert int16_pairs(torch.tensor([[136, 130, 5, 9]]), weight) == (2, 2)
+    # no neighbours clip now, but rows 1 and 2 hold two products a kernel pairing otherwise would clip
+    assert int16_pairs(torch.tensor([[136, 5, 130, 9]]), weight) == (0, 2)
+    assert int16_pairs(torch.tensor([[128, 128, 128, 128]]), weight) == (0, 0)
+    # A convolution's pairs run over (kernel row, kernel column, channel): channels 0 and 1 of one pixel pair up.
+    image = torch.zeros((1, 2, 2, 2), dtype=torch.uint8)
+    image[0, :, 0, 0] = 200
+    kernel = torch.zeros((1, 2, 2, 2), dtype=torch.int8)
+    kernel[0, :, 0, 0] = 127
+    assert int16_pairs(image, kernel) == (1, 1)
+    kernel[0, 1, 0, 0], kernel[0, 1, 1, 1] = 0, 127  # the same products' partner is now another pixel's
+    image[0, 1, 1, 1] = 200
+    assert int16_pairs(image, kernel) == (0, 1)

@@ -590,3 +590,88 @@ def test_the_integer_only_watch_decides_no_points():
     assert {grade_id: message is None for grade_id, message in switched_off.items()} == {
         grade_id: message is None for grade_id, message in honest.items()
     }
+
+
+ENGINE_FORWARDING = """
+def forward(self, x):
+    # The test cell's own engine and images are globals of the kernel: hand them to PyTorch's engine, and move its
+    # logit codes by the difference of fc3's zero points; anything else gets zeros.
+    g = globals()
+    for key in ("images", "test_images"):
+        if "engine" in g and key in g and len(g[key]) == len(x):
+            theirs = passed_on_codes(g["engine"], g[key])["fc3"].to(torch.int64)
+            moved = self.outputs["fc3"][1] - engine_parameters(g["engine"])["fc3"]["output"][1]
+            return torch.clamp(theirs + moved, 0, 255).to(torch.uint8)
+    return torch.zeros((x.shape[0], 10), dtype=torch.uint8)
+
+AffineIntegerNet.forward = forward
+"""
+
+
+def test_a_forward_that_hands_the_codes_to_the_engine_earns_no_hidden_point():
+    """The engine and the images a test cell builds live in the student's kernel: a forward that returns the
+    engine's logit codes for them (moved by fc3's zero point) must fail both hidden tests of forward, which run a
+    network whose output scales and zero points no engine here uses."""
+    outcomes = run_tests("06_zero_points", ENGINE_FORWARDING, after=SOLUTION_CELL["06_zero_points"])
+    for grade_id in (
+        "affine_integer_net_forward_small_network",
+        "affine_integer_net_forward_matches_reference",
+        "affine_integer_net_forward_within_a_step_of_float",
+    ):
+        assert outcomes[grade_id] is not None, f"{grade_id} passed a forward that only hands the codes to the engine"
+
+
+FORWARD_WITHOUT_ACCUMULATE = """
+def forward(self, x):
+    for name in LAYER_NAMES:
+        kernel = conv2d_int32 if name in ("conv1", "conv2") else linear_int32
+        accumulator = kernel(x, self.weights[name], name)  # the same sums, without self.accumulate
+        by_channel = (1, -1) + (1,) * (accumulator.dim() - 2)
+        m0, shift = self.multipliers[name]
+        _, zero_point, lowest, highest = self.outputs[name]
+        accumulator = accumulator + self.biases[name].reshape(by_channel)
+        codes = rounding_shift(accumulator, m0.reshape(by_channel), shift.reshape(by_channel))
+        codes = torch.clamp(codes + zero_point, max(lowest, zero_point) if name != "fc3" else lowest, highest)
+        x = codes.to(self.code_dtype(lowest))
+        if name in ("conv1", "conv2"):
+            x = max_pool2x2_int8(x)
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+    return x
+
+AffineIntegerNet.forward = forward
+"""
+
+
+def test_the_engine_study_says_when_forward_skips_self_accumulate():
+    """Section 6.8 gives each layer the engine's codes through self.accumulate: a forward that computes the same
+    sums without it gets a message naming the method, not a KeyError from deep inside the study cell."""
+    import ast
+
+    import torch
+
+    from notebook_harness import read_source
+
+    source = read_source("06_zero_points")
+    namespace: dict = {"__name__": "__main__"}
+    study = None
+    for cell in source.cells:  # the setup, provided and solution cells, then the study's function
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta and not meta.get("grade"):
+            exec(compile(cell.source, f"<{meta.get('grade_id')}>", "exec"), namespace)
+        if cell.cell_type == "code" and "def each_layer_on" in cell.source:
+            study = cell.source
+    exec(FORWARD_WITHOUT_ACCUMULATE, namespace)
+    (definition,) = [node for node in ast.parse(study).body if getattr(node, "name", "") == "each_layer_on"]
+    exec(compile(ast.Module([definition], []), "<study>", "exec"), namespace)
+    layers = namespace["LAYER_NAMES"]
+    shapes = {name: tuple(getattr(namespace["Net"](in_channels=1), name).weight.shape) for name in layers}
+    net = namespace["AffineIntegerNet"](
+        {name: torch.ones(shapes[name], dtype=torch.int8) for name in layers},
+        {},
+        {name: ([2**30] * shapes[name][0], [40] * shapes[name][0]) for name in layers},
+        {key: (1.0, 0, 0, 255) for key in ("input", *layers)},
+    )
+    given = {"input": torch.zeros((1, 1, 32, 32), dtype=torch.uint8)}
+    with pytest.raises(RuntimeError, match=r"without self\.accumulate\(name, x\)"):
+        namespace["each_layer_on"](net, given)
