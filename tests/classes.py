@@ -270,6 +270,10 @@ class GradedClass:
     out: Path
     command: list[str]
     originals: dict[Path, bytes] = field(default_factory=dict)
+    #: For a command that grades nothing (classes.COMMANDS): its environment, folder, and one output stream.
+    env: dict[str, str] = field(default_factory=lambda: dict(WARNINGS_SHOWN))
+    cwd: Path | None = None
+    merge_output: bool = False
     run: Finished | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -292,7 +296,58 @@ def demo_class(base: Path) -> GradedClass:
     return GradedClass("demo", base, base / "submitted", base / "out", command)
 
 
-BUILDERS = {"hostile_class": hostile_class, "demo_class": demo_class}
+def _validated(base: Path, invert: bool) -> GradedClass:
+    """nbgrader validate on every solution notebook (or, inverted, on every release) in one process."""
+    folder = "notebooks" if invert else "solutions"
+    paths = [str(path) for path in sorted((ROOT / folder).glob("*/*.ipynb"))]
+    command = [sys.executable, "-m", "nbgrader", "validate", *(["--invert"] if invert else []), *paths]
+    return GradedClass(folder, base, base, base, command, env={}, cwd=ROOT / "autograder", merge_output=True)
+
+
+def demo_run(base: Path) -> GradedClass:
+    """int8lab demo on the digits, as `make demo` runs it (tests/test_project.py reads its table)."""
+    command = [
+        sys.executable,
+        "-m",
+        "int8lab",
+        "demo",
+        "--out",
+        str(base / "results"),
+        "--json",
+        str(base / "table.json"),
+    ]
+    return GradedClass("demo run", base, base, base, command, env={})
+
+
+def cifar_run(base: Path) -> GradedClass:
+    """int8lab demo with INT8LAB_DATASET=cifar10 on a small archive written here, in a model cache of its own."""
+    from tiny_cifar import write_tiny_cifar
+
+    write_tiny_cifar(base / "cache" / "cifar10", per_batch=300, learnable=True)
+    env = {"INT8LAB_CACHE": str(base / "cache"), "INT8LAB_DATASET": "cifar10"}
+    command = [
+        sys.executable,
+        "-m",
+        "int8lab",
+        "demo",
+        "--out",
+        str(base / "results"),
+        "--json",
+        str(base / "table.json"),
+    ]
+    return GradedClass("cifar run", base, base, base, command, env=env)
+
+
+#: What runs in the background, in this order, by the name of the session fixture that returns each: the classes
+#: first (many tests read them), then the long commands whose tests only read what they printed and wrote.
+BUILDERS = {
+    "hostile_class": hostile_class,
+    "demo_class": demo_class,
+    "solutions_validated": lambda base: _validated(base, invert=False),
+    "releases_inverted": lambda base: _validated(base, invert=True),
+    "demo_run": demo_run,
+    "cifar_run": cifar_run,
+}
 
 
 class Gradings:
@@ -303,7 +358,10 @@ class Gradings:
 
     def __init__(self, names: list[str]):
         self.base = Path(tempfile.mkdtemp(prefix="int8lab-classes-"))
-        self.classes = {name: BUILDERS[name](self.base / name.removesuffix("_class")) for name in names}
+        self.classes = {}
+        for name in names:
+            (self.base / name).mkdir(parents=True)
+            self.classes[name] = BUILDERS[name](self.base / name)
         self._process: subprocess.Popen | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._grade_all, name="int8lab-gradings", daemon=True)
@@ -319,10 +377,17 @@ class Gradings:
             graded.done.set()
 
     def _grade(self, graded: GradedClass) -> Finished:
-        stdout, stderr = graded.base / "grade.stdout", graded.base / "grade.stderr"
+        stdout, stderr = graded.base / "run.stdout", graded.base / "run.stderr"
         with open(stdout, "wb") as out, open(stderr, "wb") as err:
-            env = {**os.environ, **WARNINGS_SHOWN}
-            self._process = subprocess.Popen(graded.command, stdout=out, stderr=err, env=env, start_new_session=True)
+            env = {**os.environ, **graded.env}
+            self._process = subprocess.Popen(
+                graded.command,
+                stdout=out,
+                stderr=subprocess.STDOUT if graded.merge_output else err,
+                env=env,
+                cwd=graded.cwd,
+                start_new_session=True,
+            )
             try:
                 returncode = self._process.wait(timeout=CLASS_DEADLINE)
             except subprocess.TimeoutExpired:

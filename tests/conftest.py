@@ -9,8 +9,9 @@ import pytest
 # tests/ holds helpers (notebook_harness, classes) that the test modules import by name.
 sys.path.insert(0, str(Path(__file__).parent))
 
-#: The graded classes of classes.py, by the name of the session fixture that returns each.
-CLASS_FIXTURES = ("hostile_class", "demo_class")
+#: What classes.py runs in the background (graded classes, then long commands), by the name of the session fixture
+#: that returns each, in the order it runs them.
+CLASS_FIXTURES = ("hostile_class", "demo_class", "solutions_validated", "releases_inverted", "demo_run", "cifar_run")
 
 
 def pytest_configure(config):
@@ -91,6 +92,30 @@ def hostile_class(request):
 def demo_class(request):
     """The demo class of classes.py, graded after the hostile class, plot cells run."""
     return _graded(request, "demo_class")
+
+
+@pytest.fixture(scope="session")
+def solutions_validated(request):
+    """nbgrader validate on every solution notebook, run in the background (classes.py)."""
+    return _graded(request, "solutions_validated")
+
+
+@pytest.fixture(scope="session")
+def releases_inverted(request):
+    """nbgrader validate --invert on every released notebook, run in the background (classes.py)."""
+    return _graded(request, "releases_inverted")
+
+
+@pytest.fixture(scope="session")
+def demo_run(request):
+    """int8lab demo on the digits, run in the background (classes.py)."""
+    return _graded(request, "demo_run")
+
+
+@pytest.fixture(scope="session")
+def cifar_run(request):
+    """int8lab demo on a small CIFAR-10 archive, run in the background (classes.py)."""
+    return _graded(request, "cifar_run")
 
 
 @pytest.fixture(scope="session")

@@ -65,39 +65,25 @@ def _solution_names(cells) -> set[str]:
     return names
 
 
-def _validate(paths, invert: bool = False) -> dict[Path, str]:
-    """``nbgrader validate`` on every notebook of ``paths`` in one process (it starts in seconds, and a notebook
-    runs in about ten): ``{path: what nbgrader printed for it}``."""
-    command = [sys.executable, "-m", "nbgrader", "validate", *(["--invert"] if invert else []), *map(str, paths)]
-    result = subprocess.run(
-        command, cwd=ROOT / "autograder", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200
-    )
-    parts = re.split(r"\[ValidateApp \| INFO\] Validating '([^']+)'", result.stdout)
+def _sections(run) -> dict[Path, str]:
+    """What one ``nbgrader validate`` of several notebooks printed (classes.py runs it in the background, once for
+    the solutions and once, inverted, for the releases): ``{path: what it printed for that notebook}``."""
+    parts = re.split(r"\[ValidateApp \| INFO\] Validating '([^']+)'", run.run.stdout)
     sections = {Path(path).resolve(): text for path, text in zip(parts[1::2], parts[2::2], strict=True)}
     if not sections:
-        pytest.fail(f"nbgrader validate printed no notebook (exit {result.returncode}): {result.stdout[-3000:]}")
+        pytest.fail(f"nbgrader validate printed no notebook (exit {run.run.returncode}): {run.run.stdout[-3000:]}")
     return sections
-
-
-@pytest.fixture(scope="module")
-def solutions_validated():
-    return _validate(SOURCES.values())
-
-
-@pytest.fixture(scope="module")
-def releases_inverted():
-    return _validate(RELEASED.values(), invert=True)
 
 
 @pytest.mark.parametrize("assignment", SOURCES)
 def test_solution_passes_nbgrader_validate(assignment, solutions_validated):
-    printed = solutions_validated[SOURCES[assignment].resolve()]
+    printed = _sections(solutions_validated)[SOURCES[assignment].resolve()]
     assert "Success! Your notebook passes all the tests." in printed, printed[-3000:]
 
 
 @pytest.mark.parametrize("assignment", SOURCES)
 def test_released_stubs_fail_every_test(assignment, releases_inverted):
-    printed = releases_inverted[RELEASED[assignment].resolve()]
+    printed = _sections(releases_inverted)[RELEASED[assignment].resolve()]
     assert "Success! The notebook does not pass any tests." in printed, printed[-3000:]
 
 

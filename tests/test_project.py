@@ -1,7 +1,6 @@
 """Project-level rules: no answers in the importable package, pinned installs, matching environments."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -77,15 +76,9 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
 
 
-def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
+def test_demo_runs_the_lab_and_reports_the_lesson(demo_run):
     """The headline numbers: chained int8 keeps the float accuracy, naive scales lose at least 20 points."""
-    table = tmp_path / "table.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "int8lab", "demo", "--out", str(tmp_path / "results"), "--json", str(table)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    table, result = demo_run.base / "table.json", demo_run.run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chained scales" in result.stdout and "%" in result.stdout
     assert "PyTorch int8 engine: " in result.stdout  # the machine-dependent rows name their engine and CPU
@@ -125,7 +118,7 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     # (98.06% measured on one), which notebook 4 measures on its own.
     assert numbers["torch_int8_full_range"] >= 95.0
     # Notebook 3's evidence plot: every wrong bias handling measurably worse than the int32 bias.
-    recorded = json.loads((tmp_path / "results" / "accuracy.json").read_text())
+    recorded = json.loads((demo_run.base / "results" / "accuracy.json").read_text())
     for measure in ("bias_error", "logit_error"):
         figures = {key.split("/", 1)[1]: value for key, value in recorded.items() if key.startswith(measure + "/")}
         right = figures.pop("int32 (your quantized_bias)")
@@ -137,7 +130,7 @@ def test_demo_runs_the_lab_and_reports_the_lesson(float_net, tmp_path):
     assert abs(numbers["affine_per_channel_int8"] - numbers["bias_float"]) <= 0.3
     assert numbers["engine_output_agreement"] >= 99.0
     _check_notebook_6_claims(recorded)
-    executed = tmp_path / "results" / "02_activations" / "activations.ipynb"
+    executed = demo_run.base / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
 
@@ -189,21 +182,9 @@ def _check_notebook_6_claims(recorded: dict) -> None:
     assert recorded["zero_points/engine_top1_agreement"] >= 99.5
 
 
-def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(tmp_path):
+def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(cifar_run):
     """INT8LAB_DATASET=cifar10 reaches every notebook: all three run and pass their visible tests on CIFAR-10."""
-    from tiny_cifar import write_tiny_cifar
-
-    cache = tmp_path / "cache"
-    write_tiny_cifar(cache / "cifar10", per_batch=300, learnable=True)
-    table = tmp_path / "table.json"
-    env = {**os.environ, "INT8LAB_CACHE": str(cache), "INT8LAB_DATASET": "cifar10"}
-    result = subprocess.run(
-        [sys.executable, "-m", "int8lab", "demo", "--out", str(tmp_path / "results"), "--json", str(table)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+    cache, table, result = cifar_run.base / "cache", cifar_run.base / "table.json", cifar_run.run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy on cifar10" in result.stdout
     numbers = json.loads(table.read_text())
