@@ -132,22 +132,31 @@ def _vandal(out: Path, submitted: Path) -> str:
     )
 
 
-def build_hostile_class(root: Path, out: Path) -> Path:
-    submitted = root / "submitted"
-    cases = {
+def honest_cases() -> dict[tuple[str, str], object]:
+    """The HONEST students' submissions of 01 to 03, written the same way into both classes."""
+    return {
         ("perfect", "01_weights"): submission("01_weights"),
         ("perfect", "02_activations"): submission("02_activations"),
         ("perfect", "03_biases"): submission("03_biases"),
         ("stubs", "01_weights"): submission("01_weights", solved=False),
         ("stubs", "02_activations"): submission("02_activations", solved=False),
         ("stubs", "03_biases"): submission("03_biases", solved=False),
+        ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
+        ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
+        ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
+        ("floor", "01_weights"): submission("01_weights", append=FLOOR),
+        ("zeros", "01_weights"): submission("01_weights", append=ZEROS),
+    }
+
+
+def build_hostile_class(root: Path, out: Path) -> Path:
+    submitted = root / "submitted"
+    cases = {
+        **honest_cases(),
         ("perfect", "04_integer_only"): submission("04_integer_only"),
         ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
         ("perfect", "06_zero_points"): submission("06_zero_points"),
         ("stubs", "06_zero_points"): submission("06_zero_points", solved=False),
-        ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
-        ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
-        ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
         ("loop", "01_weights"): submission("01_weights", append="while True:\n    pass"),
         ("hog", "01_weights"): submission("01_weights", append="import numpy\nhog = numpy.ones(50 * 2**30 // 8)"),
         ("exits", "01_weights"): submission("01_weights", append="import os\nos._exit(1)"),
@@ -158,8 +167,6 @@ def build_hostile_class(root: Path, out: Path) -> Path:
         ("deleted", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_drop_tests),
         ("edited", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_edit_tests),
         ("markdown", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED, edit=_tests_to_markdown),
-        ("floor", "01_weights"): submission("01_weights", append=FLOOR),
-        ("zeros", "01_weights"): submission("01_weights", append=ZEROS),
         ("snoop", "01_weights"): submission("01_weights", append=_snoop(out)),
         ("vandal", "01_weights"): submission("01_weights", append=_vandal(out, submitted)),
     }
@@ -227,17 +234,7 @@ def build_demo_class(root: Path) -> Path:
     """The demo class, written to ``root/submitted`` and packed as ``root/submitted.zip`` (returned)."""
     submitted = root / "submitted"
     cases = {
-        ("perfect", "01_weights"): submission("01_weights"),
-        ("perfect", "02_activations"): submission("02_activations"),
-        ("perfect", "03_biases"): submission("03_biases"),
-        ("stubs", "01_weights"): submission("01_weights", solved=False),
-        ("stubs", "02_activations"): submission("02_activations", solved=False),
-        ("stubs", "03_biases"): submission("03_biases", solved=False),
-        ("mis_multiplied", "01_weights"): submission("01_weights", append=WRONG_MULTIPLIED),
-        ("mis_naive", "02_activations"): submission("02_activations", append=WRONG_NAIVE),
-        ("mis_bias_int8", "03_biases"): submission("03_biases", append=WRONG_BIAS_INT8),
-        ("floor", "01_weights"): submission("01_weights", append=FLOOR),
-        ("zeros", "01_weights"): submission("01_weights", append=ZEROS),
+        **honest_cases(),
         ("mallory", "03_biases"): submission("03_biases", append=SCRIPT_OUTPUTS, edit=script_in_derivations),
         ("corrupt", "01_weights"): b'{"cells": [ {"cell_type": "code", ',
     }

@@ -82,40 +82,18 @@ def _graded(request, name: str):
     return gradings.result(name)
 
 
-@pytest.fixture(scope="session")
-def hostile_class(request):
-    """The hostile class of classes.py, graded (in the background since collection ended)."""
-    return _graded(request, "hostile_class")
+def _background_fixture(name: str):
+    """The session fixture ``name``: what classes.BUILDERS[name] describes, waited for (it runs since collection)."""
+
+    @pytest.fixture(scope="session", name=name)
+    def fixture(request):
+        return _graded(request, name)
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def demo_class(request):
-    """The demo class of classes.py, graded after the hostile class, plot cells run."""
-    return _graded(request, "demo_class")
-
-
-@pytest.fixture(scope="session")
-def solutions_validated(request):
-    """nbgrader validate on every solution notebook, run in the background (classes.py)."""
-    return _graded(request, "solutions_validated")
-
-
-@pytest.fixture(scope="session")
-def releases_inverted(request):
-    """nbgrader validate --invert on every released notebook, run in the background (classes.py)."""
-    return _graded(request, "releases_inverted")
-
-
-@pytest.fixture(scope="session")
-def demo_run(request):
-    """int8lab demo on the digits, run in the background (classes.py)."""
-    return _graded(request, "demo_run")
-
-
-@pytest.fixture(scope="session")
-def cifar_run(request):
-    """int8lab demo on a small CIFAR-10 archive, run in the background (classes.py)."""
-    return _graded(request, "cifar_run")
+for _name in CLASS_FIXTURES:
+    globals()[_name] = _background_fixture(_name)
 
 
 @pytest.fixture(scope="session")
