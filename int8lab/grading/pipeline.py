@@ -73,7 +73,6 @@ def grade(
     keep_work: bool = False,
     progress: bool = True,
     dask: str | None = None,
-    judges: int = 0,
     course_dir: Path | None = None,
 ) -> Graded:
     """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
@@ -83,7 +82,6 @@ def grade(
 
     ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
     ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
-    ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
     Raises ``GradingError`` when nobody could be graded; what fails later is in ``Graded.problems``.
     """
     started, limits, out, phases = time.perf_counter(), limits or Limits(), out.resolve(), Phases()
@@ -114,7 +112,7 @@ def grade(
         tally = None
         with phases("grading"):
             if client:  # the kernels run on the cluster's workers, each checked there first
-                results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
+                results, tally = grade_on_dask(client, jobs, assignments, limits, progress, pages=False)
             else:
                 results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         with phases("gradebook"):
