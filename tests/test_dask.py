@@ -1,6 +1,7 @@
 """int8lab grade --dask: a real `dask scheduler` and `dask worker`s on 127.0.0.1 grade like the local pool."""
 
 import csv
+import json
 import os
 import shutil
 import socket
@@ -94,10 +95,10 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_path, hostile_class):
-    """Catches any difference the trip through bytes and Dask makes (records, notebook, statuses, order), the
-    judges' processes on the client make (``--judges 2``; the kill test below judges in the client), and a
-    worker without the model cache: the second worker starts with an empty cache of its own, which the
-    client ships to it. The local pool's rows are the hostile class's, for the same four submissions."""
+    """Catches any difference judging on the workers makes (in their judge processes, answers sent back as
+    plain data: verdicts, notebook, statuses, order), and a worker without the model cache: the second worker
+    starts with an empty cache of its own, which the client ships to it. The local pool's rows are the hostile
+    class's, for the same four submissions."""
     cluster.add_worker("alpha")
     cluster.add_worker("beta", cache=tmp_path / "beta-cache")
     for student in FROM_THE_HOSTILE_CLASS:
@@ -113,8 +114,6 @@ def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_pat
             str(tmp_path / "dask"),
             "--dask",
             cluster.address,
-            "--judges",
-            "2",
         ],
         capture_output=True,
         text=True,
@@ -273,3 +272,77 @@ def test_what_a_worker_sends_back_is_checked_before_the_judge(tmp_path):
         result = finish(job, assignment, bad, [])
         assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
         assert not result.verdicts
+
+
+LIMITS_SEEN = (
+    "import resource, signal\n"
+    "cpu_limited = signal.getitimer(signal.ITIMER_PROF)[0] > 0\n"
+    "memory_limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY"
+)
+
+
+def _assignment_of(source):
+    from int8lab.grading.course import Assignment
+    from int8lab.grading.testcells import nbgrader_meta
+
+    cells = [(nbgrader_meta(c)["grade_id"], 2.0, True) for c in source.cells if nbgrader_meta(c).get("grade")]
+    return Assignment("limits", "limits.ipynb", source, cells=cells)
+
+
+def _limits_source(expected_points: str = "2"):
+    from notebook_harness import source_notebook
+
+    hidden = "### BEGIN HIDDEN TESTS\n{}\n### END HIDDEN TESTS"
+    checks = f"{LIMITS_SEEN}\ncheck_true(cpu_limited, 'no CPU limit')\ncheck_true(memory_limited, 'no memory limit')"
+    return source_notebook(
+        ("setup", "setup", "from int8lab.checks import check_true"),
+        ("solution", "impl", "def points():\n    return 2"),
+        ("test", "limits", '"""points, judged under limits."""\np = points()\n' + hidden.format(checks)),
+        ("test", "value", '"""points."""\nq = points()\n' + hidden.format(f"check_true(q == {expected_points}, 'no')")),
+    )
+
+
+def test_a_workers_judge_process_judges_under_the_judges_cpu_and_memory_limits():
+    """Catches judging in a Dask task's thread (or any thread but a process's main one), where judge.py's
+    per-test CPU limit (SIGPROF) is never armed: the source's own check reads the armed timer and rlimit."""
+    import nbformat
+
+    from int8lab.grading import records
+    from int8lab.grading.judging import JudgePool
+    from int8lab.grading.model import Job
+
+    lines = [
+        {"cell": cell, "statement": 1, "values": {name: records.encode(2)}}
+        for cell, name in (("limits", "p"), ("value", "q"))
+    ]
+    ran = {
+        "status": "ok",
+        "reason": "",
+        "executed": nbformat.writes(_limits_source()).encode(),
+        "records": "".join(json.dumps(line) + "\n" for line in lines),
+        "sandbox": None,
+        "stderr": "",
+        "cut_short": False,
+    }
+    pool = JudgePool({"limits": _assignment_of(_limits_source())})
+    try:
+        answer = pool.call("judge", Job("ann", "limits", None), "limits", ran, [], False)
+    finally:
+        pool.close()
+    assert answer["verdicts"] == [["limits", 2.0, 2.0, ""], ["value", 2.0, 2.0, ""]], answer["verdicts"]
+
+
+def test_a_worker_whose_judge_fails_the_reference_refuses_by_name(monkeypatch):
+    """Catches a worker that grades with a judge failing the reference solution (every student would lose
+    the points the reference loses): check_worker names the assignment and the failing test."""
+    from int8lab.grading import cluster_worker
+    from int8lab.grading.judging import JudgePool
+
+    broken = _assignment_of(_limits_source(expected_points="3"))  # the reference returns 2
+    monkeypatch.setattr(cluster_worker, "_judges", JudgePool({"limits": broken}))
+    monkeypatch.setattr(cluster_worker, "_cache_problem", lambda dataset: "")
+    try:
+        problem = cluster_worker.check_worker(cluster_worker.expected_worker())
+    finally:
+        cluster_worker._judges.close()
+    assert "judge fails the reference solution of limits" in problem and "value" in problem, problem
