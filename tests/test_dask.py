@@ -136,6 +136,11 @@ def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_pat
         sum(int(part.rsplit(": ", 1)[1]) for part in tally.split(": ", 1)[1].split(", ")) == 3
     )  # 3 notebooks ran (the corrupt one never leaves the client)
     assert any((tmp_path / "beta-cache" / "checkpoints").glob("Net-digits-*.pt"))  # shipped, not trained
+    # The pages came from the workers (pages.py), and are nbgrader's pages of the local run, byte for byte.
+    assert "feedback pages rendered on the Dask workers: 3," in remote.stderr, remote.stderr[-3000:]
+    for student in ("perfect", "stubs", "mis_multiplied"):
+        page = Path("feedback", student, "01_weights", "weights.html")
+        assert (tmp_path / "dask" / page).read_bytes() == (hostile_class.out / page).read_bytes(), page
 
 
 def test_a_worker_killed_mid_grading_loses_and_repeats_no_student(cluster, tmp_path, float_net):
@@ -346,3 +351,40 @@ def test_a_worker_whose_judge_fails_the_reference_refuses_by_name(monkeypatch):
     finally:
         cluster_worker._judges.close()
     assert "judge fails the reference solution of limits" in problem and "value" in problem, problem
+
+
+def test_a_page_rendered_from_the_verdicts_is_nbgraders_page_byte_for_byte(hostile_class):
+    """Catches any difference between pages.py's page and nbgrader generate_feedback's (scores, points, the
+    "No response." of markdown answers left as released, the template, the sanitizer's filter): three
+    submissions of each assignment of the hostile class, whose pages nbgrader wrote, rendered again from the
+    gradebook's auto scores as a worker renders them from its verdicts (none of these is late or hand-graded)."""
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    from int8lab.grading import course
+    from int8lab.grading.judge import Verdict
+    from int8lab.grading.model import Job
+    from int8lab.grading.pages import render_page
+
+    out = hostile_class.out
+    assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), None)
+    compared = 0
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        for name, assignment in assignments.items():
+            assignment.release = nbformat.read(out / "release" / name / assignment.notebook, as_version=4)
+            stem = Path(assignment.notebook).stem
+            for folder in sorted((out / "autograded").glob(f"*/{name}"))[:3]:
+                student = folder.parent.name
+                if gradebook.find_submission(name, student).total_seconds_late > 0:
+                    continue
+                verdicts = {
+                    grade_id: Verdict(grade_id, gradebook.find_grade(grade_id, stem, name, student).auto_score, p, "")
+                    for grade_id, p, autograded in assignment.cells
+                    if autograded
+                }
+                graded = nbformat.read(folder / assignment.notebook, as_version=4)
+                page = render_page(graded, Job(student, name, None), assignment, verdicts)
+                expected = (out / "feedback" / student / name / f"{stem}.html").read_text(encoding="utf-8")
+                assert page == expected, f"{student}/{name}"
+                compared += 1
+    assert compared >= 12

@@ -42,9 +42,11 @@ def merge(
             for result in results:
                 if result.graded is None:
                     continue  # nothing ran: no submission to record
-                submission = _record(gradebook, result, assignments[result.job.assignment])
+                submission, by_hand = _record(gradebook, result, assignments[result.job.assignment])
                 if submission.total_seconds_late > 0:
                     late.append((result.job.student, result.job.assignment))
+                if by_hand or submission.total_seconds_late > 0:
+                    result.page = None  # a worker's page knows neither: nbgrader renders this one (pages.py)
                 written.append(result)
                 if len(written) >= batch:
                     _commit(commit, out, written, assignments)
@@ -71,7 +73,8 @@ MERGE_BATCH = 500
 
 
 def _record(gradebook, result: Result, assignment):
-    """``result``'s submission, grades and comments in ``gradebook``'s session (not committed); the submission."""
+    """``result``'s submission, grades and comments in ``gradebook``'s session (not committed); the submission,
+    and whether a human scored or commented on it already (kept, as they are)."""
     from nbgrader.api import MissingEntry
 
     job = result.job
@@ -89,8 +92,10 @@ def _record(gradebook, result: Result, assignment):
     for submitted_notebook in submission.notebooks:
         submitted_notebook.late_submission_penalty = None  # as nbgrader's autograde resets it
     unchanged = unchanged_answers(result.graded, assignment.release)
+    by_hand = False
     for grade_id, _, autograded in assignment.cells:
         grade = gradebook.find_grade(grade_id, notebook, job.assignment, job.student)
+        by_hand |= grade.manual_score is not None or grade.extra_credit is not None
         if autograded:
             verdict = result.verdicts.get(grade_id)
             grade.auto_score = verdict.score if verdict else 0.0
@@ -101,7 +106,8 @@ def _record(gradebook, result: Result, assignment):
     for grade_id in _solution_ids(assignment.release):
         comment = gradebook.find_comment(grade_id, notebook, job.assignment, job.student)
         comment.auto_comment = "No response." if grade_id in unchanged else None
-    return submission
+        by_hand |= comment.manual_comment is not None
+    return submission, by_hand
 
 
 def _commit(commit, out: Path, written: list[Result], assignments: dict) -> None:

@@ -112,7 +112,7 @@ def grade(
         tally = None
         with phases("grading"):
             if client:  # the kernels run on the cluster's workers, each checked there first
-                results, tally = grade_on_dask(client, jobs, assignments, limits, progress, pages=False)
+                results, tally = grade_on_dask(client, jobs, assignments, limits, progress)
             else:
                 results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         with phases("gradebook"):
@@ -124,8 +124,11 @@ def grade(
             if problems:
                 problems.append(GradingError("feedback: not written, since the gradebook failed"))
             else:  # pages only for what was handed in: nbgrader fails on an assignment that nobody submitted
-                problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
+                problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}), results)
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
+        if client:
+            on_workers = sum(1 for r in results if r.page is not None)
+            notes.append(f"feedback pages rendered on the Dask workers: {on_workers}, by nbgrader here: the others")
         lines = notes + [str(problem) for problem in problems]
         text = report.summary(results, sandbox, time.perf_counter() - started, out, lines, tally)
         (out / "grading.log").write_text(_log(results) + phases.lines() + text + "\n" + _details(problems))
@@ -271,15 +274,24 @@ def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list
     return _feedback(out, sorted(set(assignments or graded)))
 
 
-def _feedback(out: Path, assignments) -> list[GradingError]:
-    """One nbgrader process per assignment, as many at once as this machine has cores: the pages are the
-    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py). The pages
-    that were written get their MathJax whatever failed for the others."""
+def _feedback(out: Path, assignments, results: list[Result] = ()) -> list[GradingError]:
+    """The pages the Dask workers rendered (``Result.page``, pages.py), then one nbgrader process per assignment
+    for the others, as many at once as this machine has cores: nbgrader's pages cost about 0.5 s each (see
+    benchmarks/bench_dask.py). The pages that were written get their MathJax whatever failed for the others."""
     import os
 
+    from . import pages as worker_pages
+
+    rendered = worker_pages.write_pages(out, results)
+    graded = {(r.job.student, r.job.assignment) for r in results if r.graded is not None}
+
     def pages(assignment: str) -> GradingError | None:
+        done = sorted(student for student, name in rendered if name == assignment)
+        if done and all((student, assignment) in rendered for student, name in graded if name == assignment):
+            return None
+        exclude = [f"--CourseDirectory.student_id_exclude={','.join(done)}"] if done else []
         try:
-            course.nbgrader(out, "generate_feedback", assignment)
+            course.nbgrader(out, "generate_feedback", assignment, *exclude)
         except GradingError as exc:
             return GradingError(f"feedback: {exc}", exc.details)
         return None
