@@ -357,7 +357,13 @@ def test_a_page_rendered_from_the_verdicts_is_nbgraders_page_byte_for_byte(hosti
     """Catches any difference between pages.py's page and nbgrader generate_feedback's (scores, points, the
     "No response." of markdown answers left as released, the template, the sanitizer's filter): three
     submissions of each assignment of the hostile class, whose pages nbgrader wrote, rendered again from the
-    gradebook's auto scores as a worker renders them from its verdicts (none of these is late or hand-graded)."""
+    gradebook's auto scores as a worker renders them from its verdicts."""
+    assert compare_pages(hostile_class.out, per_assignment=3) >= 12
+
+
+def compare_pages(out: Path, per_assignment: int) -> int:
+    """Asserts that the first ``per_assignment`` pages of each assignment in OUT that nbgrader wrote (of
+    submissions neither late nor hand-graded) equal pages.py's; returns how many were compared."""
     import nbformat
     from nbgrader.api import Gradebook
 
@@ -366,15 +372,17 @@ def test_a_page_rendered_from_the_verdicts_is_nbgraders_page_byte_for_byte(hosti
     from int8lab.grading.model import Job
     from int8lab.grading.pages import render_page
 
-    out = hostile_class.out
     assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), None)
     compared = 0
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
         for name, assignment in assignments.items():
+            if not (out / "release" / name).is_dir():
+                continue
             assignment.release = nbformat.read(out / "release" / name / assignment.notebook, as_version=4)
             stem = Path(assignment.notebook).stem
-            for folder in sorted((out / "autograded").glob(f"*/{name}"))[:3]:
-                student = folder.parent.name
+            pages = sorted((out / "feedback").glob(f"*/{name}/{stem}.html"))
+            for path in pages[:per_assignment]:
+                student = path.parent.parent.name
                 if gradebook.find_submission(name, student).total_seconds_late > 0:
                     continue
                 verdicts = {
@@ -382,9 +390,45 @@ def test_a_page_rendered_from_the_verdicts_is_nbgraders_page_byte_for_byte(hosti
                     for grade_id, p, autograded in assignment.cells
                     if autograded
                 }
-                graded = nbformat.read(folder / assignment.notebook, as_version=4)
+                graded = nbformat.read(out / "autograded" / student / name / assignment.notebook, as_version=4)
                 page = render_page(graded, Job(student, name, None), assignment, verdicts)
-                expected = (out / "feedback" / student / name / f"{stem}.html").read_text(encoding="utf-8")
-                assert page == expected, f"{student}/{name}"
+                assert page == path.read_text(encoding="utf-8"), f"{student}/{name}"
                 compared += 1
-    assert compared >= 12
+    return compared
+
+
+def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgement():
+    """Catches a client that merges whatever a worker sends: a score above its points, a grade id the assignment
+    lacks, an oversized notebook or a missing field are a grader fault, and a well-formed answer is taken as is."""
+    import nbformat
+
+    from int8lab.grading import course
+    from int8lab.grading.cluster import accept
+    from int8lab.grading.model import Job, Status
+    from int8lab.grading.workers import MAX_EXECUTED_BYTES
+
+    assignment = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])["01_weights"]
+    job = Job("ann", "01_weights", None)
+    grade_id, points, _ = next(cell for cell in assignment.cells if cell[2])
+    good = {
+        "status": "ok",
+        "reason": "",
+        "verdicts": [[grade_id, points, points, ""]],
+        "graded": nbformat.writes(nbformat.v4.new_notebook()).encode(),
+        "sandbox": None,
+        "page": "<html></html>",
+        "worker": "alpha",
+        "seconds": 1.0,
+    }
+    result = accept(job, assignment, good)
+    assert result.status is Status.OK and result.verdicts[grade_id].score == points and result.page == "<html></html>"
+    for bad in (
+        {**good, "verdicts": [[grade_id, points + 1, points, ""]]},
+        {**good, "verdicts": [["not_a_test", 1.0, 1.0, ""]]},
+        {**good, "graded": b"x" * (MAX_EXECUTED_BYTES + 1)},
+        {**good, "page": b"<html>"},
+        {key: value for key, value in good.items() if key != "verdicts"},
+    ):
+        result = accept(job, assignment, bad)
+        assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
+        assert not result.verdicts

@@ -46,10 +46,11 @@ TASKS_PER_THREAD = 4
 KILLED_REASON = "the grading worker crashed twice on this submission"
 
 
-def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, pages: bool = True):
+def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, on_result=None, pages: bool = True):
     """``(results, tally)``: every job's Result, and ``{worker: jobs it ran}``.
 
     ``client``: ``connect()``'s; ``jobs``: intake's Jobs; ``assignments``: ``{assignment id: course.Assignment}``;
+    ``on_result``: called with each Result as it comes (the merge), or None;
     ``pages``: the workers render each feedback page too (``Result.page``).
     Raises ``GradingError`` when a worker cannot grade like this machine (its code, its cache, its judge's
     self-check on the reference solutions).
@@ -60,7 +61,7 @@ def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, pag
     problems = _check_every_worker(client, wanted)
     if problems:
         raise GradingError(_mismatch_message(problems))
-    return _grade(client, jobs, assignments, limits, wanted, progress, pages)
+    return _grade(client, jobs, assignments, limits, wanted, progress, pages, on_result or (lambda result: None))
 
 
 def connect(address: str, workers: int):
@@ -130,7 +131,7 @@ def _check_every_worker(client, wanted: dict) -> dict[str, str]:
     return {address: problem for address, problem in zip(checks, answers, strict=True) if problem}
 
 
-def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, progress: bool, pages: bool):
+def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, progress: bool, pages: bool, on_result):
     """Submit the jobs (a bounded number in flight), accept each answer on its return; see ``grade_on_dask``."""
     from distributed import wait
     from tqdm.auto import tqdm
@@ -178,6 +179,7 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
                 result = _collect(future, job, assignments[job.assignment], preparing)
                 tally[result.worker or "(no worker finished it)"] += 1
                 results.append(result)
+                on_result(result)
                 bar.update()
             if done:
                 last_progress = time.monotonic()
