@@ -195,7 +195,7 @@ def test_a_job_whose_worker_dies_every_time_is_an_error_and_the_others_finish(tm
         killer = client.submit(os._exit, 1, pure=False)  # the worker running it dies, each time
         job = Job("crasher", "01_weights", None)
         wait([killer], timeout=120)
-        result = _collect(killer, job)
+        result = _collect(killer, job, None, 0.0)
         assert (result.status, result.reason) == (Status.ERROR, KILLED_REASON)
         # Tasks queued on a dying worker die with it: the class's other jobs are those submitted since (window).
         assert client.gather(client.map(abs, [-1, -2, -3], pure=False)) == [1, 2, 3]
