@@ -188,6 +188,8 @@ class _MergeWhileGrading:
                 self.due_dates = course.due_dates(self.course_folder, self.assignments)
             self.late += merge.merge(self.out, batch, self.assignments, self.due_dates)
             self.rendered |= feedback_pages.write_pages(self.out, batch)
+            for result in batch:
+                result.page = None  # written: a thousand pages need not stay in memory
         except Exception as exc:
             self.error, self.details = exc, traceback.format_exc()
 
