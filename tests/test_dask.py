@@ -432,3 +432,24 @@ def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgemen
         result = accept(job, assignment, bad)
         assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
         assert not result.verdicts
+
+
+def test_a_gradebook_that_fails_while_the_cluster_grades_is_said_once_and_nothing_is_lost(tmp_path):
+    """Catches a merge error lost in the merging thread (the class would seem merged) or raised through the
+    grading: a course folder whose gradebook lacks the assignment is a gradebook problem, said after grading."""
+    import nbformat
+
+    from int8lab.grading import course
+    from int8lab.grading.model import Job, Result, Status
+    from int8lab.grading.pipeline import _gradebook, _MergeWhileGrading
+
+    assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])
+    results = [Result(Job(f"s{i}", "01_weights", None), Status.OK, graded=nbformat.v4.new_notebook()) for i in range(3)]
+    merging = _MergeWhileGrading(tmp_path, assignments, None)
+    for result in results:
+        merging.add(result)
+    merging.finish()
+    late, problems = _gradebook(tmp_path, results, assignments, None, merging)
+    assert late == [] and len(problems) == 1, problems
+    assert str(problems[0]).startswith("gradebook: ") and "could not be updated" in str(problems[0]), problems[0]
+    assert "Traceback" in problems[0].details  # where it failed, in the merging thread, for grading.log

@@ -214,7 +214,7 @@ def _gradebook(out: Path, results, assignments, course_folder, merged=None) -> t
     except GradingError as exc:
         return [], [GradingError(f"gradebook: {exc}", exc.details)]
     except Exception as exc:  # the database (locked, damaged, of another nbgrader): said, never a traceback
-        details = traceback.format_exc()
+        details = merged.details if merged is not None and merged.error is exc else traceback.format_exc()
         return [], [GradingError(f"gradebook: {out / 'gradebook.db'} could not be updated ({exc!r:.300})", details)]
     return late, []
 
