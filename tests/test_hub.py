@@ -185,7 +185,9 @@ def hub(tmp_path_factory, float_net):
     base = tmp_path_factory.mktemp("hub")
     student_env = _student_environment(base)
     cache = _shared_cache(base)
-    course = base / "home" / INSTRUCTOR / "int8lab" / "graded"
+    # Outside the instructor's home, as /srv/int8lab/graded in the README: a server rooted at the home folder
+    # shows formgrader's error page.
+    course = base / "srv" / "int8lab" / "graded"
     course.mkdir(parents=True)
     # What `int8lab grade --out graded` writes first: the course folder's configuration.
     from int8lab.grading.course import write_config
@@ -352,8 +354,10 @@ def _text(outputs: list[dict]) -> str:
 
 PROBE = """import importlib.util, json, os, sys
 import int8lab
+checkout = os.path.dirname(os.path.dirname(int8lab.__file__))
 print(json.dumps({"int8lab": int8lab.__file__, "path": sys.path, "cwd": os.getcwd(),
-                  "solutions": importlib.util.find_spec("solutions") is not None}))
+                  "importable": importlib.util.find_spec("solutions") is not None,
+                  "beside": os.path.exists(os.path.join(checkout, "solutions"))}))
 """
 
 
@@ -379,11 +383,14 @@ def test_student_runs_notebook_01_from_the_wheel_and_the_shared_read_only_cache(
     assert _snapshot(hub.cache) == before, "a student's kernel wrote into the shared model cache"
     seen = json.loads(_text(probe))
     assert Path(seen["int8lab"]).is_relative_to(hub.student_env), seen["int8lab"]
+    # An editable install leaves the path alone (a finder maps int8lab to the checkout) but puts the package in the
+    # checkout, beside solutions/.
+    assert not seen["beside"], f"solutions/ lies beside the student's int8lab: {seen['int8lab']}"
     # The checkout's folder (what the editable install adds) or any folder holding a solutions/: the borrowed
     # site-packages of the checkout's .venv stand for the packages the students' environment installs itself.
     folders = [Path(seen["cwd"], entry).resolve() for entry in seen["path"]]  # "" is the kernel's own folder
     leaks = [folder for folder in folders if folder == ROOT or (folder / "solutions").exists()]
-    assert leaks == [] and not seen["solutions"], f"the checkout is on the student's path: {leaks}"
+    assert leaks == [] and not seen["importable"], f"the checkout is on the student's path: {leaks}"
     assert Path(seen["cwd"]) == hub.home / STUDENT
 
 
@@ -412,7 +419,9 @@ def test_instructor_formgrader_loads_on_the_graded_course(hub, users):
     server root" error page) and its API answers from that course's gradebook."""
     instructor = users[INSTRUCTOR]
     page = instructor.get("formgrader")
-    assert page.status_code == 200 and "formgrader encountered an error" not in page.text, page.text[-1500:]
+    said = [line for line in hub.log.read_text().splitlines() if "ERROR" in line and "formgrader" in line.lower()]
+    said += [line for line in hub.log.read_text().splitlines() if "course directory root" in line]
+    assert page.status_code == 200 and "formgrader encountered an error" not in page.text, (page.status_code, said)
     assert "Manage Assignments" in page.text
     assignments = instructor.get("formgrader/api/assignments")
     assert assignments.status_code == 200, assignments.text[-500:]
