@@ -432,3 +432,12 @@ def test_instructor_formgrader_loads_on_the_graded_course(hub, users):
     assignments = instructor.get("formgrader/api/assignments")
     assert assignments.status_code == 200, assignments.text[-500:]
     assert [assignment["name"] for assignment in assignments.json()] == ["01_weights"], assignments.text[-500:]
+
+
+def test_readme_turns_off_the_extensions_that_this_test_turns_off():
+    """The students' environment here gets the README's three commands (through their modules): same names."""
+    readme = (ROOT / "README.md").read_text()
+    plugins, extensions = " ".join(LAB_PLUGINS_OFF), " ".join(SERVER_EXTENSIONS_OFF)
+    assert f"jupyter labextension disable --level=sys_prefix {plugins}\n" in readme
+    assert f"jupyter labextension lock --level=sys_prefix {plugins}\n" in readme
+    assert f"jupyter server extension disable --sys-prefix {extensions}\n" in readme
