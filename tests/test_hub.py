@@ -95,7 +95,7 @@ def _student_environment(base: Path) -> Path:
 
 def _shared_cache(base: Path) -> Path:
     """The model cache as the instructor leaves it: the checkpoint and the digits that the instructor's environment
-    made (the session's cache, filled by the float_net fixture), then closed to writes."""
+    made (the session's cache, filled by the float_net fixture). Students' servers see it read-only (_hub_config)."""
     from int8lab import cache_dir
 
     cache = base / "int8lab-cache"
@@ -113,10 +113,9 @@ def _hub_config(
     """The README's block with this machine's paths, then what a test hub needs: ports, a dummy authenticator,
     home folders, and the shared cache mounted read-only for students (root, which the suite may run as, ignores
     file modes); and the hub's address."""
-    proxy = subprocess.run(
-        [str(ROOT / ".ci" / "ensure-http-proxy")], capture_output=True, text=True, timeout=600
-    ).stdout.strip()
-    assert proxy and os.access(proxy, os.X_OK), "no configurable-http-proxy: run .ci/ensure-http-proxy"
+    found = subprocess.run([str(ROOT / ".ci" / "ensure-http-proxy")], capture_output=True, text=True, timeout=600)
+    proxy = found.stdout.strip()
+    assert found.returncode == 0 and os.access(proxy, os.X_OK), f"no configurable-http-proxy: {found.stderr[-1000:]}"
     port, hub_port, api_port = free_port(), free_port(), free_port()
     settings = {
         "STUDENT_ENV": str(student_env),
