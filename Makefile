@@ -55,14 +55,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The browser tests need a Chromium: found or installed first, unless PYTEST_ARGS leaves them out.
+# The browser tests need a Chromium, the hub test configurable-http-proxy (npm): found or installed first, unless
+# PYTEST_ARGS leaves them out.
 test: lint
 	@case "$(PYTEST_ARGS)" in *"not browser"*) ;; *) ./.ci/ensure-chromium ;; esac
+	@case "$(PYTEST_ARGS)" in *"not hub"*) ;; *) ./.ci/ensure-http-proxy >/dev/null ;; esac
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite with two CPU-bound loops beside it, as on a busy laptop: it must pass all the same.
 test-under-load: lint
 	@case "$(PYTEST_ARGS)" in *"not browser"*) ;; *) ./.ci/ensure-chromium ;; esac
+	@case "$(PYTEST_ARGS)" in *"not hub"*) ;; *) ./.ci/ensure-http-proxy >/dev/null ;; esac
 	@$(BIN)/python -c "exec('while True: pass')" & one=$$!; \
 	$(BIN)/python -c "exec('while True: pass')" & two=$$!; \
 	trap 'kill $$one $$two 2>/dev/null' EXIT; \
