@@ -78,6 +78,28 @@ def test_inline_and_display_math_become_mathml_and_no_script_loads():
     assert "\\frac" not in page and "s_W" not in page
 
 
+def test_latex_delimiters_in_markdown_and_in_outputs():
+    r"""``\\(...\\)``, ``\\[...\\]`` as Jupyter's markdown writes them; ``\(...\)``, ``\[...\]`` in an HTML output."""
+    html = nbformat.v4.new_output("display_data", data={"text/html": r"<p>Output \(c_3\) and \[d_4\]</p>"})
+    page = feedback_page(r"Cell \\(a_1\\) and \\[b_2\\]", outputs=[html])
+    kinds = [(re.search(r'display="(\w+)"', m)[1], re.search(r"<msub>.*?</msub>", m)[0]) for m in _maths(page)]
+    assert kinds == [
+        ("inline", "<msub><mi>a</mi><mn>1</mn></msub>"),
+        ("block", "<msub><mi>b</mi><mn>2</mn></msub>"),
+        ("inline", "<msub><mi>c</mi><mn>3</mn></msub>"),
+        ("block", "<msub><mi>d</mi><mn>4</mn></msub>"),
+    ], kinds
+
+
+@pytest.mark.timeout(60)  # a hang guard, not a speed figure: a quadratic scan of this page takes hours
+def test_a_page_of_unclosed_delimiters_is_read_once():
+    from int8lab.grading.mathml import typeset
+
+    for opener in ("\\(", "\\[", "\\begin{x}", "$"):
+        page = "<p>" + opener * 300_000 + "</p>"
+        assert typeset(page) == page
+
+
 def test_dollars_in_code_spans_and_blocks_are_left_alone():
     page = feedback_page(DERIVATION)
     assert "<code>$HOME costs $5</code>" in page

@@ -31,16 +31,17 @@ from .sanitize import clean_mathml
 SKIP_TAGS = frozenset(
     {"script", "noscript", "style", "textarea", "pre", "code", "annotation", "annotation-xml", "math"}
 )
-#: ``\$`` first (a dollar sign, never a delimiter), then display before inline, as MathJax scans.
-_MATH = re.compile(
-    r"(?P<dollar>\\\$)"
-    r"|\$\$(?P<display>.+?)\$\$"
-    r"|\\\[(?P<display_latex>.+?)\\\]"
-    r"|\\\((?P<inline_latex>.+?)\\\)"
-    r"|(?P<environment>\\begin\{(?P<name>[A-Za-z]+\*?)\}.*?\\end\{(?P=name)\})"
-    r"|\$(?P<inline>(?:\\.|[^\\$])+?)\$",
-    re.DOTALL,
-)
+#: Where math may open: ``\$`` first (a dollar sign, never a delimiter), then display before inline, as MathJax
+#: scans. A closer searched for in vain is not searched for again (``_typeset_text``): a page of openers
+#: without closers costs time in proportion to its length, not to its square.
+_OPENER = re.compile(r"\\\$|\$\$|\\\[|\\\(|\\begin\{([A-Za-z]+\*?)\}|\$")
+_CLOSERS = {"$$": "$$", "\\[": "\\]", "\\(": "\\)"}
+#: The rest of an inline ``$...$``: escaped characters and anything but a dollar, then the closing dollar.
+_INLINE_REST = re.compile(r"(?:\\.|[^\\$])+\$", re.DOTALL)
+#: Longer expressions, and expressions past this many on one page, stay as TeX source: a student's page cannot
+#: make the grader convert without end. A release notebook has about a hundred, each a line or two long.
+MAX_TEX = 4000
+MAX_EXPRESSIONS = 3000
 #: The environments latex2mathml lays out; it drops the ``\begin`` of any other and keeps its ``&`` as text.
 ENVIRONMENTS = frozenset(name.lstrip("\\") for name in latex_commands.MATRICES)
 _ENVIRONMENT = re.compile(r"\\begin\s*\{([^}]*)\}")
@@ -52,28 +53,60 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 
 def typeset(page: str) -> str:
     """``page`` (HTML) with the math of its text as MathML, and each ``\\$`` there a dollar sign."""
-    runs = _text_runs(page)
-    if not runs:
-        return page
+    budget = [MAX_EXPRESSIONS]
     pieces, done = [], 0
-    for start, end in runs:
-        pieces += [page[done:start], _MATH.sub(_replacement, page[start:end])]
+    for start, end in _text_runs(page):
+        pieces += [page[done:start], _typeset_text(page[start:end], budget)]
         done = end
     pieces.append(page[done:])
     return "".join(pieces)
 
 
-def _replacement(match: re.Match) -> str:
-    if match["dollar"]:
-        return "$"
-    if match["environment"]:
-        tex, display = match["environment"], True
-    else:
-        display = match["display"] is not None or match["display_latex"] is not None
-        tex = next(match[name] for name in ("display", "display_latex", "inline_latex", "inline") if match[name])
-    mathml = to_mathml(html.unescape(tex), display)
-    # The raw text is HTML already (escaped where it must be): kept as it is, it is the TeX the author wrote.
-    return mathml if mathml is not None else f"<code>{match[0]}</code>"
+def _typeset_text(text: str, budget: list[int]) -> str:
+    """One run of the page's text (raw HTML: entities escaped), its math typeset while ``budget[0]`` lasts."""
+    pieces, done, position = [], 0, 0
+    unclosed: set[str] = set()  # closers already searched for to the end of the run, in vain
+    while budget[0] > 0 and (opener := _OPENER.search(text, position)):
+        first = opener[0]
+        if first == "\\$":
+            pieces += [text[done : opener.start()], "$"]
+            done = position = opener.end()
+            continue
+        closer = _CLOSERS.get(first, "$") if opener[1] is None else f"\\end{{{opener[1]}}}"
+        end = NO_CLOSER if closer in unclosed else _closing(text, opener, closer)
+        if end < 0:
+            if end == NO_CLOSER:
+                unclosed.add(closer)
+            position = opener.end()
+            continue
+        if opener[1] is not None:  # an environment is converted whole, \begin and \end included
+            tex, display = text[opener.start() : end], True
+        else:
+            tex, display = text[opener.end() : end - len(closer)], first in ("$$", "\\[")
+        budget[0] -= 1
+        mathml = to_mathml(html.unescape(tex), display) if len(tex) <= MAX_TEX else None
+        # The raw text is HTML already (escaped where it must be): kept as it is, it is the TeX the author wrote.
+        source = text[opener.start() : end]
+        pieces += [text[done : opener.start()], mathml if mathml is not None else f"<code>{source}</code>"]
+        done = position = end
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+NO_CLOSER, NOTHING_BETWEEN = -1, -2
+
+
+def _closing(text: str, opener: re.Match, closer: str) -> int:
+    """Where the math that ``opener`` opens ends (after its closer), else ``NO_CLOSER`` or ``NOTHING_BETWEEN``."""
+    if closer == "$":
+        rest = _INLINE_REST.match(text, opener.end())
+        if rest is None:
+            return NOTHING_BETWEEN if text.startswith("$", opener.end()) else NO_CLOSER
+        return rest.end()
+    found = text.find(closer, opener.end())
+    if found < 0:
+        return NO_CLOSER
+    return NOTHING_BETWEEN if found == opener.end() and opener[1] is None else found + len(closer)
 
 
 @functools.lru_cache(maxsize=4096)  # a release's own expressions recur on every student's page
