@@ -12,6 +12,11 @@ answer (its attachments), embedded in the page as ``data:`` images.
 The page is the grader's, not the student's: student markup keeps no ``id``, ``style`` or class
 of the page's own CSS (a fake score pinned by Bootstrap's ``navbar-fixed-top``, an output hidden
 by ``.hidden``), and no metadata that hides a cell's source survives.
+
+Math stays TeX text here. The feedback page turns it into MathML when it is written (mathml.py), and that
+MathML is cleaned by an allow-list of its own (``clean_mathml``): presentation elements with layout
+attributes, no HTML element inside. MathML that a student types as markup is not math to this sanitizer:
+it is stripped with the rest.
 """
 
 from __future__ import annotations
