@@ -100,6 +100,16 @@ def test_a_page_of_unclosed_delimiters_is_read_once():
         assert typeset(page) == page
 
 
+def test_a_page_converts_a_bounded_amount_of_tex(monkeypatch):
+    """Past the page's budget of expressions, or past the length of one, TeX stays as it is."""
+    from int8lab.grading import mathml
+
+    monkeypatch.setattr(mathml, "MAX_EXPRESSIONS", 3)
+    monkeypatch.setattr(mathml, "MAX_TEX", 10)
+    page = mathml.typeset("<p>$a$ $b$ $c_{1234567890}$ $d$ $e$</p>")
+    assert page.count("<math ") == 2 and "<code>$c_{1234567890}$</code> $d$ $e$</p>" in page, page
+
+
 def test_dollars_in_code_spans_and_blocks_are_left_alone():
     page = feedback_page(DERIVATION)
     assert "<code>$HOME costs $5</code>" in page
