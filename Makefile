@@ -21,7 +21,7 @@ help:
 	@echo "make test    lint, then every test (browser tests need chromium; PYTEST_ARGS='-m \"not browser\"' deselects them)"
 	@echo "make test-under-load  the same with two busy loops beside it (a busy machine must pass too)"
 	@echo "make lint    ruff"
-	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
+	@echo "make bench   print the speed figures (training, cache, profiling, notebooks, feedback math)"
 	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make grade   autograde SUBMISSIONS (default: what nbgrader collect gathered) into OUT (default graded)"
@@ -74,6 +74,7 @@ test-under-load: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_notebooks.py
+	$(BIN)/python benchmarks/bench_mathml.py
 
 bench-grading: $(STAMP)
 	$(BIN)/python benchmarks/bench_grading.py
