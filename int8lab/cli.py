@@ -144,7 +144,8 @@ def main(argv=None) -> int:
     grade.set_defaults(run=_grade)
     feedback = commands.add_parser(
         "feedback",
-        help="regenerate the feedback pages of a graded course folder (after manual grading), math included",
+        help="regenerate the feedback pages of a graded course folder (after manual grading): each page one file, "
+        "its math typeset as MathML, no script",
     )
     feedback.add_argument("course", help="the OUT folder of int8lab grade")
     feedback.add_argument("--assignment", action="append", help="only this assignment (repeatable)")

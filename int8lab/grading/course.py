@@ -47,13 +47,17 @@ def configure(c, root: Path, repository: bool = False) -> None:
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     c.ExecutePreprocessor.timeout = 120
     c.Execute.timeout = 120
-    # Feedback pages load MathJax from a folder next to them (feedback.add_mathjax), not from a CDN.
     from nbgrader.server_extensions.formgrader import handlers as formgrader_handlers
 
     from . import feedback
 
     # The templates render markdown again after sanitize.py: that second pass is cleaned too.
     c.HTMLExporter.filters = {"markdown2html": "int8lab.grading.sanitize.safe_markdown2html"}
+    # Feedback pages carry their math as MathML, written when they are (int8lab_feedback's typeset_math).
+    c.GenerateFeedback.HTMLExporter.filters = {
+        "markdown2html": "int8lab.grading.sanitize.safe_markdown2html",
+        "typeset_math": "int8lab.grading.mathml.typeset",
+    }
     # Formgrader's submission pages load MathJax from the Jupyter server (jupyter-server-mathjax), not a CDN.
     c.HTMLExporter.template_name = feedback.FORMGRADE_TEMPLATE_NAME
     c.HTMLExporter.extra_template_basedirs = [formgrader_handlers.template_path, str(feedback.TEMPLATES)]

@@ -322,7 +322,7 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
 
 
 def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[GradingError]:
-    """nbgrader's feedback pages for a graded course folder, with MathJax next to them; returns the problems."""
+    """nbgrader's feedback pages for a graded course folder, their math typeset; returns the problems."""
     out = out.resolve()
     if not (out / "gradebook.db").is_file():
         return [GradingError(f"{out} is not a course folder graded by int8lab grade (it has no gradebook.db)")]
@@ -336,8 +336,7 @@ def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list
 def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set = frozenset()) -> list[GradingError]:
     """One nbgrader process per assignment for the pages that the Dask workers did not render (``rendered``:
     the ``(student, assignment)`` whose page ``pages.write_pages`` wrote), as many at once as this machine has
-    cores: nbgrader's pages cost about 0.5 s each (see benchmarks/bench_dask.py). The pages that were written
-    get their MathJax whatever failed for the others."""
+    cores: nbgrader's pages cost about 0.5 s each (see benchmarks/bench_dask.py)."""
     import os
 
     graded = {(r.job.student, r.job.assignment) for r in results if r.graded is not None}
@@ -356,15 +355,7 @@ def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set 
     names = list(assignments)
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as threads:
         problems = [problem for problem in threads.map(pages, names) if problem]
-    try:
-        feedback.add_mathjax(out)
-    except (ImportError, OSError) as exc:
-        problems.append(
-            GradingError(
-                f"feedback: the pages are written, but their math needs MathJax next to them and it could not be "
-                f"added ({exc}); is jupyter-server-mathjax installed?"
-            )
-        )
+    feedback.remove_mathjax_copies(out)
     return problems
 
 
