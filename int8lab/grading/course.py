@@ -339,13 +339,15 @@ def _assign_late_penalties(app, late: list) -> None:
 
 def _main(argv: list[str]) -> int:
     """``python -m int8lab.grading.course ROOT COMMAND [ASSIGNMENT ...]``, in the course folder ROOT:
-    ``generate_assignment A ...`` and ``generate_feedback A ...`` (nbgrader's, with --force), ``settings``
+    ``generate_assignment A ...`` and ``generate_feedback A ...`` (nbgrader's, with --force and the ``--...``
+    options among the arguments), ``settings``
     (prints ``_settings`` as JSON) and ``assign_late_penalties`` (reads ``[[student, assignment], ...]`` as
     JSON on stdin)."""
     from nbgrader import apps
     from nbgrader.apps.baseapp import NbGrader
 
-    root, command, names = Path(argv[0]), argv[1], argv[2:]
+    root, command = Path(argv[0]), argv[1]
+    names, options = [a for a in argv[2:] if not a.startswith("--")], [a for a in argv[2:] if a.startswith("--")]
     os.chdir(root)  # this process's own: nbgrader reads nbgrader_config.py from here
     if command in ("settings", "assign_late_penalties"):
         app = NbGrader()
@@ -359,7 +361,7 @@ def _main(argv: list[str]) -> int:
     app_class = {"generate_assignment": apps.GenerateAssignmentApp, "generate_feedback": apps.GenerateFeedbackApp}
     for name in names:
         app = app_class[command]()
-        app.initialize([name, "--force"])
+        app.initialize([name, "--force", *options])
         app.start()
         app_class[command].clear_instance()
     return 0

@@ -83,3 +83,5 @@ class Result:
     seconds: float = 0.0
     #: The Dask worker that ran it (``--dask``); empty for the local pool and for jobs that never ran.
     worker: str = ""
+    #: Its feedback page's HTML, rendered where it was judged (``pages.py``), if it was: OUT/feedback gets it.
+    page: str | None = None
