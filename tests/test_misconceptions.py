@@ -511,7 +511,7 @@ def forward(self, x):
         x = quantized(x, self.activation_scales[name], self.bits, name not in RELU_LAYERS)
     return x
 
-QATNet.forward = forward
+FakeQuantNet.forward = forward
 """
 
 
@@ -565,7 +565,7 @@ SOLUTION_CELL = {
     "04_integer_only": "integer_only_net_impl",
     "05_ranges_and_bits": "quantize_impl",
     "06_zero_points": "affine_integer_net_impl",
-    "07_quantization_aware_training": "qat_net_impl",
+    "07_quantization_aware_training": "fake_quant_net_impl",
 }
 #: Where a patch of one function goes when an assignment has several solution cells.
 FUNCTION_CELL = {
