@@ -204,12 +204,11 @@ def _check_notebook_7_claims(recorded: dict) -> None:
     assert recorded["qat/3/gap_low"] > 0.0
     # "at 2 bits it keeps about 90% where the best recipe falls to about 40%"
     assert recorded["qat/2/mean"] >= 85.0 and recorded["qat/2/ptq_best"] <= 50.0 and recorded["qat/2/gap_low"] > 0.0
-    # "at 4 bits there is nothing to win back, and this test set supports no difference"
-    assert abs(recorded["qat/4/ptq_best"] - float_accuracy) <= 1.0
-    assert recorded["qat/4/gap_low"] <= 0.0 <= recorded["qat/4/gap_high"]
-    # "the seeds spread by under a point at each width"
-    assert all(recorded[f"qat/{bits}/highest"] - recorded[f"qat/{bits}/lowest"] < 1.0 for bits in (4, 3, 2)), recorded
-    # "three epochs of a few seconds each"
+    # "at 4 bits there is nothing to win back: the best recipe keeps float, and QAT does no better"
+    assert abs(recorded["qat/4/ptq_best"] - float_accuracy) <= 1.0 and recorded["qat/4/gap_low"] <= 0.0
+    # 7.7: "the three seeds spread by about a point or less at each width (a few images of 360)"
+    assert all(recorded[f"qat/{bits}/highest"] - recorded[f"qat/{bits}/lowest"] <= 1.5 for bits in (4, 3, 2)), recorded
+    # "three epochs of a few seconds at most"
     assert all(recorded[f"qat/{bits}/seconds"] < 10.0 for bits in (4, 3, 2)), recorded
     # "runs on integer codes with the accuracy its fake-quantized version reported, to within an image"
     assert all(recorded[f"qat/{bits}/integer_images_changed"] <= 1 for bits in (4, 3, 2)), recorded
