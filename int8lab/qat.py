@@ -24,9 +24,11 @@ from .training import shifted
 
 @dataclass
 class QATRun:
-    """What one training run left: the mean loss of each epoch, and its wall-clock seconds."""
+    """What one training run left: the mean loss of each epoch, the accuracy after each epoch (when asked for),
+    and its wall-clock seconds (the evaluations left out)."""
 
     losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -39,6 +41,7 @@ def train_qat(
     batch_size: int = 32,
     max_shift: int = 2,
     dataset: str | None = None,
+    evaluation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> QATRun:
     """Train ``model`` for ``epochs`` passes over the training images, one ``step`` per batch.
 
@@ -50,6 +53,7 @@ def train_qat(
         learning_rate: Adam's rate at the start; it decays to 0 along a cosine over the run.
         seed: fixes the order of the batches and their random shifts (as the float training does).
         batch_size, max_shift: as ``TrainSettings``; dataset: as ``load_data``.
+        evaluation: (images, labels) to measure the accuracy on after each epoch (``accuracy_on``), or None.
     """
     torch.manual_seed(seed)
     train_loader, _ = load_data(dataset, batch_size=batch_size)
@@ -58,14 +62,16 @@ def train_qat(
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(train_loader)))
     run = QATRun()
-    started = time.perf_counter()
     for _ in range(epochs):
+        started = time.perf_counter()
         losses = []
         for images, labels in train_loader:
             losses.append(float(step(model, shifted(images, max_shift, shifts), labels, optimizer)))
             schedule.step()
+        run.seconds += time.perf_counter() - started
         run.losses.append(float(np.mean(losses)))
-    run.seconds = time.perf_counter() - started
+        if evaluation is not None:
+            run.accuracies.append(accuracy_on(model, *evaluation))
     model.eval()
     return run
 
