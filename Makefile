@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-ASSIGNMENTS := 01_weights 02_activations 03_biases 04_integer_only 05_ranges_and_bits 06_zero_points
+ASSIGNMENTS := 01_weights 02_activations 03_biases 04_integer_only 05_ranges_and_bits 06_zero_points \
+	07_quantization_aware_training
 NBGRADER := cd autograder && ../$(BIN)/nbgrader
 
 # Empty: what nbgrader collect gathered in autograder/submitted (the course folder's configuration says where).

@@ -119,12 +119,35 @@ EXPECTED = {
             "affine_integer_net_forward_within_a_step_of_float",
         ),
     ],
+    "07_quantization_aware_training": [
+        (
+            "3-bit QAT of NetBN (mean of 3 seeds, 3 epochs each) on the digits; the spread over seeds at each width",
+            "within 1 point of the float NetBN, and above the best post-training recipe (interval of seed 0 above 0); "
+            "seeds within 1.5 points of each other",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "2-bit QAT of NetBN (mean of 3 seeds) against notebook 5's best post-training recipe on the same network",
+            "at least 30 points above it, interval of seed 0 above 0",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "4-bit QAT against the best post-training recipe",
+            "the recipe within 1 point of float, QAT no better (the interval of seed 0 reaches 0 or below)",
+            "tests/test_project.py (demo)",
+        ),
+        (
+            "the QAT networks of seed 0 run on integer codes",
+            "the fake-quantized network's class on all test images but at most one, at 4, 3 and 2 bits",
+            "tests/test_project.py (demo)",
+        ),
+    ],
 }
 
 DESIGN = """\
 ## Derive first, then code: how the notebooks avoid giving answers away
 
-- Each derivation (2.2, 2.3, 3.2, 4.2, 5.4, 6.1, 6.4) stands before the code that uses it and is graded by hand.
+- Each derivation (2.2, 2.3, 3.2, 4.2, 5.4, 6.1, 6.4, 7.1, 7.4) stands before the code that uses it and is graded by hand.
   Markdown, docstrings, test docstrings and failure messages state the convention
   ($q = \\mathrm{clamp}(\\mathrm{round}(x/s))$, $s = \\max|x|/127$ for a tensor) but never the
   output-scale chain or the bias scale: a docstring says "the scale derived in 3.2", and a

@@ -6,7 +6,7 @@ students implement live in the notebooks, never here.
 
 from .data import DatasetUnavailableError, cache_dir, dataset_name, load_data
 from .guards import Int8RangeError, check_int_range, install_int8_guards
-from .models import LAYER_NAMES, Net, NetWithBias
+from .models import LAYER_NAMES, Net, NetBN, NetWithBias
 from .profiling import profile_activations
 from .training import CacheReadOnlyError, CorruptCheckpointError, evaluate, trained_model
 
@@ -17,6 +17,7 @@ __all__ = [
     "DatasetUnavailableError",
     "Int8RangeError",
     "Net",
+    "NetBN",
     "NetWithBias",
     "cache_dir",
     "dataset_name",

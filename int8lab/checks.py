@@ -219,6 +219,41 @@ MISCONCEPTIONS = {
         "AffineIntegerNet.forward adds the zero point of the layer's output codes, then saturates (derivation 6.4, "
         "part 2)"
     ),
+    "ste_zero_gradient": (
+        "the gradient that reaches x is 0 everywhere: that is the true derivative of round (derivation 7.1), with "
+        "which nothing before the quantizer ever learns; the straight-through estimator passes the incoming "
+        "gradient where lowest <= x / scale <= highest (write backward yourself, in a torch.autograd.Function)"
+    ),
+    "ste_gradient_outside_clip": (
+        "the gradient passes everywhere, outside the clipping range too: where x / scale lies below the lowest code "
+        "or above the highest, the clamp holds the output constant, so the straight-through estimator gives 0 there "
+        "(derivation 7.1)"
+    ),
+    "scale_never_updated": (
+        "the scale gets no gradient (None or 0), so training never changes it: LearnedStepQuantize.backward returns "
+        "a gradient for the scale (section 7.3), and the scale must stay a tensor in the graph (no float(), no "
+        ".detach())"
+    ),
+    "lsq_no_gradient_scale": (
+        "the scale's gradient lacks LSQ's gradient scale: multiply the sum by g = 1 / sqrt(N * Q_P), with N the "
+        "number of elements that share the scale and Q_P the highest code (section 7.3)"
+    ),
+    "bn_wrong_variance": (
+        "the folded weights divide by the variance itself (running_var, or running_var + eps), not by the "
+        "standard deviation: BatchNorm divides by sqrt(running_var + eps) (derivation 7.4)"
+    ),
+    "bn_no_epsilon": (
+        "the fold divides by sqrt(running_var) without bn.eps: BatchNorm divides by sqrt(running_var + eps), and "
+        "for a channel of small variance eps changes the weights by per cents (derivation 7.4)"
+    ),
+    "bn_folded_after_quantization": (
+        "the weights look fake-quantized before the BatchNorm is applied: quantize the folded weights "
+        "(float_parameters), which are what the integer network runs (derivation 7.4)"
+    ),
+    "fake_quant_not_in_eval": (
+        "in eval mode the logits are the float network's: fake quantization must stay in the forward pass whatever "
+        "the mode, or the accuracy measured is not the quantized network's"
+    ),
 }
 
 

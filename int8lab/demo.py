@@ -20,6 +20,7 @@ NOTEBOOKS = (
     "04_integer_only/integer_only.ipynb",
     "05_ranges_and_bits/ranges_and_bits.ipynb",
     "06_zero_points/zero_points.ipynb",
+    "07_quantization_aware_training/qat.ipynb",
 )
 #: JSON key -> what the table calls it.
 TABLE = {
@@ -38,6 +39,10 @@ TABLE = {
     "affine_int8": "integer NetWithBias, zero points (affine activations)",
     "affine_per_channel_int8": "the same with one weight scale per output channel",
     "engine_output_agreement": "identical logit codes: yours and PyTorch int8 (per channel)",
+    "qat_bits3": "3-bit QAT, NetBN (mean of 3 seeds)",
+    "qat_bits2": "2-bit QAT, NetBN (mean of 3 seeds)",
+    "ptq_best_bits3": "3-bit NetBN: best post-training recipe of notebook 5",
+    "ptq_best_bits2": "2-bit NetBN: best post-training recipe of notebook 5",
 }
 
 
@@ -138,9 +143,10 @@ def run(out_dir: Path, json_path: Path | None, solutions: Path | None = None) ->
         )
         return 2
     started = time.perf_counter()
-    # Train (or load) both networks here, with a visible progress bar, so the kernels only load them.
+    # Train (or load) the three networks here, with a visible progress bar, so the kernels only load them.
     trained_model()
     trained_model(bias=True)
+    trained_model(batch_norm=True)
     try:
         results = execute_notebooks(solutions, out_dir)
     except DemoError as exc:

@@ -45,3 +45,27 @@ class NetWithBias(Net):
     """`Net` with a bias on fc3 only: the layer the bias notebook quantizes to int32."""
 
     fc3_bias = True
+
+
+class NetBN(Net):
+    """`Net` with a BatchNorm after each convolution: conv -> BN -> ReLU -> pool, for the QAT notebook.
+
+    The convolutions have no bias (BN's shift takes its place); folding BN into them (notebook 7) gives each
+    convolution a bias. The linear layers are `Net`'s.
+
+    Input: float32 tensor of shape (N, in_channels, 32, 32) with values in [-1, 1].
+    Output: float32 logits of shape (N, 10).
+    """
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__(in_channels)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.bn2 = nn.BatchNorm2d(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)

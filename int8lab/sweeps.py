@@ -66,7 +66,7 @@ class SimulatedQuantization:
     """A float network and its calibration data, quantized to any ``Recipe`` with the given functions.
 
     Args:
-        net: a trained ``Net`` (no bias).
+        net: a trained ``Net`` (no bias), or one with float biases (``int8lab.qat.folded_net``).
         calibration: ``profile_activations(net, ...)``: float32 arrays keyed input, conv1, ..., fc3.
         quantize: ``quantize(x, scale, bits, signed) -> float32 tensor of integer codes``.
         clip_threshold: ``clip_threshold(values, method, bits, signed) -> float`` threshold T >= 0.
@@ -136,12 +136,19 @@ class SimulatedQuantization:
         """The float32 logits (N, 10) of the evaluation images through the quantized network."""
         weights = {name: self.weights(name, recipe) for name in LAYER_NAMES}
         x = self._activation(self.images, "input", recipe)
-        x = self._activation(F.max_pool2d(F.relu(F.conv2d(x, weights["conv1"])), 2), "conv1", recipe)
-        x = torch.flatten(F.max_pool2d(F.relu(F.conv2d(x, weights["conv2"])), 2), 1)
+        bias = {name: self._bias(name) for name in LAYER_NAMES}
+        x = self._activation(F.max_pool2d(F.relu(F.conv2d(x, weights["conv1"], bias["conv1"])), 2), "conv1", recipe)
+        x = torch.flatten(F.max_pool2d(F.relu(F.conv2d(x, weights["conv2"], bias["conv2"])), 2), 1)
         x = self._activation(x, "conv2", recipe)
-        x = self._activation(F.relu(F.linear(x, weights["fc1"])), "fc1", recipe)
-        x = self._activation(F.relu(F.linear(x, weights["fc2"])), "fc2", recipe)
-        return self._activation(F.linear(x, weights["fc3"]), "fc3", recipe)
+        x = self._activation(F.relu(F.linear(x, weights["fc1"], bias["fc1"])), "fc1", recipe)
+        x = self._activation(F.relu(F.linear(x, weights["fc2"], bias["fc2"])), "fc2", recipe)
+        return self._activation(F.linear(x, weights["fc3"], bias["fc3"]), "fc3", recipe)
+
+    def _bias(self, name: str) -> torch.Tensor | None:
+        # A float bias (a BatchNorm folded into a convolution, notebook 7) is added to the accumulator unquantized:
+        # as an int32 on the accumulator's scale it would lose nothing measurable. Net has none.
+        bias = getattr(self.net, name).bias
+        return None if bias is None else bias.detach()
 
     def weights(self, name: str, recipe: Recipe) -> torch.Tensor:
         """Layer ``name``'s weights as the recipe leaves them: float, or dequantized codes ``q * s``."""

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import IN_CHANNELS, cache_dir, dataset_name, load_data
-from .models import Net, NetWithBias
+from .models import Net, NetBN, NetWithBias
 
 #: Bump when the checkpoint layout changes, so that old files are ignored rather than misread.
 CHECKPOINT_FORMAT = 1
@@ -72,8 +72,10 @@ def trained_model(
     settings: TrainSettings | None = None,
     progress: bool = True,
     root: str | os.PathLike | None = None,
+    batch_norm: bool = False,
 ) -> Net:
-    """Return the trained float ``Net`` (or ``NetWithBias`` when ``bias``) for ``dataset``, in eval mode.
+    """Return the trained float ``Net`` (``NetWithBias`` when ``bias``, ``NetBN`` when ``batch_norm``) for
+    ``dataset``, in eval mode.
 
     ``dataset`` defaults to ``dataset_name()``: ``$INT8LAB_DATASET``, or digits.
 
@@ -84,7 +86,9 @@ def trained_model(
     """
     dataset = dataset or dataset_name()
     settings = settings or DEFAULT_SETTINGS[dataset]
-    model_class = NetWithBias if bias else Net
+    if bias and batch_norm:
+        raise ValueError("trained_model: bias and batch_norm name two different networks; ask for one")
+    model_class = NetBN if batch_norm else NetWithBias if bias else Net
     path = checkpoint_path(dataset, model_class, settings)
     model = _try_load(path, model_class, dataset)
     if model is not None:

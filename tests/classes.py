@@ -157,6 +157,8 @@ def build_hostile_class(root: Path, out: Path) -> Path:
         ("perfect", "05_ranges_and_bits"): submission("05_ranges_and_bits"),
         ("perfect", "06_zero_points"): submission("06_zero_points"),
         ("stubs", "06_zero_points"): submission("06_zero_points", solved=False),
+        ("perfect", "07_quantization_aware_training"): submission("07_quantization_aware_training"),
+        ("stubs", "07_quantization_aware_training"): submission("07_quantization_aware_training", solved=False),
         ("loop", "01_weights"): submission("01_weights", append="while True:\n    pass"),
         ("hog", "01_weights"): submission("01_weights", append="import numpy\nhog = numpy.ones(50 * 2**30 // 8)"),
         ("exits", "01_weights"): submission("01_weights", append="import os\nos._exit(1)"),

@@ -307,6 +307,173 @@ def quantized_weights_per_channel(weights, bits=8):
 }
 
 # ---------------------------------------------------------------------------------------------
+# Notebook 07: FakeQuantize, LearnedStepQuantize, fold_batchnorm, FakeQuantNet.forward, qat_step
+# ---------------------------------------------------------------------------------------------
+
+FAKE_QUANTIZE = {
+    "float64_inside": """
+class FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        wide_scale = torch.as_tensor(scale, dtype=torch.float64)
+        steps = x.to(torch.float64) / wide_scale
+        ctx.mask = (steps >= low) & (steps <= high)
+        return (torch.clamp(torch.round(steps), low, high) * wide_scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return torch.where(ctx.mask, grad_output, torch.zeros_like(grad_output)), None, None, None
+""",
+    "mask_on_the_values": """
+class FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        low, high = code_range(bits, signed)
+        scale = torch.as_tensor(scale, dtype=x.dtype)
+        ctx.save_for_backward(x, scale)
+        ctx.low, ctx.high = low, high
+        return torch.round(x / scale).clamp(low, high) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, scale = ctx.saved_tensors
+        keep = (x >= ctx.low * scale) & (x <= ctx.high * scale)
+        return grad_output * keep.to(grad_output.dtype), None, None, None
+""",
+}
+
+LEARNED_STEP_QUANTIZE = {
+    "float64": """
+class LearnedStepQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        low, high = code_range(bits, signed)
+        v = x.to(torch.float64) / scale.to(torch.float64)
+        q = v.round().clamp(low, high)
+        ctx.save_for_backward(v, q, scale)
+        ctx.high, ctx.low = high, low
+        return (q * scale.to(torch.float64)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        v, q, scale = ctx.saved_tensors
+        inside = (v >= ctx.low) & (v <= ctx.high)
+        d = torch.where(v < ctx.low, float(ctx.low), torch.where(v > ctx.high, float(ctx.high), q - v))
+        n = v.numel() / scale.numel()
+        total = (grad_output.to(torch.float64) * d).sum_to_size(scale.shape) / math.sqrt(n * ctx.high)
+        return grad_output * inside.to(grad_output.dtype), total.to(scale.dtype), None, None
+""",
+    "reduce_by_hand": """
+class LearnedStepQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        low, high = code_range(bits, signed)
+        ctx.save_for_backward(x, scale)
+        ctx.low, ctx.high = low, high
+        return torch.clamp(torch.round(x / scale), low, high) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, scale = ctx.saved_tensors
+        v = x / scale
+        below, above = v < ctx.low, v > ctx.high
+        d = (torch.round(v) - v).masked_fill(below, ctx.low).masked_fill(above, ctx.high)
+        product = grad_output * d
+        # sum over every dimension along which scale was broadcast: the leading ones, and those where it has size 1
+        extra = product.dim() - scale.dim()
+        dims = list(range(extra)) + [extra + i for i, size in enumerate(scale.shape) if size == 1]
+        summed = product.sum(dim=dims, keepdim=True) if dims else product
+        g = 1.0 / math.sqrt((x.numel() // scale.numel()) * ctx.high)
+        return grad_output * ~(below | above), (summed * g).reshape(scale.shape), None, None
+""",
+}
+
+FOLD_BATCHNORM = {
+    "float64": """
+def fold_batchnorm(conv, bn):
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    factor = (bn.weight.double() / std)
+    bias = torch.zeros(conv.out_channels, dtype=torch.float64) if conv.bias is None else conv.bias.double()
+    weight = conv.weight.double() * factor[:, None, None, None]
+    return weight.float(), (bn.bias.double() + factor * (bias - bn.running_mean.double())).float()
+""",
+    "rsqrt": """
+def fold_batchnorm(conv, bn):
+    factor = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * factor.view(-1, *([1] * (conv.weight.dim() - 1)))
+    bias = bn.bias - bn.running_mean * factor
+    if conv.bias is not None:
+        bias = bias + conv.bias * factor
+    return weight, bias
+""",
+}
+
+FAKE_QUANT_FORWARD = {
+    "modules_and_dicts": """
+def forward(self, x):
+    after = {
+        "conv1": lambda y: F.max_pool2d(F.relu(y), 2),
+        "conv2": lambda y: torch.flatten(F.max_pool2d(F.relu(y), 2), 1),
+        "fc1": F.relu,
+        "fc2": F.relu,
+        "fc3": lambda y: y,
+    }
+    x = LearnedStepQuantize.apply(x, self.activation_scales["input"], self.bits, True)
+    for name in LAYER_NAMES:
+        weight, bias = self.float_parameters(name)
+        weight = LearnedStepQuantize.apply(weight, self.weight_scales[name], self.bits, True)
+        y = F.conv2d(x, weight, bias) if weight.dim() == 4 else F.linear(x, weight, bias)
+        x = LearnedStepQuantize.apply(after[name](y), self.activation_scales[name], self.bits, name == "fc3")
+    return x
+
+FakeQuantNet.forward = forward
+""",
+    "pool_after_quantizing": """
+def forward(self, x):
+    q = LearnedStepQuantize.apply
+    x = q(x, self.activation_scales["input"], self.bits, True)
+    for name in LAYER_NAMES:
+        weight, bias = self.float_parameters(name)
+        w = q(weight, self.weight_scales[name], self.bits, True)
+        if name.startswith("conv"):
+            # max pooling commutes with the (monotone) quantizer
+            x = F.max_pool2d(q(F.relu(F.conv2d(x, w, bias)), self.activation_scales[name], self.bits, False), 2)
+            if name == "conv2":
+                x = x.reshape(x.shape[0], -1)
+        else:
+            y = F.linear(x, w, bias)
+            x = q(F.relu(y) if name != "fc3" else y, self.activation_scales[name], self.bits, name == "fc3")
+    return x
+
+FakeQuantNet.forward = forward
+""",
+}
+
+QAT_STEP = {
+    "zero_grad_after": """
+def qat_step(model, images, labels, optimizer):
+    model.train(True)
+    loss = nn.CrossEntropyLoss()(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+""",
+    "log_softmax": """
+def qat_step(model, images, labels, optimizer):
+    model.train()
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = None
+    loss = F.nll_loss(F.log_softmax(model(images), dim=1), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+""",
+}
+
+# ---------------------------------------------------------------------------------------------
 # Notebook 06: affine_parameters, quantize_affine and dequantize_affine, folded_bias,
 # channel_multipliers and per_channel_requantization, AffineIntegerNet.forward
 # ---------------------------------------------------------------------------------------------
@@ -567,6 +734,45 @@ FUNCTIONS = {
             "affine_integer_net_forward_matches_reference",
             "affine_integer_net_forward_within_a_step_of_float",
         ),
+    ),
+    "FakeQuantize": (
+        "07_quantization_aware_training",
+        "fake_quantize_impl",
+        FAKE_QUANTIZE,
+        ("fake_quantize_small_example", "fake_quantize_every_width"),
+    ),
+    "LearnedStepQuantize": (
+        "07_quantization_aware_training",
+        "learned_step_quantize_impl",
+        LEARNED_STEP_QUANTIZE,
+        (
+            "learned_step_quantize_small_example",
+            "learned_step_quantize_against_pytorch",
+            "fake_quant_net_forward_matches_reference",
+            "qat_step_trains_weights_and_scales",
+        ),
+    ),
+    "fold_batchnorm": (
+        "07_quantization_aware_training",
+        "fold_batchnorm_impl",
+        FOLD_BATCHNORM,
+        ("fold_batchnorm_small_example", "fold_batchnorm_trained_network", "fake_quant_net_forward_matches_reference"),
+    ),
+    "FakeQuantNet.forward": (
+        "07_quantization_aware_training",
+        "fake_quant_net_impl",
+        FAKE_QUANT_FORWARD,
+        (
+            "fake_quant_net_forward_small_example",
+            "fake_quant_net_forward_matches_reference",
+            "qat_step_trains_weights_and_scales",
+        ),
+    ),
+    "qat_step": (
+        "07_quantization_aware_training",
+        "fake_quant_net_impl",
+        QAT_STEP,
+        ("qat_step_trains_weights_and_scales",),
     ),
     "AffineIntegerNet.forward": (
         "06_zero_points",

@@ -65,7 +65,9 @@ def test_perfect_submission_gets_every_autograded_point(graded, assignment):
     assert all(r["message"] in ("", "graded by hand") for r in _tests(graded, "perfect", assignment).values())
 
 
-@pytest.mark.parametrize("assignment", ["01_weights", "02_activations", "03_biases", "06_zero_points"])
+@pytest.mark.parametrize(
+    "assignment", ["01_weights", "02_activations", "03_biases", "06_zero_points", "07_quantization_aware_training"]
+)
 def test_untouched_stubs_score_zero(graded, assignment):
     row = _grades(graded)[("stubs", assignment)]
     assert (row["status"], float(row["score"])) == ("ok", 0.0)

@@ -446,6 +446,118 @@ def per_channel_requantization(weights, input_scale, output_scale, bits=8):
 ]
 WRONG_IMPLEMENTATIONS += ZERO_POINTS
 
+QAT = "07_quantization_aware_training"
+
+FAKE_QUANTIZE_TEMPLATE = """
+class FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        lowest, highest = code_range(bits, signed)
+        steps = x / torch.as_tensor(scale, dtype=x.dtype)
+        ctx.save_for_backward((steps >= lowest) & (steps <= highest))
+        return torch.clamp(torch.round(steps), lowest, highest) * torch.as_tensor(scale, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (inside,) = ctx.saved_tensors
+        return {gradient}, None, None, None
+"""
+
+LSQ_TEMPLATE = """
+class LearnedStepQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        lowest, highest = code_range(bits, signed)
+        steps = x / scale
+        codes = torch.clamp(torch.round(steps), lowest, highest)
+        ctx.save_for_backward(steps, codes, scale)
+        ctx.highest = highest
+        ctx.inside = (steps >= lowest) & (steps <= highest)
+        return codes * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        steps, codes, scale = ctx.saved_tensors
+        derivative = torch.where(ctx.inside, codes - steps, codes)
+        g = {gradient_scale}
+        return grad_output * ctx.inside, {scale_gradient}, None, None
+"""
+
+FOLD_TEMPLATE = """
+def fold_batchnorm(conv, bn):
+    factor = bn.weight / {divisor}
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    return conv.weight * factor.reshape(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * factor
+"""
+
+QAT_FORWARD_TEMPLATE = """
+def forward(self, x):
+    quantized = LearnedStepQuantize.apply if {quantizing} else (lambda value, *_: value)
+    x = quantized(x, self.activation_scales["input"], self.bits, True)
+    for name in LAYER_NAMES:
+        weight, bias = self.float_parameters(name)
+        if name in ("conv1", "conv2"):
+            if {fold_after}:
+                layer, bn = getattr(self.net, name), getattr(self.net, "bn" + name[-1])
+                x = bn(F.conv2d(x, quantized(layer.weight, self.weight_scales[name], self.bits, True)))
+            else:
+                x = F.conv2d(x, quantized(weight, self.weight_scales[name], self.bits, True), bias)
+            x = F.max_pool2d(F.relu(x), 2)
+        else:
+            x = F.linear(x, quantized(weight, self.weight_scales[name], self.bits, True), bias)
+            x = F.relu(x) if name in RELU_LAYERS else x
+        if name == "conv2":
+            x = torch.flatten(x, 1)
+        x = quantized(x, self.activation_scales[name], self.bits, name not in RELU_LAYERS)
+    return x
+
+FakeQuantNet.forward = forward
+"""
+
+
+def _fake_quantize(gradient):
+    return FAKE_QUANTIZE_TEMPLATE.format(gradient=gradient)
+
+
+def _lsq(
+    scale_gradient="(grad_output * derivative).sum_to_size(scale.shape) * g",
+    gradient_scale="1.0 / math.sqrt(steps.numel() // scale.numel() * ctx.highest)",
+):
+    return LSQ_TEMPLATE.format(scale_gradient=scale_gradient, gradient_scale=gradient_scale)
+
+
+def _qat_forward(quantizing="True", fold_after="False"):
+    return QAT_FORWARD_TEMPLATE.format(quantizing=quantizing, fold_after=fold_after)
+
+
+QUANTIZATION_AWARE_TRAINING = [
+    ("ste_zero_gradient", QAT, _fake_quantize("torch.zeros_like(grad_output)")),  # round's true derivative
+    ("ste_gradient_outside_clip", QAT, _fake_quantize("grad_output")),
+    (
+        "ste_zero_gradient",
+        QAT,
+        """
+class FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed):
+        lowest, highest = code_range(bits, signed)
+        return torch.clamp(torch.round(x / scale), lowest, highest) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * 0, None, None, None
+""",
+    ),
+    ("scale_never_updated", QAT, _lsq(scale_gradient="None")),
+    ("scale_never_updated", QAT, _lsq(scale_gradient="torch.zeros_like(scale)")),
+    ("lsq_no_gradient_scale", QAT, _lsq(gradient_scale="1.0")),
+    ("bn_wrong_variance", QAT, FOLD_TEMPLATE.format(divisor="(bn.running_var + bn.eps)")),
+    ("bn_no_epsilon", QAT, FOLD_TEMPLATE.format(divisor="torch.sqrt(bn.running_var)")),
+    ("bn_folded_after_quantization", QAT, _qat_forward(fold_after="True")),
+    ("fake_quant_not_in_eval", QAT, _qat_forward(quantizing="self.training")),
+]
+WRONG_IMPLEMENTATIONS += QUANTIZATION_AWARE_TRAINING
+
 SOLUTION_CELL = {
     "01_weights": "quantized_weights_impl",
     "02_activations": "net_quantized_impl",
@@ -453,6 +565,7 @@ SOLUTION_CELL = {
     "04_integer_only": "integer_only_net_impl",
     "05_ranges_and_bits": "quantize_impl",
     "06_zero_points": "affine_integer_net_impl",
+    "07_quantization_aware_training": "fake_quant_net_impl",
 }
 #: Where a patch of one function goes when an assignment has several solution cells.
 FUNCTION_CELL = {
@@ -464,6 +577,9 @@ FUNCTION_CELL = {
     "quantize_affine": "quantize_affine_impl",
     "folded_bias": "folded_bias_impl",
     "per_channel_requantization": "per_channel_requantization_impl",
+    "FakeQuantize": "fake_quantize_impl",
+    "LearnedStepQuantize": "learned_step_quantize_impl",
+    "fold_batchnorm": "fold_batchnorm_impl",
 }
 
 
@@ -521,7 +637,7 @@ def _patched_function(patch: str) -> str:
     assigned = re.search(r"^(\w+)\.(\w+) = ", patch, flags=re.MULTILINE)
     if assigned:
         return assigned.group(2)
-    return re.search(r"^def (\w+)", patch, flags=re.MULTILINE).group(1)
+    return re.search(r"^(?:def|class) (\w+)", patch, flags=re.MULTILINE).group(1)
 
 
 def test_every_named_misconception_has_a_wrong_implementation():

@@ -23,6 +23,12 @@ GRADED_FUNCTIONS = (
     "folded_bias",
     "channel_multipliers",
     "per_channel_requantization",
+    # notebook 7
+    "FakeQuantize",
+    "LearnedStepQuantize",
+    "fold_batchnorm",
+    "FakeQuantNet",
+    "qat_step",
 )
 CONDA_TO_PYPI = {"pytorch-cpu": "torch", "python": None, "pip": None}
 
@@ -101,6 +107,10 @@ def test_demo_runs_the_lab_and_reports_the_lesson(demo_run):
         "affine_int8",
         "affine_per_channel_int8",
         "engine_output_agreement",
+        "qat_bits3",
+        "qat_bits2",
+        "ptq_best_bits3",
+        "ptq_best_bits2",
     }
     # 0.3 points is one test image of 360: the int8 networks may lose at most one.
     assert numbers["float"] >= 98.0
@@ -130,6 +140,10 @@ def test_demo_runs_the_lab_and_reports_the_lesson(demo_run):
     assert abs(numbers["affine_per_channel_int8"] - numbers["bias_float"]) <= 0.3
     assert numbers["engine_output_agreement"] >= 99.0
     _check_notebook_6_claims(recorded)
+    # Notebook 7: 3-bit QAT within 1 point of float, 2-bit QAT at least 30 points above the best post-training recipe.
+    assert abs(numbers["qat_bits3"] - recorded["qat/float"]) <= 1.0, (numbers, recorded["qat/float"])
+    assert numbers["qat_bits2"] >= numbers["ptq_best_bits2"] + 30.0, numbers
+    _check_notebook_7_claims(recorded)
     executed = demo_run.base / "results" / "02_activations" / "activations.ipynb"
     outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook lost its plots"
@@ -180,6 +194,27 @@ def _check_notebook_6_claims(recorded: dict) -> None:
     assert recorded["zero_points/engine_largest_difference"] <= 1
     assert recorded["zero_points/engine_unexplained"] == 0
     assert recorded["zero_points/engine_top1_agreement"] >= 99.5
+
+
+def _check_notebook_7_claims(recorded: dict) -> None:
+    """What notebook 7's closing sentences and its model answer of 7.7 say of its measurements, on this run."""
+    float_accuracy = recorded["qat/float"]
+    # "at 3 bits QAT keeps the network within about a point of float where the best post-training recipe loses a few"
+    assert float_accuracy - recorded["qat/3/mean"] <= 1.0 and float_accuracy - recorded["qat/3/ptq_best"] > 1.0
+    assert recorded["qat/3/gap_low"] > 0.0
+    # "at 2 bits it keeps about 90% where the best recipe falls to about 40%"
+    assert recorded["qat/2/mean"] >= 85.0 and recorded["qat/2/ptq_best"] <= 50.0 and recorded["qat/2/gap_low"] > 0.0
+    # "at 4 bits there is nothing to win back: the best recipe keeps float, and QAT does no better"
+    assert abs(recorded["qat/4/ptq_best"] - float_accuracy) <= 1.0 and recorded["qat/4/gap_low"] <= 0.0
+    # 7.7: "the three seeds spread by about a point or less at each width (a few images of 360)"
+    assert all(recorded[f"qat/{bits}/highest"] - recorded[f"qat/{bits}/lowest"] <= 1.5 for bits in (4, 3, 2)), recorded
+    # 7.7: "the first epoch does most of the work": within 5 points of the third at 2 bits, within 1.5 of float at 3
+    assert recorded["qat/2/first_epoch"] >= recorded["qat/2/mean"] - 5.0, recorded
+    assert recorded["qat/3/first_epoch"] >= float_accuracy - 1.5, recorded
+    # "three epochs of a few seconds at most"
+    assert all(recorded[f"qat/{bits}/seconds"] < 10.0 for bits in (4, 3, 2)), recorded
+    # "runs on integer codes with the accuracy its fake-quantized version reported, to within an image"
+    assert all(recorded[f"qat/{bits}/integer_images_changed"] <= 1 for bits in (4, 3, 2)), recorded
 
 
 def test_every_solution_notebook_runs_on_cifar10_with_the_one_switch(cifar_run):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from read_only import read_only_command, require_read_only_mounts
 
-from int8lab import CorruptCheckpointError, Net, NetWithBias, evaluate, trained_model
+from int8lab import CorruptCheckpointError, Net, NetBN, NetWithBias, evaluate, trained_model
 from int8lab import training as training_module
 
 
@@ -22,6 +22,18 @@ def test_models_have_the_lab_shapes():
     assert [name for name, p in net.named_parameters() if name.endswith("bias")] == []
     assert [name for name, p in with_bias.named_parameters() if name.endswith("bias")] == ["fc3.bias"]
     assert net.fc1.in_features == 16 * 5 * 5 and net.fc2.out_features == 84
+
+
+def test_net_bn_has_a_batchnorm_after_each_convolution_and_a_cache_key_of_its_own():
+    """NetBN (notebook 7) adds bn1 and bn2 to Net's layers; its checkpoint never shares a file with Net's."""
+    net = NetBN(in_channels=1)
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert (net.bn1.num_features, net.bn2.num_features) == (6, 16) and net.conv1.bias is None
+    settings = training_module.TrainSettings()
+    assert training_module.checkpoint_path("digits", NetBN, settings).name.startswith("NetBN-digits-")
+    assert training_module.checkpoint_path("digits", Net, settings).name.startswith("Net-digits-")
+    with pytest.raises(ValueError, match="bias and batch_norm"):
+        trained_model("digits", bias=True, batch_norm=True, progress=False)
 
 
 def test_second_call_loads_the_checkpoint_without_training(float_net, monkeypatch):

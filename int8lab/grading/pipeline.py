@@ -273,6 +273,7 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
 
     trained_model(progress=progress)  # kernels only read the model cache
     trained_model(bias=True, progress=progress)
+    trained_model(batch_norm=True, progress=progress)  # notebook 7's NetBN
     for name, assignment in assignments.items():
         try:
             assignment.expected = selfcheck.check_reference(name, assignment.source)
