@@ -42,7 +42,7 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> R
     if isinstance(prepared, Result):
         return prepared
     probe, notes = prepared
-    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups), notes)
+    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, _ready_server()), notes)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -60,16 +60,17 @@ def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | R
     return json.dumps(probe).encode(), notes
 
 
-def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups) -> dict:
+def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -> dict:
     """The run (on a worker): plain data in, plain data out, so that it can travel to another machine.
 
     ``probe``: the probe notebook's JSON bytes (``prepare``); ``limits``: ``Limits`` as a dict;
-    ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None.
+    ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None;
+    ``server``: this process's ``ForkServer`` for a warm kernel, or None for one started from nothing.
     Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
     "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
     """
     notebook = nbformat.from_dict(json.loads(probe))
-    done = run.execute(notebook, job_dir, Limits(**limits), cgroups)
+    done = run.execute(notebook, job_dir, Limits(**limits), cgroups, server)
     return {
         "status": done.status.value,
         "reason": done.reason,
@@ -78,6 +79,7 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups) -> dict:
         "sandbox": done.sandbox,
         "stderr": done.stderr,
         "cut_short": done.cut_short,
+        "steps": done.steps,
     }
 
 
@@ -101,13 +103,27 @@ def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
         sandbox = ran["sandbox"] if isinstance(ran["sandbox"], dict) else None
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         return Result(job, Status.ERROR, f"grader fault: a worker sent back an unusable run ({type(exc).__name__})")
+    steps = _steps(ran.get("steps"))
+    judging = time.perf_counter()
     tests = assignment.judge.tests
     # A run the notebook watchdog cut short stopped at a moment that varies: nothing of it counts. A cell
     # that ran past its own limit was interrupted and the notebook went on: the later probes count.
     verdicts = assignment.judge.judge(Records() if cut_short else records)
     graded = sanitize_notebook(rebuild.graded_notebook(executed, tests, verdicts))
+    steps["judge and sanitize"] = time.perf_counter() - judging
     reason = "; ".join(filter(None, [reason, job.reason, *notes]))
-    return Result(job, status, reason, verdicts, graded, sandbox)
+    return Result(job, status, reason, verdicts, graded, sandbox, steps=steps)
+
+
+def _steps(steps) -> dict[str, float]:
+    """A run's step times as sent back (hostile like the rest): only the known names, as plain numbers."""
+    if not isinstance(steps, dict):
+        return {}
+    return {
+        name: float(steps[name])
+        for name in run.STEPS
+        if isinstance(steps.get(name), int | float) and 0 <= steps[name] < 1e6
+    }
 
 
 def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, progress: bool) -> list[Result]:
@@ -192,6 +208,15 @@ def _overdue(job_dir: Path, limits: Limits) -> bool:
     return True
 
 
+#: This worker process's fork server (``forkserver.py``), started by ``_warm_worker``.
+_server = None
+
+
+def _ready_server():
+    """The worker's fork server once it serves; None (kernels start from nothing) if it cannot."""
+    return _server if _server is not None and _server.ready() else None
+
+
 def _warm_worker() -> None:
     import nbclient  # noqa: F401 (imported once, used by every submission this worker grades)
     import torch  # the judge's
@@ -204,3 +229,9 @@ def _warm_worker() -> None:
     # A kernel client's zmq context, collected later as garbage, can block forever in term()
     # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
     zmq.Context.__del__ = lambda self: None
+
+    # The kernels' modules imported once, in a process of their own, while this worker starts.
+    global _server
+    from .forkserver import ForkServer
+
+    _server = ForkServer(run._kernel_environment(Path("/nonexistent")))
