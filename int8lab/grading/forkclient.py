@@ -7,7 +7,9 @@ kernel. It sends its arguments and environment to the fork server (``forkserver.
 that enters the sandbox (``sandbox.main``) and becomes the kernel. It writes the child's PID to PID_FILE
 (the grader reaches the kernel's sockets through ``/proc/PID/root``), passes SIGINT on to the child's process
 group and SIGTERM to the child, and exits with the child's status. When it dies, however (SIGKILL from the
-grader included), the server sees its connection close and kills the child, and so the whole sandbox.
+grader, or the grader's own death: PDEATHSIG), the server sees its connection close and kills the child,
+and so the whole sandbox. The server serves only a process whose parent or grandparent is its own parent (the
+grading process): a client that the grader or one of its workers started, never a kernel.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     server, pid_file, *sandbox_argv = argv
+    _die_with_the_grader()
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.connect(server)
     request = {"argv": sandbox_argv, "env": dict(os.environ)}
@@ -35,6 +38,16 @@ def main(argv: list[str]) -> int:
     os.replace(partial, pid_file)
     line = replies.readline()  # "EXIT <status>", or nothing if the server died
     return int(line.split()[1]) if line.startswith("EXIT ") else 1
+
+
+def _die_with_the_grader() -> None:
+    """SIGKILL this process when the grading worker dies: the server then kills the kernel it forked."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(1)
 
 
 def _signal(send, pid: int, signum: int) -> None:

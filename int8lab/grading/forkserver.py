@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 
 #: What a notebook's setup cell and ipykernel import, loaded once here.
 WARM_MODULES = (
@@ -58,7 +59,17 @@ WARM_MODULES = (
     "int8lab.grading.records",
 )
 MAX_REQUEST_BYTES = 1 << 20
+#: How long the server's imports may take (torch's first import on a loaded machine can take a minute).
+READY_SECONDS = 300
 PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Address:
+    """What a worker process needs of the fork server (it is sent to the workers): its socket and PID."""
+
+    socket: str
+    pid: int
 
 
 class ForkServer:
@@ -90,12 +101,25 @@ class ForkServer:
     def ready(self) -> bool:
         """True once the server serves; False (and ``problem`` says why) if it never will."""
         if not self._started and self.problem is None:
-            line = self.process.stdout.readline().strip()
+            import select
+
+            waited = select.select([self.process.stdout], [], [], READY_SECONDS)[0]
+            line = self.process.stdout.readline().strip() if waited else f"not ready after {READY_SECONDS} s"
             if line == "ready":
                 self._started = True
             else:
                 self.problem = line or f"the fork server exited ({self.process.wait()})"
+                print(f"int8lab grade: no warm kernels ({self.problem}); each starts from nothing", file=sys.stderr)
         return self._started and self.process.poll() is None
+
+    def address(self) -> Address:
+        return Address(self.socket, self.pid)
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         import shutil
@@ -122,6 +146,24 @@ def warm_up() -> None:
 
     if zmq.Context._instance is not None:
         raise NotForkable("a ZMQ context exists before the fork: its sockets and threads would be shared")
+    _check_private_roots()
+
+
+def _check_private_roots() -> None:
+    """Serve only where each kernel gets a private root: without one a kernel would see this server's socket
+    on /tmp, and a child forked on its request would be outside the kernel's sandbox."""
+    from . import namespaces
+
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            status = 0 if "mount namespace" in namespaces.enter(isolate=True) else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise NotForkable("this machine refuses mount and PID namespaces: kernels start from nothing instead")
 
 
 def thread_count() -> int:
@@ -147,6 +189,9 @@ def serve(path: str) -> None:
         for key, _ in selector.select():
             if key.data == "listener":
                 connection, _ = listener.accept()
+                if not _a_graders_client(connection):
+                    connection.close()
+                    continue
                 closing = [listener, connection, *children.values(), selector]
                 child = _fork(connection, closing, (wake_read, wake_write))
                 if child:
@@ -157,6 +202,26 @@ def serve(path: str) -> None:
                 _reap(children, selector)
             else:  # a client's connection: it closed (or sent what it must not): its kernel goes
                 _kill_group(key.data)
+
+
+def _a_graders_client(connection: socket.socket) -> bool:
+    """Whether the peer is a child, or a child of a child, of this server's parent: a fork client that the
+    grading process or one of its workers started. A kernel (this server's descendant, in a private root
+    where this socket does not even exist) never is."""
+    import struct
+
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    peer, uid, _ = struct.unpack("3i", credentials)
+    try:
+        parent = _parent(peer)
+        return uid == os.getuid() and os.getppid() in (parent, _parent(parent))
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def _fork(connection: socket.socket, closing: list, pipe: tuple[int, int]) -> int | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 
 from . import intake, rebuild, run
+from .forkserver import ForkServer
 from .model import Job, Limits, Result, Status
 from .records import MAX_RECORD_BYTES, Records, read_records
 from .sanitize import sanitize_notebook
@@ -31,8 +32,9 @@ from .sanitize import sanitize_notebook
 JOBS_PER_WORKER = 10
 
 
-def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> Result:
-    """Rebuild, run and judge one submission (in a worker process): the same three halves as on a cluster."""
+def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, server=None) -> Result:
+    """Rebuild, run and judge one submission (in a worker process): the same three halves as on a cluster.
+    ``server``: the grading's fork server (``forkserver.Address``), or None for kernels started from nothing."""
     started = time.perf_counter()
     if job.status is not Status.OK:
         return Result(job, job.status, job.reason)
@@ -42,7 +44,7 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> R
     if isinstance(prepared, Result):
         return prepared
     probe, notes = prepared
-    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, _ready_server()), notes)
+    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, server), notes)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -65,7 +67,8 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
 
     ``probe``: the probe notebook's JSON bytes (``prepare``); ``limits``: ``Limits`` as a dict;
     ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None;
-    ``server``: this process's ``ForkServer`` for a warm kernel, or None for one started from nothing.
+    ``server``: a fork server of this machine (``forkserver.Address``) for a warm kernel, or None for one
+    started from nothing.
     Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
     "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
     """
@@ -131,13 +134,14 @@ def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, prog
     from tqdm.auto import tqdm
 
     results: list[Result] = []
-    with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))  # its imports, while the pool starts
+    with forks, tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
         batch_size = max(1, workers) * JOBS_PER_WORKER
         for start in range(0, len(jobs), batch_size):
             batch = list(enumerate(jobs[start : start + batch_size], start))
-            unfinished = _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar)
+            unfinished = _grade_in_pool(batch, assignments, work, limits, (cgroups, forks), workers, results, bar)
             for indexed in unfinished:  # alone in a fresh worker: a crash takes nobody else down
-                for _, job in _grade_in_pool([indexed], assignments, work, limits, cgroups, 1, results, bar):
+                for _, job in _grade_in_pool([indexed], assignments, work, limits, (cgroups, forks), 1, results, bar):
                     results.append(Result(job, Status.ERROR, "the grading worker crashed twice on this submission"))
                     bar.update()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment))
@@ -147,8 +151,9 @@ def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, prog
 JOB_GRACE_SECONDS = 120
 
 
-def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar) -> list:
+def _grade_in_pool(batch, assignments, work, limits, machine, workers, results, bar) -> list:
     """Grade ``batch`` in fresh worker processes; returns the jobs a dying worker left unfinished.
+    ``machine``: this machine's ``PidsCgroups`` (or None) and the grading's ``ForkServer``.
 
     A watchdog kills the worker of a job that runs past its time: that job becomes ``timeout``.
     """
@@ -158,9 +163,11 @@ def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, 
 
     unfinished, overdue = [], set()
     context = multiprocessing.get_context("spawn")
+    cgroups, forks = machine
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
+        server = forks.address() if forks.ready() else None  # kernels from nothing if it cannot serve
         futures = {
-            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups): (
+            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups, server): (
                 index,
                 job,
             )
@@ -208,15 +215,6 @@ def _overdue(job_dir: Path, limits: Limits) -> bool:
     return True
 
 
-#: This worker process's fork server (``forkserver.py``), started by ``_warm_worker``.
-_server = None
-
-
-def _ready_server():
-    """The worker's fork server once it serves; None (kernels start from nothing) if it cannot."""
-    return _server if _server is not None and _server.ready() else None
-
-
 def _warm_worker() -> None:
     import nbclient  # noqa: F401 (imported once, used by every submission this worker grades)
     import torch  # the judge's
@@ -229,9 +227,3 @@ def _warm_worker() -> None:
     # A kernel client's zmq context, collected later as garbage, can block forever in term()
     # waiting for sockets of a kernel that died. Contexts are left to the worker's exit instead.
     zmq.Context.__del__ = lambda self: None
-
-    # The kernels' modules imported once, in a process of their own, while this worker starts.
-    global _server
-    from .forkserver import ForkServer
-
-    _server = ForkServer(run._kernel_environment(Path("/nonexistent")))
