@@ -134,17 +134,41 @@ def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, prog
     from tqdm.auto import tqdm
 
     results: list[Result] = []
-    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))  # its imports, while the pool starts
+    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
     with forks, tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+        server = _warm_kernels(forks, work / "warm-kernel-check", limits, cgroups)
         batch_size = max(1, workers) * JOBS_PER_WORKER
         for start in range(0, len(jobs), batch_size):
             batch = list(enumerate(jobs[start : start + batch_size], start))
-            unfinished = _grade_in_pool(batch, assignments, work, limits, (cgroups, forks), workers, results, bar)
+            unfinished = _grade_in_pool(batch, assignments, work, limits, (cgroups, server), workers, results, bar)
             for indexed in unfinished:  # alone in a fresh worker: a crash takes nobody else down
-                for _, job in _grade_in_pool([indexed], assignments, work, limits, (cgroups, forks), 1, results, bar):
+                for _, job in _grade_in_pool([indexed], assignments, work, limits, (cgroups, server), 1, results, bar):
                     results.append(Result(job, Status.ERROR, "the grading worker crashed twice on this submission"))
                     bar.update()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment))
+
+
+#: What a warm kernel must print before any submission goes to the fork server.
+WARM_KERNEL_CHECK = "import int8lab, int8lab.grading.records, numpy, torch\nprint('warm kernel ready')"
+
+
+def _warm_kernels(forks: ForkServer, job_dir: Path, limits: Limits, cgroups):
+    """The fork server's address once one of its kernels ran the check; None (every kernel then starts from
+    nothing, as the summary's check kernel did) if the server cannot serve or its kernel fails: a fault of the
+    grader's warm kernels must never fail a student."""
+    import sys
+
+    from .pipeline import kernel_check_limits
+
+    if not forks.ready():
+        return None
+    check = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_KERNEL_CHECK)])
+    done = run.execute(check, job_dir, kernel_check_limits(limits), cgroups, forks.address())
+    printed = "".join(str(o.get("text", "")) for c in done.executed.cells for o in c.get("outputs", []))
+    if done.status is Status.OK and "warm kernel ready" in printed:
+        return forks.address()
+    print(f"int8lab grade: no warm kernels ({done.status}: {done.reason}); each starts from nothing", file=sys.stderr)
+    return None
 
 
 #: A job (rebuild, kernel, judge) gets this long beyond its notebook's time limit before its worker is killed.
@@ -153,7 +177,7 @@ JOB_GRACE_SECONDS = 120
 
 def _grade_in_pool(batch, assignments, work, limits, machine, workers, results, bar) -> list:
     """Grade ``batch`` in fresh worker processes; returns the jobs a dying worker left unfinished.
-    ``machine``: this machine's ``PidsCgroups`` (or None) and the grading's ``ForkServer``.
+    ``machine``: this machine's ``PidsCgroups`` (or None) and the fork server's ``Address`` (or None).
 
     A watchdog kills the worker of a job that runs past its time: that job becomes ``timeout``.
     """
@@ -163,9 +187,8 @@ def _grade_in_pool(batch, assignments, work, limits, machine, workers, results, 
 
     unfinished, overdue = [], set()
     context = multiprocessing.get_context("spawn")
-    cgroups, forks = machine
+    cgroups, server = machine
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
-        server = forks.address() if forks.ready() else None  # kernels from nothing if it cannot serve
         futures = {
             pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups, server): (
                 index,
