@@ -80,6 +80,11 @@ def int8lab_grade(submitted: Path, out: Path, workers: int, options: list[str]) 
     return seconds, "".join(line + "\n" for line in log.splitlines() if re.match(r"(phase|median|mean) ", line))
 
 
+def _load() -> str:
+    """The machine's load when a figure was taken: other work on the cores makes the figures noisy."""
+    return "(load average over the last 1, 5, 15 minutes: {:.1f} {:.1f} {:.1f})".format(*os.getloadavg())
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-notebook", type=int, default=20, help="submissions of each notebook")
@@ -95,9 +100,13 @@ def main():
         ours = {}
         for label, options in (("--skip-demos", ["--skip-demos"]), ("with the plots", [])):
             ours[label], where = int8lab_grade(submitted, scratch / f"out{len(ours)}", args.workers, options)
-            print(f"int8lab grade --workers {args.workers} {label}: {ours[label]:6.1f} s for {count} notebooks")
+            print(
+                f"int8lab grade --workers {args.workers} {label}: {ours[label]:6.1f} s for {count} notebooks", _load()
+            )
             print(where, flush=True)
         plain = None if args.no_plain else plain_nbgrader(scratch / "plain", submitted)
+        if plain is not None:
+            print(f"plain nbgrader autograde: {plain:6.1f} s", _load())
     print(f"submissions: {count} ({args.per_notebook} of each of {len(ASSIGNMENTS)} notebooks)")
     for label, seconds in ours.items():
         print(f"int8lab grade --workers {args.workers} {label}: {seconds:6.1f} s  ({seconds / count:.2f} s a notebook)")
