@@ -104,16 +104,19 @@ def main():
         scratch = Path(scratch)
         submitted = scratch / "submitted"
         count = len(make_class(submitted, args.per_notebook))
-        ours = {}
+        ours, cpu = {}, {}
         for label, options in (("--skip-demos", ["--skip-demos"]), ("with the plots", [])):
+            before = _cpu()
             ours[label], where = int8lab_grade(submitted, scratch / f"out{len(ours)}", args.workers, options)
-            print(
-                f"int8lab grade --workers {args.workers} {label}: {ours[label]:6.1f} s for {count} notebooks", _load()
-            )
+            cpu[label] = _cpu() - before
+            figures = f"{ours[label]:6.1f} s, {cpu[label]:6.1f} s of CPU"
+            print(f"int8lab grade --workers {args.workers} {label}: {figures}", _load())
             print(where, flush=True)
+        before = _cpu()
         plain = None if args.no_plain else plain_nbgrader(scratch / "plain", submitted)
         if plain is not None:
-            print(f"plain nbgrader autograde: {plain:6.1f} s", _load())
+            cpu["plain"] = _cpu() - before  # the course's set-up (generate_assignment) included: a few seconds
+            print(f"plain nbgrader autograde: {plain:6.1f} s, {cpu['plain']:6.1f} s of CPU", _load())
     print(f"submissions: {count} ({args.per_notebook} of each of {len(ASSIGNMENTS)} notebooks)")
     for label, seconds in ours.items():
         print(f"int8lab grade --workers {args.workers} {label}: {seconds:6.1f} s  ({seconds / count:.2f} s a notebook)")
