@@ -13,7 +13,6 @@ the model cache. On a machine shared with other work the figures are noisy: say 
 import argparse
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -81,12 +80,6 @@ def int8lab_grade(submitted: Path, out: Path, workers: int, options: list[str]) 
     return seconds, "".join(line + "\n" for line in log.splitlines() if re.match(r"(phase|median|mean) ", line))
 
 
-def _cpu() -> float:
-    """CPU seconds (user and system) of every process this one started and waited for, with theirs."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _load() -> str:
     """The machine's load when a figure was taken: other work on the cores makes the figures noisy."""
     return "(load average over the last 1, 5, 15 minutes: {:.1f} {:.1f} {:.1f})".format(*os.getloadavg())
@@ -104,19 +97,14 @@ def main():
         scratch = Path(scratch)
         submitted = scratch / "submitted"
         count = len(make_class(submitted, args.per_notebook))
-        ours, cpu = {}, {}
+        ours = {}
         for label, options in (("--skip-demos", ["--skip-demos"]), ("with the plots", [])):
-            before = _cpu()
             ours[label], where = int8lab_grade(submitted, scratch / f"out{len(ours)}", args.workers, options)
-            cpu[label] = _cpu() - before
-            figures = f"{ours[label]:6.1f} s, {cpu[label]:6.1f} s of CPU"
-            print(f"int8lab grade --workers {args.workers} {label}: {figures}", _load())
+            print(f"int8lab grade --workers {args.workers} {label}: {ours[label]:6.1f} s", _load())
             print(where, flush=True)
-        before = _cpu()
         plain = None if args.no_plain else plain_nbgrader(scratch / "plain", submitted)
         if plain is not None:
-            cpu["plain"] = _cpu() - before  # the course's set-up (generate_assignment) included: a few seconds
-            print(f"plain nbgrader autograde: {plain:6.1f} s, {cpu['plain']:6.1f} s of CPU", _load())
+            print(f"plain nbgrader autograde: {plain:6.1f} s", _load())
     print(f"submissions: {count} ({args.per_notebook} of each of {len(ASSIGNMENTS)} notebooks)")
     for label, seconds in ours.items():
         print(f"int8lab grade --workers {args.workers} {label}: {seconds:6.1f} s  ({seconds / count:.2f} s a notebook)")
@@ -124,9 +112,6 @@ def main():
         print(f"plain nbgrader autograde, sequential: {plain:6.1f} s  ({plain / count:.2f} s a notebook)")
         for label, target in (("--skip-demos", 4), ("with the plots", 2.5)):
             print(f"ratio (plain / int8lab {label}): {plain / ours[label]:.2f}   target >= {target}")
-        # CPU seconds depend far less on the other work on the machine than wall-clock seconds do.
-        for label in ours:
-            print(f"CPU ratio (plain / int8lab {label}): {cpu['plain'] / cpu[label]:.2f}")
 
 
 if __name__ == "__main__":

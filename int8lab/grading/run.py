@@ -195,6 +195,8 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
                 cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
+    if server is not None and not (job_dir / KERNEL_PID_FILE).exists() and run.status is Status.KERNEL_DIED:
+        run.status, run.reason = Status.ERROR, "grader fault: the fork server did not start this kernel"
     if stopped.is_set():
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
