@@ -73,7 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_notebooks.py
 
 bench-grading: $(STAMP)
-	$(BIN)/python benchmarks/bench_grading.py
+	$(BIN)/python benchmarks/bench_grading.py $(ARGS)
 
 bench-dask: $(STAMP)
 	$(BIN)/python benchmarks/bench_dask.py $(ARGS)
