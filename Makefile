@@ -21,12 +21,12 @@ help:
 	@echo "make test    lint, then every test (browser tests need chromium; PYTEST_ARGS='-m \"not browser\"' deselects them)"
 	@echo "make test-under-load  the same with two busy loops beside it (a busy machine must pass too)"
 	@echo "make lint    ruff"
-	@echo "make bench   print the speed figures (training, cache, profiling, notebooks)"
+	@echo "make bench   print the speed figures (training, cache, profiling, notebooks, feedback math)"
 	@echo "make release regenerate notebooks/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make grade   autograde SUBMISSIONS (default: what nbgrader collect gathered) into OUT (default graded)"
 	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
-	@echo "make bench-dask  local pool against Dask on 100 generated submissions; extrapolation to 1,000 students"
+	@echo "make bench-dask  Dask stage by stage on 30 generated submissions, client CPU with 4 workers; 1,000 students on N machines"
 	@echo "make guide   regenerate docs/instructors-guide.md from solutions/ and the misconception catalogue"
 	@echo "make clean   remove .venv and build leftovers"
 
@@ -55,14 +55,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The browser tests need a Chromium: found or installed first, unless PYTEST_ARGS leaves them out.
+# The browser tests need a Chromium, the hub test configurable-http-proxy (npm): found or installed first, unless
+# PYTEST_ARGS leaves them out.
 test: lint
 	@case "$(PYTEST_ARGS)" in *"not browser"*) ;; *) ./.ci/ensure-chromium ;; esac
+	@case "$(PYTEST_ARGS)" in *"not hub"*) ;; *) ./.ci/ensure-http-proxy >/dev/null ;; esac
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite with two CPU-bound loops beside it, as on a busy laptop: it must pass all the same.
 test-under-load: lint
 	@case "$(PYTEST_ARGS)" in *"not browser"*) ;; *) ./.ci/ensure-chromium ;; esac
+	@case "$(PYTEST_ARGS)" in *"not hub"*) ;; *) ./.ci/ensure-http-proxy >/dev/null ;; esac
 	@$(BIN)/python -c "exec('while True: pass')" & one=$$!; \
 	$(BIN)/python -c "exec('while True: pass')" & two=$$!; \
 	trap 'kill $$one $$two 2>/dev/null' EXIT; \
@@ -71,6 +74,7 @@ test-under-load: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_notebooks.py
+	$(BIN)/python benchmarks/bench_mathml.py
 
 bench-grading: $(STAMP)
 	$(BIN)/python benchmarks/bench_grading.py $(ARGS)

@@ -1,25 +1,34 @@
-"""The local pool against Dask, and what 1,000 students on N machines would take; prints figures only.
+"""Grading on Dask, stage by stage, and what 1,000 students would take on N machines; prints figures only.
 
-    .venv/bin/python benchmarks/bench_dask.py [--students 100] [--overhead-students 20] [--workers 2]
-                                              [--demos] [--assignments 4] [--cores 8]
+    .venv/bin/python benchmarks/bench_dask.py [--students 30] [--workers 2] [--demos] [--assignments 5]
+                                              [--cores 8] [--real-workers 4] [--merge-submissions 100]
 
-1. The same generated class graded by the local pool (``--workers N``) and by a Dask LocalCluster
-   (``--dask local``), in this process, both after the same imports: the times, for ``--students``
-   and for ``--overhead-students`` (Dask's overhead there decides whether local grading uses Dask).
-2. The Dask run's costs measured one by one: the worker's time per notebook, the client's per
-   notebook (prepare = rebuild; finish = judge and sanitize; merge; reports; feedback), and the
-   scheduler's per task (1,000 tasks carrying a probe notebook's bytes there and back).
-3. Merge and reports for 1,000 students timed on copies of the graded results.
-4. The extrapolation to 1,000 students x ``--assignments`` notebooks on N machines of ``--cores``.
+1. A generated class (``--students`` submissions across the notebooks) graded on a Dask LocalCluster of
+   ``--workers`` processes, each stage timed: on the workers the run, and the judge with its page (in the
+   worker's judge process); on the client prepare (rebuild), accept, the merge, the reports, writing the pages.
+2. The two ways to make the feedback pages: rendered from the verdicts (pages.py, on the worker that judged; its
+   cost measured here in one warm process), or ``nbgrader generate_feedback`` per student, in parallel on the
+   client (as many processes at once as this machine has cores).
+3. The merge of ``--merge-submissions`` submissions into one gradebook: a transaction per submission against
+   one per batch.
+4. The client's CPU while a real ``dask scheduler`` and ``--real-workers`` ``dask worker`` processes grade the
+   class (getrusage of the client process over the grading phase).
+5. The extrapolation to 1,000 students x ``--assignments`` notebooks on N machines of ``--cores`` cores.
+
+The machine may be shared: every figure is one noisy run.
 """
 
 import argparse
 import copy
 import os
+import resource
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,34 +36,36 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_grading import make_class  # noqa: E402
-from sample_submissions import ASSIGNMENTS  # noqa: E402
 
 from int8lab import trained_model  # noqa: E402
-from int8lab.grading import cluster, merge, pipeline, report  # noqa: E402
+from int8lab.grading import cluster, course, merge, pages, pipeline, report  # noqa: E402
 from int8lab.grading.model import Limits  # noqa: E402
 
 
 class Timer:
-    """Wraps ``module.name`` so that its calls' total time and count are kept."""
+    """Wraps ``module.name`` so that its calls' total CPU time (of the calling thread: on a busy machine, wall
+    time would count the waits for a core) and count are kept, and its last arguments."""
 
-    def __init__(self, module, name):
+    def __init__(self, module, name, keep=None):
         self.module, self.name, self.original = module, name, getattr(module, name)
-        self.seconds, self.calls, self.last_args = 0.0, 0, ()
+        self.seconds, self.calls, self.last_args, self.keep, self.kept = 0.0, 0, (), keep, []
         setattr(module, name, self)
 
     def __call__(self, *args, **kwargs):
-        started, self.last_args = time.perf_counter(), args
+        started, self.last_args = time.thread_time(), args
+        if self.keep:
+            self.kept.append(self.keep(*args))
         try:
             return self.original(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.seconds += time.thread_time() - started
             self.calls += 1
 
     def restore(self):
         setattr(self.module, self.name, self.original)
 
 
-def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str | None):
+def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str):
     started = time.perf_counter()
     graded = pipeline.grade(
         submitted, out, workers=workers, limits=limits, solutions=ROOT / "solutions", progress=False, dask=dask
@@ -62,26 +73,50 @@ def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str | 
     return time.perf_counter() - started, graded.results
 
 
-def scheduler_overhead(workers: int, probe_bytes: int, executed_bytes: int, tasks: int = 1000) -> float:
-    """Seconds of the cluster per task beyond the work: no-op tasks that carry a notebook's bytes both ways."""
-    from distributed import wait
-
-    client, local = cluster.connect("local", workers)
+def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
+    """Seconds per notebook of each stage, from a Dask LocalCluster grading of the class."""
+    timers = {
+        "prepare": Timer(cluster, "prepare"),
+        "accept": Timer(cluster, "accept", keep=lambda job, assignment, answer, *rest: answer),
+        "merge": Timer(pipeline.merge, "merge"),
+        "reports": Timer(pipeline.report, "write_reports"),
+        "write pages": Timer(pages, "write_pages"),
+    }
     try:
-        payload = b"x" * probe_bytes
-        client.gather(client.map(_echo, [payload] * 4, [executed_bytes] * 4, pure=False))  # warm
-        started = time.perf_counter()
-        futures = [client.submit(_echo, payload, executed_bytes, pure=False) for _ in range(tasks)]
-        wait(futures)
-        client.gather(futures)
-        return (time.perf_counter() - started) / tasks
+        wall, results = grade(submitted, out, workers, limits, "local")
     finally:
-        client.close()
-        local.close()
+        for timer in timers.values():
+            timer.restore()
+    answers = [a for a in timers["accept"].kept if "seconds" in a and "fault" not in a]
+    count = max(1, len(answers))
+    figures = {name: timer.seconds / count for name, timer in timers.items()}
+    figures["worker judge+page"] = sum(a["judge_seconds"] for a in answers) / count
+    figures["worker run"] = sum(a["seconds"] - a["judge_seconds"] for a in answers) / count
+    figures["wall"], figures["notebooks"] = wall, len(answers)
+    return figures, results, timers["merge"].last_args[2]
 
 
-def _echo(payload: bytes, size: int) -> bytes:
-    return b"y" * size
+def page_ways(out: Path, results, assignments) -> dict:
+    """Seconds per page: rendered from the verdicts (warm, one process), and nbgrader per student in parallel."""
+    graded = [r for r in results if r.graded is not None]
+    pages.render_page(graded[0].graded, graded[0].job, assignments[graded[0].job.assignment], graded[0].verdicts)
+    started = time.perf_counter()
+    for result in graded:
+        pages.render_page(result.graded, result.job, assignments[result.job.assignment], result.verdicts)
+    rendered = (time.perf_counter() - started) / len(graded)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def one(result):
+        student = f"--CourseDirectory.student_id={result.job.student}"
+        course.nbgrader(out, "generate_feedback", result.job.assignment, student)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count() or 1) as threads:
+        list(threads.map(one, graded))
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"rendered": rendered, "nbgrader wall": wall / len(graded), "nbgrader cpu": cpu / len(graded)}
 
 
 def scaled(results, copies: int):
@@ -96,99 +131,155 @@ def scaled(results, copies: int):
     return more
 
 
+def merge_ways(out: Path, scratch: Path, results, assignments, count: int) -> dict:
+    """Seconds per submission merging ``count`` submissions: a transaction each, then one per batch."""
+    big = scaled([r for r in results if r.graded is not None], -(-count // len(results)))[:count]
+    figures = {}
+    for label, batch in (("a transaction each", 1), ("one per batch", merge.MERGE_BATCH)):
+        course_copy = scratch / f"merge-{batch}"
+        shutil.copytree(out, course_copy, ignore=shutil.ignore_patterns("feedback", "autograded", ".mathjax"))
+        started, cpu = time.perf_counter(), time.process_time()
+        merge.merge(course_copy, big, assignments, batch=batch)
+        figures[label] = (time.perf_counter() - started) / len(big)
+        figures[label + " cpu"] = (time.process_time() - cpu) / len(big)
+    started = time.perf_counter()
+    report.write_reports(course_copy, big, assignments)
+    figures["reports"] = (time.perf_counter() - started) / len(big)
+    return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> dict:
+    """The client process's CPU seconds per wall second while a real scheduler and ``workers`` workers grade."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    logs = [open(base / f"dask-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 (closed below)
+    host = ["--host", "127.0.0.1", "--no-dashboard"]
+    processes = [subprocess.Popen([dask, "scheduler", *host, "--port", address.rsplit(":", 1)[1]], stdout=logs[0])]
+    try:
+        for index in range(workers):
+            command = [dask, "worker", address, "--nthreads", "1", "--name", f"w{index}", *host]
+            processes.append(subprocess.Popen(command, stdout=logs[index + 1], stderr=subprocess.STDOUT))
+        from distributed import Client
+
+        with Client(address, timeout=60) as waiting:
+            waiting.wait_for_workers(workers, timeout=120)
+        window = {}
+        original = cluster.grade_on_dask
+
+        def measured(*args, **kwargs):
+            before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                window["wall"] = time.perf_counter() - started
+                window["cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+        pipeline.grade_on_dask = measured
+        try:
+            total, results = grade(submitted, out, workers, limits, address)
+        finally:
+            pipeline.grade_on_dask = original
+        window["total"], window["notebooks"] = total, sum(1 for r in results if r.worker)
+        return window
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for log in logs:
+            log.close()
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--students", type=int, default=100)
-    parser.add_argument("--overhead-students", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--students", type=int, default=30, help="submissions of the generated class")
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers for the stage figures")
     parser.add_argument("--demos", action="store_true", help="run the plot cells too (int8lab grade's default)")
-    parser.add_argument("--assignments", type=int, default=4, help="notebooks per student in the extrapolation")
+    parser.add_argument("--assignments", type=int, default=5, help="notebooks per student in the extrapolation")
     parser.add_argument("--cores", type=int, default=8, help="cores per machine in the extrapolation")
-    parser.add_argument(
-        "--client-cores", type=int, default=8, help="the client's cores (--judges) in the extrapolation"
-    )
+    parser.add_argument("--real-workers", type=int, default=4, help="dask workers for the client-CPU figure (0: skip)")
+    parser.add_argument("--merge-submissions", type=int, default=100)
     args = parser.parse_args()
     trained_model("digits", progress=False)
     trained_model("digits", bias=True, progress=False)
     limits = Limits(run_demos=args.demos)
-    import distributed  # noqa: F401 (imported before either run is timed)
+    import distributed  # noqa: F401 (imported before anything is timed)
 
-    times = {}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        for count in sorted({args.overhead_students, args.students}):
-            submitted = scratch / f"class{count}"
-            make_class(submitted, count)
-            times[(count, "local")], _ = grade(submitted, scratch / f"local{count}", args.workers, limits, None)
-            timers = {
-                "prepare": Timer(cluster, "prepare"),
-                "finish": Timer(cluster, "finish"),
-                "merge": Timer(pipeline.merge, "merge"),
-                "reports": Timer(pipeline.report, "write_reports"),
-                "feedback": Timer(pipeline, "_feedback"),
-            }
-            out = scratch / f"dask{count}"
-            times[(count, "dask")], results = grade(submitted, out, args.workers, limits, "local")
-            for timer in timers.values():
-                timer.restore()
-            print(f"{count} submissions, {args.workers} workers, demos {'run' if args.demos else 'skipped'}:")
-            local, dask = times[(count, "local")], times[(count, "dask")]
-            print(f"  local pool          {local:7.1f} s  ({local / count:.2f} s per notebook)")
-            print(f"  Dask LocalCluster   {dask:7.1f} s  ({dask / count:.2f} s per notebook)")
-            print(f"  Dask's overhead     {100 * (dask - local) / local:+6.1f} %", flush=True)
-        ran = [r for r in results if r.worker]
-        per_notebook = sum(r.seconds for r in ran) / len(ran)
-        client_side = {name: timer.seconds / max(1, len(results)) for name, timer in timers.items()}
-        assignments = timers["merge"].last_args[2]  # as the pipeline built them (with their release)
-        probe, _ = cluster.prepare(ran[0].job, assignments[ran[0].job.assignment], limits)
-        executed = sum(len(str(r.graded)) for r in ran) // len(ran)
-        per_task = scheduler_overhead(args.workers, len(probe), executed)
-
-        big = scaled(results, 1000 // args.students or 1)
-        course = scratch / "course1000"
-        shutil.copytree(out, course, ignore=shutil.ignore_patterns("feedback", "autograded"))
-        started = time.perf_counter()
-        merge.merge(course, big, assignments)
-        merge_1000 = time.perf_counter() - started
-        started = time.perf_counter()
-        report.write_reports(course, big, assignments)
-        reports_1000 = time.perf_counter() - started
-
-    print(f"\nmeasured on this machine ({args.workers} workers):")
-    print(f"  worker time per notebook (sandboxed run):      {per_notebook:7.3f} s")
-    print(f"  scheduler overhead per task (1,000 no-ops):    {per_task * 1000:7.2f} ms")
-    for name, seconds in client_side.items():
-        print(f"  client {name:<9} per notebook:               {seconds * 1000:7.1f} ms")
-    each = merge_1000 / len(big) * 1000
-    print(f"  merge of {len(big)} results (one gradebook):   {merge_1000:7.1f} s  ({each:.1f} ms each)")
-    print(f"  reports of {len(big)} results:                 {reports_1000:7.2f} s")
-    extrapolate(args, per_notebook, per_task, client_side, merge_1000 / len(big), reports_1000 / len(big))
+        submitted = scratch / "class"
+        make_class(submitted, args.students)
+        figures, results, assignments = stages(submitted, scratch / "dask", args.workers, limits)
+        print(
+            f"{args.students} submissions on a Dask LocalCluster of {args.workers} workers, demos "
+            f"{'run' if args.demos else 'skipped'}: {figures['wall']:.1f} s; per notebook ({figures['notebooks']}):"
+        )
+        for name in ("worker run", "worker judge+page", "prepare", "accept", "merge", "reports", "write pages"):
+            side = "worker" if name.startswith("worker") else "client"
+            print(f"  {side:<6} {name.removeprefix('worker '):<14} {figures[name] * 1000:8.1f} ms")
+        ways = page_ways(scratch / "dask", results, assignments)
+        print("feedback pages, per page:")
+        print(f"  rendered from the verdicts (pages.py, one warm process):      {ways['rendered'] * 1000:7.1f} ms")
+        print(
+            f"  nbgrader generate_feedback per student, {os.cpu_count()} at once: wall "
+            f"{ways['nbgrader wall'] * 1000:7.1f} ms, CPU {ways['nbgrader cpu'] * 1000:7.1f} ms"
+        )
+        merging = merge_ways(scratch / "dask", scratch, results, assignments, args.merge_submissions)
+        print(f"merge of {args.merge_submissions} submissions, per submission:")
+        for name in ("a transaction each", "one per batch"):
+            print(f"  {name:<20} {merging[name] * 1000:7.1f} ms (CPU {merging[name + ' cpu'] * 1000:.1f} ms)")
+        real = None
+        if args.real_workers:
+            real = client_cpu(submitted, scratch / "real", args.real_workers, limits, scratch)
+            print(
+                f"real dask scheduler, {args.real_workers} workers, {real['notebooks']} notebooks: grading "
+                f"{real['wall']:.1f} s, the client's CPU {real['cpu']:.2f} s = "
+                f"{real['cpu'] / real['wall']:.3f} of a core (total {real['total']:.1f} s)"
+            )
+    extrapolate(args, figures, merging, ways, real)
 
 
-def extrapolate(args, per_notebook, per_task, client_side, merge_each, reports_each):
-    """1,000 students: runs spread over N machines while the client prepares each notebook (one process) and
-    judges what comes back (``--client-cores`` processes), overlapping the runs; then merge, reports and
-    feedback, one after the other, after the last run."""
+def extrapolate(args, figures, merging, ways, real=None):
+    """1,000 students x ``--assignments`` notebooks on N machines of ``--cores``. On the workers, each notebook
+    costs its run, its judge and its page (measured). The client, one process, prepares each notebook, accepts
+    its answer, merges it (a thread, one transaction per batch) and writes its page while the runs go on; after
+    the last run come the last batch's merge and the reports."""
     notebooks = 1000 * args.assignments
-    client_per_notebook = client_side["prepare"] + per_task + client_side["finish"] / args.client_cores
-    # Feedback runs one nbgrader process per assignment, at most one per core: as measured here (wall time
-    # with min(assignments, cores here) processes), then spread over min(assignments, client cores).
-    measured_processes = min(len(ASSIGNMENTS), os.cpu_count() or 1)
-    feedback_each = client_side["feedback"] * measured_processes / min(args.assignments, args.client_cores)
-    after = notebooks * (merge_each + reports_each + feedback_each)
+    run = figures["worker run"]
+    worker_each = run + figures["worker judge+page"]
+    merge_each = merging["one per batch cpu"]
+    client_each = figures["prepare"] + figures["accept"] + figures["write pages"] + merge_each
+    if real:  # everything the client process did while it graded (Dask's threads too), per notebook
+        client_each = max(client_each, real["cpu"] / max(1, real["notebooks"]))
+    after = min(notebooks, merge.MERGE_BATCH) * merge_each + notebooks * merging["reports"]  # the last batch
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
-    print(f"client of {args.client_cores} cores (--judges {args.client_cores}):")
-    print("  machines   runs (parallel)   client in flight   after the runs   total")
+    print(f"per notebook: workers {worker_each:.2f} s (run {run:.2f} s), client {client_each * 1000:.1f} ms")
+    print("  machines   runs alone   workers' work   client in flight   after the runs    total   /runs   /work")
+    worst, worst_work = 0.0, 0.0
     for machines in (1, 2, 4, 8, 16, 32, 64):
-        runs = notebooks * per_notebook / (machines * args.cores)
-        client = notebooks * client_per_notebook
-        total = max(runs, client) + after
-        limit = "client" if client >= runs else "workers"
-        print(f"  {machines:8d}   {runs:12.0f} s   {client:13.0f} s   {after:12.0f} s   {total:6.0f} s  ({limit})")
-    crossover = per_notebook / (args.cores * client_per_notebook)
-    print(f"  the client's prepare + judge limit the runs beyond about {crossover:.1f} machines of {args.cores} cores;")
-    print(f"  merge + reports + feedback add {after:.0f} s after the last run, whatever N")
-    print(f"  (feedback {notebooks * feedback_each:.0f} s, merge {notebooks * merge_each:.0f} s of it)")
+        alone = notebooks * run / (machines * args.cores)
+        work = notebooks * worker_each / (machines * args.cores)
+        client = notebooks * client_each
+        total = max(work, client) + after
+        if machines <= 16:
+            worst, worst_work = max(worst, total / alone), max(worst_work, total / work)
+        print(
+            f"  {machines:8d}   {alone:8.0f} s   {work:11.0f} s   {client:14.0f} s   {after:12.0f} s"
+            f"   {total:6.0f} s   {total / alone:5.2f}   {total / work:5.2f}"
+        )
+    print(f"  up to 16 machines: total <= {worst:.2f}x the sandboxed runs alone, <= {worst_work:.2f}x the workers'")
+    print("  own work (run + judge + page); the target is 1.25x")
+    client_pages = notebooks * ways["nbgrader cpu"]
+    print(
+        f"  the other way to the pages, nbgrader on the client: {client_pages:.0f} s of its CPU for {notebooks} pages "
+        f"({client_pages / 8:.0f} s on 8 cores), against {notebooks * ways['rendered']:.0f} s spread over the workers"
+    )
 
 
 if __name__ == "__main__":

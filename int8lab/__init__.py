@@ -8,10 +8,11 @@ from .data import DatasetUnavailableError, cache_dir, dataset_name, load_data
 from .guards import Int8RangeError, check_int_range, install_int8_guards
 from .models import LAYER_NAMES, Net, NetWithBias
 from .profiling import profile_activations
-from .training import CorruptCheckpointError, evaluate, trained_model
+from .training import CacheReadOnlyError, CorruptCheckpointError, evaluate, trained_model
 
 __all__ = [
     "LAYER_NAMES",
+    "CacheReadOnlyError",
     "CorruptCheckpointError",
     "DatasetUnavailableError",
     "Int8RangeError",

@@ -41,7 +41,6 @@ def _grade(args) -> int:
             solutions=_path(args.solutions),
             keep_work=args.keep_work,
             dask=args.dask,
-            judges=args.judges,
             course_dir=_path(args.course_dir),
         )
     except (GradingError, OSError) as exc:  # OSError: a folder that cannot be read or written
@@ -122,14 +121,8 @@ def main(argv=None) -> int:
         "--dask",
         metavar="ADDRESS",
         help="run the notebooks on a Dask cluster: tcp://HOST:PORT of a running `dask scheduler`, or local "
-        "(a LocalCluster of --workers processes); judging, the gradebook and the reports stay here",
-    )
-    grade.add_argument(
-        "--judges",
-        type=int,
-        default=0,
-        help="with --dask: processes of this machine that judge the runs coming back (default: one per three "
-        "worker threads, at most this machine's cores)",
+        "(a LocalCluster of --workers processes); the workers judge and render the feedback pages, the gradebook "
+        "and the reports stay here",
     )
     grade.add_argument("--timeout", type=int, default=60, help="seconds one cell may run (default: 60)")
     grade.add_argument(
@@ -151,7 +144,8 @@ def main(argv=None) -> int:
     grade.set_defaults(run=_grade)
     feedback = commands.add_parser(
         "feedback",
-        help="regenerate the feedback pages of a graded course folder (after manual grading), math included",
+        help="regenerate the feedback pages of a graded course folder (after manual grading): each page one file, "
+        "its math typeset as MathML, no script",
     )
     feedback.add_argument("course", help="the OUT folder of int8lab grade")
     feedback.add_argument("--assignment", action="append", help="only this assignment (repeatable)")

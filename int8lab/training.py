@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -48,6 +49,10 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file is truncated, altered or for another model."""
 
 
+class CacheReadOnlyError(RuntimeError):
+    """The model cache lacks a checkpoint and this user cannot write one there (a cache shared on a hub)."""
+
+
 def evaluate(model: nn.Module, loader: DataLoader) -> float:
     """Accuracy of ``model`` on every batch of ``loader``, in percent (0 to 100)."""
     model.eval()
@@ -74,7 +79,8 @@ def trained_model(
 
     The first call trains and writes a checkpoint under ``cache_dir()``, keyed by dataset,
     architecture and ``settings``; later calls, from any process, load it. A damaged
-    checkpoint is retrained, never loaded half-way.
+    checkpoint is retrained, never loaded half-way. A cache this user cannot write (one shared by a class,
+    filled by the instructor) is read as it is: a checkpoint it lacks raises ``CacheReadOnlyError``.
     """
     dataset = dataset or dataset_name()
     settings = settings or DEFAULT_SETTINGS[dataset]
@@ -88,15 +94,30 @@ def trained_model(
             f"no usable checkpoint at {path} and {NO_TRAINING_ENV} is set (grading never trains): "
             "run trained_model() once outside the grader to fill the cache"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     # One process trains while the others wait, then read its checkpoint instead of training again.
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with _training_lock(path, model_class, dataset) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         model = _try_load(path, model_class, dataset)
         if model is None:
             model = _train(model_class, dataset, settings, progress, root)
             save_checkpoint(model, path)
     return model.eval()
+
+
+def _training_lock(path: Path, model_class: type[Net], dataset: str):
+    """The lock file beside checkpoint ``path``, open for writing; a cache this user may only read (one filled by
+    the instructor for a whole class) is a ``CacheReadOnlyError`` that says whom to ask."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path.with_suffix(".lock"), "w")
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise CacheReadOnlyError(
+            f"the model cache {cache_dir()} has no trained {model_class.__name__} for {dataset}, and you cannot "
+            f"write there ({error.strerror}): ask your instructor to fill it (trained_model() run once by them, "
+            "with the same INT8LAB_CACHE)"
+        ) from None
 
 
 def checkpoint_path(dataset: str, model_class: type[Net], settings: TrainSettings) -> Path:

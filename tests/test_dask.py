@@ -1,6 +1,7 @@
 """int8lab grade --dask: a real `dask scheduler` and `dask worker`s on 127.0.0.1 grade like the local pool."""
 
 import csv
+import json
 import os
 import shutil
 import socket
@@ -94,10 +95,10 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_path, hostile_class):
-    """Catches any difference the trip through bytes and Dask makes (records, notebook, statuses, order), the
-    judges' processes on the client make (``--judges 2``; the kill test below judges in the client), and a
-    worker without the model cache: the second worker starts with an empty cache of its own, which the
-    client ships to it. The local pool's rows are the hostile class's, for the same four submissions."""
+    """Catches any difference judging on the workers makes (in their judge processes, answers sent back as
+    plain data: verdicts, notebook, statuses, order), and a worker without the model cache: the second worker
+    starts with an empty cache of its own, which the client ships to it. The local pool's rows are the hostile
+    class's, for the same four submissions."""
     cluster.add_worker("alpha")
     cluster.add_worker("beta", cache=tmp_path / "beta-cache")
     for student in FROM_THE_HOSTILE_CLASS:
@@ -113,8 +114,6 @@ def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_pat
             str(tmp_path / "dask"),
             "--dask",
             cluster.address,
-            "--judges",
-            "2",
         ],
         capture_output=True,
         text=True,
@@ -137,6 +136,11 @@ def test_two_dask_workers_grade_row_for_row_like_the_local_pool(cluster, tmp_pat
         sum(int(part.rsplit(": ", 1)[1]) for part in tally.split(": ", 1)[1].split(", ")) == 3
     )  # 3 notebooks ran (the corrupt one never leaves the client)
     assert any((tmp_path / "beta-cache" / "checkpoints").glob("Net-digits-*.pt"))  # shipped, not trained
+    # The pages came from the workers (pages.py), and are nbgrader's pages of the local run, byte for byte.
+    assert "feedback pages rendered on the Dask workers: 3," in remote.stderr, remote.stderr[-3000:]
+    for student in ("perfect", "stubs", "mis_multiplied"):
+        page = Path("feedback", student, "01_weights", "weights.html")
+        assert (tmp_path / "dask" / page).read_bytes() == (hostile_class.out / page).read_bytes(), page
 
 
 def test_a_worker_killed_mid_grading_loses_and_repeats_no_student(cluster, tmp_path, float_net):
@@ -191,7 +195,7 @@ def test_a_job_whose_worker_dies_every_time_is_an_error_and_the_others_finish(tm
         killer = client.submit(os._exit, 1, pure=False)  # the worker running it dies, each time
         job = Job("crasher", "01_weights", None)
         wait([killer], timeout=120)
-        result = _collect(killer, job)
+        result = _collect(killer, job, None, 0.0)
         assert (result.status, result.reason) == (Status.ERROR, KILLED_REASON)
         # Tasks queued on a dying worker die with it: the class's other jobs are those submitted since (window).
         assert client.gather(client.map(abs, [-1, -2, -3], pure=False)) == [1, 2, 3]
@@ -273,3 +277,179 @@ def test_what_a_worker_sends_back_is_checked_before_the_judge(tmp_path):
         result = finish(job, assignment, bad, [])
         assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
         assert not result.verdicts
+
+
+LIMITS_SEEN = (
+    "import resource, signal\n"
+    "cpu_limited = signal.getitimer(signal.ITIMER_PROF)[0] > 0\n"
+    "memory_limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY"
+)
+
+
+def _assignment_of(source):
+    from int8lab.grading.course import Assignment
+    from int8lab.grading.testcells import nbgrader_meta
+
+    cells = [(nbgrader_meta(c)["grade_id"], 2.0, True) for c in source.cells if nbgrader_meta(c).get("grade")]
+    return Assignment("limits", "limits.ipynb", source, cells=cells)
+
+
+def _limits_source(expected_points: str = "2"):
+    from notebook_harness import source_notebook
+
+    hidden = "### BEGIN HIDDEN TESTS\n{}\n### END HIDDEN TESTS"
+    checks = f"{LIMITS_SEEN}\ncheck_true(cpu_limited, 'no CPU limit')\ncheck_true(memory_limited, 'no memory limit')"
+    return source_notebook(
+        ("setup", "setup", "from int8lab.checks import check_true"),
+        ("solution", "impl", "def points():\n    return 2"),
+        ("test", "limits", '"""points, judged under limits."""\np = points()\n' + hidden.format(checks)),
+        ("test", "value", '"""points."""\nq = points()\n' + hidden.format(f"check_true(q == {expected_points}, 'no')")),
+    )
+
+
+def test_a_workers_judge_process_judges_under_the_judges_cpu_and_memory_limits():
+    """Catches judging in a Dask task's thread (or any thread but a process's main one), where judge.py's
+    per-test CPU limit (SIGPROF) is never armed: the source's own check reads the armed timer and rlimit."""
+    import nbformat
+
+    from int8lab.grading import records
+    from int8lab.grading.judging import JudgePool
+    from int8lab.grading.model import Job
+
+    lines = [
+        {"cell": cell, "statement": 1, "values": {name: records.encode(2)}}
+        for cell, name in (("limits", "p"), ("value", "q"))
+    ]
+    ran = {
+        "status": "ok",
+        "reason": "",
+        "executed": nbformat.writes(_limits_source()).encode(),
+        "records": "".join(json.dumps(line) + "\n" for line in lines),
+        "sandbox": None,
+        "stderr": "",
+        "cut_short": False,
+    }
+    pool = JudgePool({"limits": _assignment_of(_limits_source())})
+    try:
+        answer = pool.call("judge", Job("ann", "limits", None), "limits", ran, [], False)
+    finally:
+        pool.close()
+    assert answer["verdicts"] == [["limits", 2.0, 2.0, ""], ["value", 2.0, 2.0, ""]], answer["verdicts"]
+
+
+def test_a_worker_whose_judge_fails_the_reference_refuses_by_name(monkeypatch):
+    """Catches a worker that grades with a judge failing the reference solution (every student would lose
+    the points the reference loses): check_worker names the assignment and the failing test."""
+    from int8lab.grading import cluster_worker
+    from int8lab.grading.judging import JudgePool
+
+    broken = _assignment_of(_limits_source(expected_points="3"))  # the reference returns 2
+    monkeypatch.setattr(cluster_worker, "_judges", JudgePool({"limits": broken}))
+    monkeypatch.setattr(cluster_worker, "_cache_problem", lambda dataset: "")
+    try:
+        problem = cluster_worker.check_worker(cluster_worker.expected_worker())
+    finally:
+        cluster_worker._judges.close()
+    assert "judge fails the reference solution of limits" in problem and "value" in problem, problem
+
+
+def test_a_page_rendered_from_the_verdicts_is_nbgraders_page_byte_for_byte(hostile_class):
+    """Catches any difference between pages.py's page and nbgrader generate_feedback's (scores, points, the
+    "No response." of markdown answers left as released, the template, the sanitizer's filter): three
+    submissions of each assignment of the hostile class, whose pages nbgrader wrote, rendered again from the
+    gradebook's auto scores as a worker renders them from its verdicts."""
+    assert compare_pages(hostile_class.out, per_assignment=3) >= 12
+
+
+def compare_pages(out: Path, per_assignment: int) -> int:
+    """Asserts that the first ``per_assignment`` pages of each assignment in OUT that nbgrader wrote (of
+    submissions neither late nor hand-graded) equal pages.py's; returns how many were compared."""
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    from int8lab.grading import course
+    from int8lab.grading.judge import Verdict
+    from int8lab.grading.model import Job
+    from int8lab.grading.pages import render_page
+
+    assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), None)
+    compared = 0
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:
+        for name, assignment in assignments.items():
+            if not (out / "release" / name).is_dir():
+                continue
+            assignment.release = nbformat.read(out / "release" / name / assignment.notebook, as_version=4)
+            stem = Path(assignment.notebook).stem
+            pages = sorted((out / "feedback").glob(f"*/{name}/{stem}.html"))
+            for path in pages[:per_assignment]:
+                student = path.parent.parent.name
+                if gradebook.find_submission(name, student).total_seconds_late > 0:
+                    continue
+                verdicts = {
+                    grade_id: Verdict(grade_id, gradebook.find_grade(grade_id, stem, name, student).auto_score, p, "")
+                    for grade_id, p, autograded in assignment.cells
+                    if autograded
+                }
+                graded = nbformat.read(out / "autograded" / student / name / assignment.notebook, as_version=4)
+                page = render_page(graded, Job(student, name, None), assignment, verdicts)
+                assert page == path.read_text(encoding="utf-8"), f"{student}/{name}"
+                compared += 1
+    return compared
+
+
+def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgement():
+    """Catches a client that merges whatever a worker sends: a score above its points, a grade id the assignment
+    lacks, an oversized notebook or a missing field are a grader fault, and a well-formed answer is taken as is."""
+    import nbformat
+
+    from int8lab.grading import course
+    from int8lab.grading.cluster import accept
+    from int8lab.grading.model import Job, Status
+    from int8lab.grading.workers import MAX_EXECUTED_BYTES
+
+    assignment = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])["01_weights"]
+    job = Job("ann", "01_weights", None)
+    grade_id, points, _ = next(cell for cell in assignment.cells if cell[2])
+    good = {
+        "status": "ok",
+        "reason": "",
+        "verdicts": [[grade_id, points, points, ""]],
+        "graded": nbformat.writes(nbformat.v4.new_notebook()).encode(),
+        "sandbox": None,
+        "page": "<html></html>",
+        "worker": "alpha",
+        "seconds": 1.0,
+    }
+    result = accept(job, assignment, good)
+    assert result.status is Status.OK and result.verdicts[grade_id].score == points and result.page == "<html></html>"
+    for bad in (
+        {**good, "verdicts": [[grade_id, points + 1, points, ""]]},
+        {**good, "verdicts": [["not_a_test", 1.0, 1.0, ""]]},
+        {**good, "graded": b"x" * (MAX_EXECUTED_BYTES + 1)},
+        {**good, "page": b"<html>"},
+        {key: value for key, value in good.items() if key != "verdicts"},
+    ):
+        result = accept(job, assignment, bad)
+        assert result.status is Status.ERROR and result.reason.startswith("grader fault"), result.reason
+        assert not result.verdicts
+
+
+def test_a_gradebook_that_fails_while_the_cluster_grades_is_said_once_and_nothing_is_lost(tmp_path):
+    """Catches a merge error lost in the merging thread (the class would seem merged) or raised through the
+    grading: a course folder whose gradebook lacks the assignment is a gradebook problem, said after grading."""
+    import nbformat
+
+    from int8lab.grading import course
+    from int8lab.grading.model import Job, Result, Status
+    from int8lab.grading.pipeline import _gradebook, _MergeWhileGrading
+
+    assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])
+    results = [Result(Job(f"s{i}", "01_weights", None), Status.OK, graded=nbformat.v4.new_notebook()) for i in range(3)]
+    merging = _MergeWhileGrading(tmp_path, assignments, None)
+    for result in results:
+        merging.add(result)
+    merging.finish()
+    late, problems = _gradebook(tmp_path, results, assignments, None, merging)
+    assert late == [] and len(problems) == 1, problems
+    assert str(problems[0]).startswith("gradebook: ") and "could not be updated" in str(problems[0]), problems[0]
+    assert "Traceback" in problems[0].details  # where it failed, in the merging thread, for grading.log

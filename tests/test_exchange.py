@@ -5,7 +5,8 @@ cache) of their own: generate, release, fetch, submit, collect, ``int8lab grade`
 formgrader writes it, ``int8lab feedback``, ``release_feedback``, ``fetch_feedback`` and ``export``. Ada
 submits before the due date; Bob after it, and the course configures nbgrader's late penalty. Then, on the
 same course: ruff leaves the graded folder alone in a repository (make lint), and a page nbgrader cannot write
-costs one line and exit status 1, not the other pages' MathJax. Before it, where the course id comes from.
+costs one line and exit status 1, not the other pages. Then, in Chromium, each student's fetched page opened
+alone and offline shows its math typeset. Before it, where the course id comes from.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -136,7 +138,10 @@ def test_the_course_id_is_the_instructors(tmp_path, monkeypatch, users_id, cours
     assert seen == {"autograder": expected, "graded": expected}
 
 
-def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory) -> SimpleNamespace:
+    """The cycle, run once for the module's tests: up to the students' fetch_feedback and nbgrader's export."""
+    tmp_path = tmp_path_factory.mktemp("exchange")
     course, exchange = tmp_path / "course", tmp_path / "exchange"
     homes = {name: tmp_path / "home" / name for name in ("instructor", ON_TIME, LATE)}
     # A fresh clone of the course for one assignment: its source, and the repository's nbgrader configuration
@@ -174,13 +179,7 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
     # No SUBMISSIONS: the folder that nbgrader collect filled, found through the course's configuration.
     grade = [str(BIN / "int8lab"), "grade", "--out", "graded", *GRADE_OPTIONS]
     summary = _run(grade, course, instructor, "int8lab grade")
-    assert f"late, with nbgrader's late penalty: {LATE}/{ASSIGNMENT}" in summary, summary[-3000:]
     log = (graded / "grading.log").read_text()
-    phases = ["reading the course", "intake", "checking the grader, the course template beside it"]
-    phases += ["keeping the submissions", "grading", "gradebook", "reports", "feedback"]
-    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("phase ")] == [
-        f"phase {name}" for name in phases
-    ], log
 
     # A grade by hand, written as formgrader's API writes it (nbgrader's GradeHandler.put).
     with Gradebook(f"sqlite:///{graded / 'gradebook.db'}") as gradebook:
@@ -198,6 +197,18 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
     for student, process in fetching.items():
         _finish(process, f"fetch_feedback by {student}")
     _finish(exporting, "export")
+    return SimpleNamespace(course=course, graded=graded, homes=homes, summary=summary, log=log)
+
+
+def test_the_exchange_cycle_around_int8lab_grade(cycle):
+    course, graded, homes, instructor = cycle.course, cycle.graded, cycle.homes, cycle.homes["instructor"]
+    summary, log = cycle.summary, cycle.log
+    assert f"late, with nbgrader's late penalty: {LATE}/{ASSIGNMENT}" in summary, summary[-3000:]
+    phases = ["reading the course", "intake", "checking the grader, the course template beside it"]
+    phases += ["keeping the submissions", "grading", "gradebook", "reports", "feedback"]
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("phase ")] == [
+        f"phase {name}" for name in phases
+    ], log
 
     # Each student fetched one page, their own: it carries their signature and not the other's.
     fetched = {}
@@ -234,7 +245,7 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
         linted = subprocess.run([str(BIN / "ruff"), *check, "."], cwd=course, capture_output=True, text=True)
         assert linted.returncode == 0, linted.stdout[-3000:]
 
-    # A page nbgrader cannot write: one line, no traceback, a non-zero exit; the other page keeps its MathJax.
+    # A page nbgrader cannot write: one line, no traceback, a non-zero exit; the other page is written, math typeset.
     (graded / "autograded" / LATE / ASSIGNMENT / f"{NOTEBOOK}.ipynb").write_text("{not json")
     failed = subprocess.run(
         [str(BIN / "int8lab"), "feedback", "graded"],
@@ -250,4 +261,32 @@ def test_the_exchange_cycle_around_int8lab_grade(tmp_path):
     )
     assert len(failed.stderr.splitlines()) == 1, failed.stderr
     assert f"for student '{LATE}'; nbformat.reader.NotJSONError" in failed.stderr, failed.stderr  # what and who
-    assert (graded / "feedback" / ON_TIME / ASSIGNMENT / "mathjax" / "MathJax.js").is_file()
+    rewritten = (graded / "feedback" / ON_TIME / ASSIGNMENT / f"{NOTEBOOK}.html").read_text()
+    assert SIGNATURE.format(ON_TIME) in rewritten and "<math " in rewritten
+
+
+@pytest.mark.browser
+def test_a_fetched_page_opened_alone_shows_its_math_typeset(cycle, tmp_path):
+    """Each student's fetched page, copied into an empty folder and opened offline in Chromium: its math is
+    drawn as MathML (no script, no file beside it), as much of it as the instructor's own copy has."""
+    from browser_support import chromium, screenshot
+    from test_mathml import typeset_math_elements
+
+    with chromium() as browser:
+        for student in (ON_TIME, LATE):
+            fetched = next((cycle.homes[student] / ASSIGNMENT / "feedback").rglob(f"{NOTEBOOK}.html"))
+            alone = tmp_path / student / fetched.name
+            alone.parent.mkdir()
+            shutil.copy(fetched, alone)
+            expected = fetched.read_text().count("<math ")
+            context = browser.new_context(offline=True)
+            page = context.new_page()
+            requests = []
+            page.on("request", lambda request, seen=requests: seen.append(request.url))
+            page.goto(alone.as_uri())
+            drawn = typeset_math_elements(page)
+            screenshot(page, f"exchange-fetched-{student}")
+            context.close()
+            assert expected >= 20 and drawn["math"] == drawn["drawn"] == expected, (student, expected, drawn)
+            assert drawn["fractions_drawn"] >= 5, (student, drawn)  # laid out as MathML, not as a line of text
+            assert [url for url in requests if not url.startswith("file:")] == [], requests

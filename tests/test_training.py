@@ -1,5 +1,11 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
+from read_only import read_only_command, require_read_only_mounts
 
 from int8lab import CorruptCheckpointError, Net, NetWithBias, evaluate, trained_model
 from int8lab import training as training_module
@@ -86,3 +92,34 @@ def test_no_training_mode_refuses_to_train(tmp_path, monkeypatch):
     monkeypatch.setenv(training_module.NO_TRAINING_ENV, "1")
     with pytest.raises(RuntimeError, match="grading never trains"):
         trained_model("digits", progress=False)
+
+
+def _in_read_only_cache(cache, code: str) -> subprocess.CompletedProcess:
+    """``code`` run by this Python in a child whose ``cache`` (INT8LAB_CACHE) is read-only, as a shared one is."""
+    command = read_only_command(cache, [sys.executable, "-c", code])
+    env = {**os.environ, "INT8LAB_CACHE": str(cache)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_read_only_cache_loads_its_model_and_a_missing_one_says_to_ask_the_instructor(float_net, tmp_path):
+    """A shared cache that students cannot write: its model loads; a model it lacks is one clear error, which
+    names the cache and the instructor, not an OSError from the lock file."""
+    require_read_only_mounts()
+    shared = tmp_path / "shared"
+    shutil.copytree(training_module.cache_dir(), shared, ignore=shutil.ignore_patterns("*.lock", "simulated"))
+    loaded = _in_read_only_cache(shared, "from int8lab import trained_model; trained_model('digits', progress=False)")
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    missing = _in_read_only_cache(
+        shared,
+        "from int8lab import trained_model\n"
+        "try:\n"
+        "    trained_model('digits', bias=True, progress=False)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error, error.__cause__, error.__suppress_context__, sep='|')\n",
+    )
+    assert missing.returncode == 0, missing.stderr[-2000:]
+    kind, message, cause, suppressed = missing.stdout.strip().split("|")
+    assert kind == "CacheReadOnlyError", missing.stdout
+    assert str(shared) in message and "ask your instructor" in message and "NetWithBias" in message
+    # No "During handling of the above exception" chain under it in a notebook.
+    assert cause == "None" and suppressed == "True"

@@ -1,9 +1,10 @@
-"""Grading on a Dask cluster (``int8lab grade --dask ADDRESS``), the client's side: only runs leave this machine.
+"""Grading on a Dask cluster (``int8lab grade --dask ADDRESS``), the client's side: prepare, submit, merge.
 
 Per job, the client ``prepare``s the probe notebook (bytes), a Dask task (``cluster_worker.grade_on_worker``)
-runs it in a scratch folder of some worker, and the client ``finish``es (judge, sanitize) what comes back;
-merge, feedback and reports stay here. Workers share no filesystem with the client: each needs int8lab
-(the same code as the client's), torch and the sandbox; the client ships the model cache to them.
+runs it in a scratch folder of some worker, judges it there (``judging.py``), renders its feedback page there,
+and the client ``accept``s what comes back; only the merge into the gradebook and the reports stay here.
+Workers share no filesystem with the client: each needs int8lab (the same code as the client's), torch and the
+sandbox; the client ships the model cache and the assignments to them.
 
 Faults: a worker that dies mid-run has its tasks rerun elsewhere by the scheduler; a task involved in
 more worker deaths than ``distributed.scheduler.allowed-failures`` becomes ``KilledWorker``: that job's
@@ -13,15 +14,27 @@ status is ``error``, the class goes on. A worker whose int8lab, torch, cache or 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from collections import Counter
 from dataclasses import asdict
 
-from .cluster_worker import ShipModelCache, WorkerMismatch, cache_files, check_worker, expected_worker, grade_on_worker
+import nbformat
+
+from .cluster_worker import (
+    ShipAssignments,
+    ShipModelCache,
+    WorkerMismatch,
+    cache_files,
+    check_worker,
+    expected_worker,
+    grade_on_worker,
+)
+from .judge import Verdict
 from .model import GradingError, Job, Limits, Result, Status
-from .workers import JOB_GRACE_SECONDS, finish, prepare
+from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES, prepare
 
 #: Seconds the client waits for the scheduler to answer, and then for a first worker.
 CONNECT_SECONDS = 5
@@ -30,24 +43,25 @@ WORKER_WAIT_SECONDS = 30
 LOCAL_ALLOWED_FAILURES = 1
 #: Tasks in flight per worker thread: enough to keep workers busy, few enough to bound the client's memory.
 TASKS_PER_THREAD = 4
-#: Worker threads per client process that judges (``--judges`` unset): a judge takes about a third of a run.
-JUDGE_EVERY_THREADS = 3
 KILLED_REASON = "the grading worker crashed twice on this submission"
 
 
-def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, judges: int = 0):
+def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, on_result=None, pages: bool = True):
     """``(results, tally)``: every job's Result, and ``{worker: jobs it ran}``.
 
     ``client``: ``connect()``'s; ``jobs``: intake's Jobs; ``assignments``: ``{assignment id: course.Assignment}``;
-    ``judges``: client processes that judge (0: one per three worker threads, at most this machine's cores).
-    Raises ``GradingError`` when a worker cannot grade like this machine.
+    ``on_result``: called with each Result as it comes (the merge), or None;
+    ``pages``: the workers render each feedback page too (``Result.page``).
+    Raises ``GradingError`` when a worker cannot grade like this machine (its code, its cache, its judge's
+    self-check on the reference solutions).
     """
     wanted = expected_worker()
     client.register_plugin(ShipModelCache(wanted, cache_files(wanted["dataset"])), name="int8lab-cache")
+    client.register_plugin(ShipAssignments(assignments), name="int8lab-assignments")
     problems = _check_every_worker(client, wanted)
     if problems:
         raise GradingError(_mismatch_message(problems))
-    return _grade(client, jobs, assignments, limits, wanted, progress, judges)
+    return _grade(client, jobs, assignments, limits, wanted, progress, pages, on_result or (lambda result: None))
 
 
 def connect(address: str, workers: int):
@@ -117,8 +131,8 @@ def _check_every_worker(client, wanted: dict) -> dict[str, str]:
     return {address: problem for address, problem in zip(checks, answers, strict=True) if problem}
 
 
-def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, progress: bool, judges: int):
-    """Submit the jobs (a bounded number in flight), finish each on its return; see ``grade_on_dask``."""
+def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, progress: bool, pages: bool, on_result):
+    """Submit the jobs (a bounded number in flight), accept each answer on its return; see ``grade_on_dask``."""
     from distributed import wait
     from tqdm.auto import tqdm
 
@@ -127,14 +141,12 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
     waiting = list(enumerate(jobs))
     threads = max(1, sum(client.nthreads().values()))
     window = TASKS_PER_THREAD * threads
-    # The judge costs about a third of a run (1.4 s for notebooks 2 to 4): one process judges for ~3 worker threads.
-    judging = _Judges(judges or min(os.cpu_count() or 1, max(1, threads // JUDGE_EVERY_THREADS)))
-    running: dict = {}  # future -> (job, notes, seconds the client took to prepare it)
+    running: dict = {}  # future -> (job, seconds the client took to prepare it)
     stall_seconds = 2 * (limits.notebook_timeout + JOB_GRACE_SECONDS)
     last_progress = time.monotonic()
     with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
-        while waiting or running or judging.pending:
-            while waiting and len(running) + len(judging.pending) < window:
+        while waiting or running:
+            while waiting and len(running) < window:
                 index, job = waiting.pop(0)
                 started = time.perf_counter()
                 prepared = prepare(job, assignments[job.assignment], limits) if job.status is Status.OK else None
@@ -148,53 +160,45 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
                     probe,
                     asdict(limits),
                     wanted,
+                    job,
+                    notes,
+                    pages,
                     key=f"int8lab-grade-{index:05d}-{os.urandom(4).hex()}",
                     pure=False,
                     retries=1,  # an exception of the grader's on that worker; worker deaths are the scheduler's
                 )
-                running[future] = (job, notes, time.perf_counter() - started)
+                running[future] = (job, time.perf_counter() - started)
             done = set()
             if running:
                 try:
-                    done, _ = wait(
-                        list(running), timeout=0.2 if judging.pending else 1.0, return_when="FIRST_COMPLETED"
-                    )
+                    done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
                 except TimeoutError:  # nothing came back in time (Dask raises where concurrent.futures returns)
                     pass
-            elif judging.pending:
-                judging.wait(timeout=1.0)
-            finished = []
             for future in done:
-                job, notes, preparing = running.pop(future)
-                ran = _collect(future, job)
-                if isinstance(ran, Result):
-                    finished.append(ran)
-                else:
-                    finished += judging.submit(job, assignments[job.assignment], ran, notes, preparing)
-            finished += judging.done()
-            for result in finished:
+                job, preparing = running.pop(future)
+                result = _collect(future, job, assignments[job.assignment], preparing)
                 tally[result.worker or "(no worker finished it)"] += 1
                 results.append(result)
+                on_result(result)
                 bar.update()
-            if done or finished:
+            if done:
                 last_progress = time.monotonic()
             elif running and time.monotonic() - last_progress > stall_seconds:
-                for future, (job, _, _) in running.items():
+                for future, (job, _) in running.items():
                     future.cancel()
                     reason = f"grader fault: the Dask cluster returned nothing for {stall_seconds} s"
                     results.append(Result(job, Status.ERROR, reason))
                     bar.update()
                 running.clear()
-    judging.close()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment)), tally
 
 
-def _collect(future, job: Job) -> Result | dict:
-    """The run's dict from a finished future (to be judged), or the job's Result when it failed."""
+def _collect(future, job: Job, assignment, preparing: float) -> Result:
+    """The job's Result from a finished future: the worker's judged answer, or why there is none."""
     from distributed import KilledWorker
 
     if future.status == "finished":
-        return future.result()
+        return accept(job, assignment, future.result(), preparing)
     if future.status == "cancelled":
         raise GradingError("the Dask scheduler cancelled the grading (did it stop, or did this client lose it?)")
     exc = future.exception()
@@ -206,61 +210,39 @@ def _collect(future, job: Job) -> Result | dict:
     return Result(job, Status.ERROR, f"grader fault: {type(exc).__name__}: {message}")
 
 
-class _Judges:
-    """``finish`` (judge, sanitize) for each run that comes back: here, or in ``processes`` client processes
-    when one process cannot keep up with the cluster. Results are the same either way."""
+def accept(job: Job, assignment, answer: dict, preparing: float = 0.0) -> Result:
+    """The Result a worker's answer (``judging.answer`` plus ``worker``, ``seconds``) stands for.
 
-    def __init__(self, processes: int):
-        self.processes, self.pool = processes, None
-        self.pending: dict = {}  # concurrent future -> (job, assignment, ran, notes, seconds so far)
-
-    def submit(self, job: Job, assignment, ran: dict, notes: list[str], preparing: float) -> list[Result]:
-        """The Result now (judged here), or [] when it is judged in a process (see ``done``)."""
-        if self.processes <= 1:
-            started = time.perf_counter()
-            result = _with_run(finish(job, assignment, ran, notes), ran, preparing)
-            result.seconds += time.perf_counter() - started
-            return [result]
-        if self.pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            from .workers import _warm_worker
-
-            context = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_warm_worker)
-        self.pending[self.pool.submit(finish, job, assignment, ran, notes)] = (job, assignment, ran, notes, preparing)
-        return []
-
-    def done(self) -> list[Result]:
-        from concurrent.futures.process import BrokenProcessPool
-
-        results = []
-        for future in [f for f in self.pending if f.done()]:
-            job, assignment, ran, notes, preparing = self.pending.pop(future)
-            try:
-                result = future.result()
-            except BrokenProcessPool:  # a judge process died: the judge is the grader's code, judge here instead
-                self.close()
-                result = finish(job, assignment, ran, notes)
-            results.append(_with_run(result, ran, preparing))
-        return results
-
-    def wait(self, timeout: float) -> None:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        wait(list(self.pending), timeout=timeout, return_when=FIRST_COMPLETED)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
-
-
-def _with_run(result: Result, ran: dict, preparing: float) -> Result:
-    """``result`` with the worker that ran it and its own time (prepare and run, not its wait in the queue)."""
-    result.worker = str(ran.get("worker", ""))[:200]
-    seconds = ran.get("seconds")
+    The worker is the grader's (its code checked against the client's), so its verdicts are taken as they
+    are; what is checked here is that the answer has the shape of one, for the gradebook's sake: known
+    grade ids, scores within their points, a notebook of bounded size.
+    """
+    try:
+        worker = str(answer.get("worker", ""))[:200]
+        if "fault" in answer:  # the judge raised on that worker: the grader's fault, as in the local pool
+            message = re.sub(r"/[^\s'\"]+", "<path>", str(answer["fault"]))[:2000]
+            return Result(job, Status.ERROR, f"grader fault: {message}", worker=worker)
+        points = {grade_id: points for grade_id, points, autograded in assignment.cells if autograded}
+        verdicts = {}
+        for grade_id, score, max_score, message in answer["verdicts"]:
+            if points.get(grade_id) != max_score or not 0 <= score <= max_score or not isinstance(message, str):
+                raise ValueError(f"a verdict out of range for {grade_id!r}")
+            verdicts[grade_id] = Verdict(grade_id, float(score), float(max_score), message)
+        graded = answer["graded"]
+        if graded is not None:
+            if not isinstance(graded, bytes) or len(graded) > MAX_EXECUTED_BYTES:
+                raise ValueError("the graded notebook is too large")
+            graded = nbformat.from_dict(json.loads(graded))
+        page = answer.get("page")
+        if page is not None and not isinstance(page, str):
+            raise ValueError("the page is not text")
+        sandbox = answer["sandbox"] if isinstance(answer["sandbox"], dict) else None
+        result = Result(job, Status(answer["status"]), str(answer["reason"]), verdicts, graded, sandbox, page=page)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        reason = f"grader fault: a worker sent back an unusable answer ({type(exc).__name__})"
+        return Result(job, Status.ERROR, reason)
+    result.worker = worker
+    seconds = answer.get("seconds")
     result.seconds = preparing + (float(seconds) if isinstance(seconds, int | float) and 0 <= seconds < 1e6 else 0.0)
     return result
 

@@ -1,7 +1,7 @@
-"""Grading on a Dask cluster, the worker's side: what a worker must match, the model cache shipped to it,
-its start-up check, and the task that runs one sandboxed notebook (``grade_on_worker``).
+"""Grading on a Dask cluster, the worker's side: what a worker must match, the model cache and the assignments
+shipped to it, its start-up check, and the task that runs, judges and renders one notebook (``grade_on_worker``).
 
-Everything a task receives and returns is bytes and plain data; the client (``cluster.py``) judges.
+Everything a task receives and returns is bytes and plain data; the client (``cluster.py``) only merges.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 
+from .judging import GraderFault, JudgePool, JudgeProcessDied, SelfCheckFailed
 from .model import Limits
 from .workers import JOB_GRACE_SECONDS, run_probe
 
@@ -93,6 +94,27 @@ class ShipModelCache(WorkerPlugin):
         _shipped_digests.update({relative: _sha256(data) for relative, data in self.files.items()})
 
 
+class ShipAssignments(WorkerPlugin):
+    """Gives each worker (now, and those that join later) the assignments its judge processes judge against.
+
+    ``assignments``: ``{name: course.Assignment}``; each worker's judge processes run their own self-check.
+    """
+
+    def __init__(self, assignments: dict):
+        self.assignments = {name: replace(a, expected=None, _judge=None) for name, a in assignments.items()}
+
+    def setup(self, worker) -> None:
+        global _judges
+        if _judges is not None:
+            _judges.close()
+        _judges = JudgePool(self.assignments)
+        _worker_ready.cache_clear()
+
+
+#: This worker process's judge processes (``ShipAssignments``), None until the assignments came.
+_judges: JudgePool | None = None
+
+
 SHIPPING_FAILED = ""  # the key under which _shipped_digests holds why shipping failed
 #: What ShipModelCache wrote in this worker process: ``check_worker`` compares the cache against it.
 _shipped_digests: dict[str, str] = {}
@@ -119,10 +141,23 @@ def check_worker(wanted: dict, start_kernel: bool = False) -> str:
         import torch  # noqa: F401 (the kernels')
     except ImportError as exc:
         return f"cannot import {exc.name}: install int8lab's requirements on the worker"
-    problem = _cache_problem(wanted["dataset"])
+    problem = _cache_problem(wanted["dataset"]) or _judge_problem()
     if problem or not start_kernel:
         return problem
     return _kernel_problem()
+
+
+def _judge_problem() -> str:
+    """Empty if this worker's judge process passes the reference solution of every assignment, else why not."""
+    if _judges is None:
+        return "the assignments were not shipped to this worker (the int8lab-assignments plugin did not run)"
+    try:
+        _judges.call("load", {})  # a fresh judge process self-checks every assignment before anything else
+    except SelfCheckFailed as exc:
+        return str(exc)
+    except (GraderFault, JudgeProcessDied) as exc:
+        return f"the judge cannot start on this worker ({exc})"
+    return ""
 
 
 def _cache_problem(dataset: str) -> str:
@@ -177,10 +212,12 @@ def _cgroups():
     return cgroups
 
 
-def grade_on_worker(probe: bytes, limits: dict, wanted: dict) -> dict:
-    """The Dask task: ``run_probe`` in a scratch folder of this worker; its dict plus ``worker`` and ``seconds``.
+def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[str], page: bool) -> dict:
+    """The Dask task: ``run_probe`` in a scratch folder of this worker, then the judge (``judging.judge_run``) in
+    one of this worker's judge processes; its answer plus ``worker``, ``seconds`` and ``judge_seconds``.
 
-    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``.
+    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``;
+    ``job``: the ``model.Job``; ``notes``: the rebuild's; ``page``: also render the feedback page (pages.py).
     """
     from distributed import get_worker
 
@@ -191,7 +228,7 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict) -> dict:
         raise WorkerMismatch(problem)
     os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     started = time.perf_counter()
-    # run.execute stops a notebook at its time limit; if the run itself hangs past it, this worker dies
+    # run.execute stops a notebook at its time limit; if the run or its judging hangs past it, this worker dies
     # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
     deadline = Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
     watchdog = threading.Timer(deadline, os.kill, (os.getpid(), signal.SIGKILL))
@@ -199,11 +236,24 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="int8lab-job-"))
     try:
         watchdog.start()
+        # The student's code runs only in the kernel run_probe starts: a separate process, sandboxed (namespaces,
+        # Landlock, seccomp, limits), that shares no memory with this one. What comes back here is text: the
+        # executed notebook's JSON and the records' JSON lines, read by json.loads, never unpickled or imported.
+        # So this worker process, and the judge process it feeds, never load student code.
         ran = run_probe(probe, limits, scratch, _cgroups())
+        shutil.rmtree(scratch, ignore_errors=True)
+        judging = time.perf_counter()
+        try:
+            answer = _judges.call("judge", job, job.assignment, ran, notes, page)
+        except SelfCheckFailed as exc:  # a judge process that replaced a dead one failed the self-check
+            raise WorkerMismatch(str(exc)) from None
+        except GraderFault as exc:  # the judge raised (JudgeFault...): the same on any worker, so not retried
+            answer = {"fault": str(exc)}
     finally:
         watchdog.cancel()
         shutil.rmtree(scratch, ignore_errors=True)
     worker = get_worker()
-    ran["worker"] = worker.address if str(worker.name) == worker.address else f"{worker.name} ({worker.address})"
-    ran["seconds"] = time.perf_counter() - started
-    return ran
+    answer["worker"] = worker.address if str(worker.name) == worker.address else f"{worker.name} ({worker.address})"
+    answer["seconds"] = time.perf_counter() - started
+    answer["judge_seconds"] = time.perf_counter() - judging
+    return answer

@@ -47,13 +47,17 @@ def configure(c, root: Path, repository: bool = False) -> None:
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     c.ExecutePreprocessor.timeout = 120
     c.Execute.timeout = 120
-    # Feedback pages load MathJax from a folder next to them (feedback.add_mathjax), not from a CDN.
     from nbgrader.server_extensions.formgrader import handlers as formgrader_handlers
 
     from . import feedback
 
     # The templates render markdown again after sanitize.py: that second pass is cleaned too.
     c.HTMLExporter.filters = {"markdown2html": "int8lab.grading.sanitize.safe_markdown2html"}
+    # Feedback pages carry their math as MathML, written when they are (int8lab_feedback's typeset_math).
+    c.GenerateFeedback.HTMLExporter.filters = {
+        "markdown2html": "int8lab.grading.sanitize.safe_markdown2html",
+        "typeset_math": "int8lab.grading.mathml.typeset",
+    }
     # Formgrader's submission pages load MathJax from the Jupyter server (jupyter-server-mathjax), not a CDN.
     c.HTMLExporter.template_name = feedback.FORMGRADE_TEMPLATE_NAME
     c.HTMLExporter.extra_template_basedirs = [formgrader_handlers.template_path, str(feedback.TEMPLATES)]
@@ -335,13 +339,15 @@ def _assign_late_penalties(app, late: list) -> None:
 
 def _main(argv: list[str]) -> int:
     """``python -m int8lab.grading.course ROOT COMMAND [ASSIGNMENT ...]``, in the course folder ROOT:
-    ``generate_assignment A ...`` and ``generate_feedback A ...`` (nbgrader's, with --force), ``settings``
+    ``generate_assignment A ...`` and ``generate_feedback A ...`` (nbgrader's, with --force and the ``--...``
+    options among the arguments), ``settings``
     (prints ``_settings`` as JSON) and ``assign_late_penalties`` (reads ``[[student, assignment], ...]`` as
     JSON on stdin)."""
     from nbgrader import apps
     from nbgrader.apps.baseapp import NbGrader
 
-    root, command, names = Path(argv[0]), argv[1], argv[2:]
+    root, command = Path(argv[0]), argv[1]
+    names, options = [a for a in argv[2:] if not a.startswith("--")], [a for a in argv[2:] if a.startswith("--")]
     os.chdir(root)  # this process's own: nbgrader reads nbgrader_config.py from here
     if command in ("settings", "assign_late_penalties"):
         app = NbGrader()
@@ -355,7 +361,7 @@ def _main(argv: list[str]) -> int:
     app_class = {"generate_assignment": apps.GenerateAssignmentApp, "generate_feedback": apps.GenerateFeedbackApp}
     for name in names:
         app = app_class[command]()
-        app.initialize([name, "--force"])
+        app.initialize([name, "--force", *options])
         app.start()
         app_class[command].clear_instance()
     return 0

@@ -85,3 +85,5 @@ class Result:
     steps: dict = field(default_factory=dict)
     #: The Dask worker that ran it (``--dask``); empty for the local pool and for jobs that never ran.
     worker: str = ""
+    #: Its feedback page's HTML, rendered where it was judged (``pages.py``), if it was: OUT/feedback gets it.
+    page: str | None = None

@@ -30,6 +30,7 @@ from pathlib import Path
 import nbformat
 
 from . import course, feedback, intake, merge, report, run, selfcheck
+from . import pages as feedback_pages
 from .cgroups import PidsCgroups
 from .cluster import connect, grade_on_dask
 from .model import GradingError, Job, Limits, Result, Status
@@ -73,7 +74,6 @@ def grade(
     keep_work: bool = False,
     progress: bool = True,
     dask: str | None = None,
-    judges: int = 0,
     course_dir: Path | None = None,
 ) -> Graded:
     """Grade every submission under ``submissions`` into the course folder ``out``; see the module docstring.
@@ -83,7 +83,6 @@ def grade(
 
     ``dask``: None for the local process pool of ``workers`` processes; else the runs go to a Dask cluster,
     ``tcp://HOST:PORT`` of its scheduler or ``local`` (a LocalCluster of ``workers`` processes): see cluster.py.
-    ``judges``: with ``dask``, the client processes that judge (0: chosen from the cluster's size).
     Raises ``GradingError`` when nobody could be graded; what fails later is in ``Graded.problems``.
     """
     started, limits, out, phases = time.perf_counter(), limits or Limits(), out.resolve(), Phases()
@@ -111,14 +110,18 @@ def grade(
         with phases("keeping the submissions"):
             course.prepare_out(out, work / "template", course_folder)
             _keep_submitted(out, jobs)
-        tally = None
+        tally, merging = None, None
         with phases("grading"):
-            if client:  # the kernels run on the cluster's workers, each checked there first
-                results, tally = grade_on_dask(client, jobs, assignments, limits, progress, judges)
+            if client:  # the kernels run on the cluster's workers, each checked there first; merged as they come
+                merging = _MergeWhileGrading(out, assignments, course_folder)
+                try:
+                    results, tally = grade_on_dask(client, jobs, assignments, limits, progress, merging.add)
+                finally:
+                    merging.finish()
             else:
                 results = grade_all(jobs, assignments, work / "jobs", limits, cgroups, workers, progress)
         with phases("gradebook"):
-            late, problems = _gradebook(out, results, assignments, course_folder)
+            late, problems = _gradebook(out, results, assignments, course_folder, merging)
         with phases("reports"):
             report.write_reports(out, results, assignments)
         notes = _receipt_notes(results, late)
@@ -126,8 +129,15 @@ def grade(
             if problems:
                 problems.append(GradingError("feedback: not written, since the gradebook failed"))
             else:  # pages only for what was handed in: nbgrader fails on an assignment that nobody submitted
-                problems = _feedback(out, sorted({r.job.assignment for r in results if r.graded is not None}))
+                rendered = merging.rendered if merging else set()
+                problems = _feedback(
+                    out, sorted({r.job.assignment for r in results if r.graded is not None}), results, rendered
+                )
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
+        if client:
+            notes.append(
+                f"feedback pages rendered on the Dask workers: {len(merging.rendered)}, by nbgrader here: the others"
+            )
         lines = notes + [str(problem) for problem in problems]
         text = report.summary(results, sandbox, time.perf_counter() - started, out, lines, tally)
         log = _log(results) + phases.lines() + _step_medians(results, phases) + text + "\n" + _details(problems)
@@ -145,17 +155,67 @@ def grade(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _gradebook(out: Path, results, assignments, course_folder) -> tuple[list, list[GradingError]]:
-    """The scores, times and due dates into OUT's gradebook, then nbgrader's late penalties; the late
-    submissions and the problems (the CSV files and the summary are written all the same)."""
+class _MergeWhileGrading:
+    """Merges the results into OUT's gradebook while the cluster grades, in a thread, one transaction per batch
+    (``merge.MERGE_BATCH``), then writes the batch's pages that the workers rendered: at a thousand students,
+    the merge after the last run would cost more than the runs on sixteen machines (benchmarks/bench_dask.py)."""
+
+    def __init__(self, out: Path, assignments: dict, course_folder):
+        self.out, self.assignments, self.course_folder = out, assignments, course_folder
+        self.thread, self.pending, self.merged = ThreadPoolExecutor(1), [], []
+        self.late: list = []
+        self.rendered: set = set()
+        self.error: BaseException | None = None
+        self.details = ""
+        self.due_dates = None
+
+    def add(self, result: Result) -> None:
+        if result.graded is None:
+            return
+        self.pending.append(result)
+        if len(self.pending) >= merge.MERGE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:
+            self.merged.append(self.thread.submit(self._merge, batch))
+
+    def _merge(self, batch: list[Result]) -> None:
+        if self.error is not None:
+            return  # the gradebook failed: the problem is said once, nothing more is written
+        try:
+            if self.due_dates is None:
+                self.due_dates = course.due_dates(self.course_folder, self.assignments)
+            self.late += merge.merge(self.out, batch, self.assignments, self.due_dates)
+            self.rendered |= feedback_pages.write_pages(self.out, batch)
+            for result in batch:
+                result.page = None  # written: a thousand pages need not stay in memory
+        except Exception as exc:
+            self.error, self.details = exc, traceback.format_exc()
+
+    def finish(self) -> None:
+        self._flush()
+        self.thread.shutdown(wait=True)
+
+
+def _gradebook(out: Path, results, assignments, course_folder, merged=None) -> tuple[list, list[GradingError]]:
+    """The scores, times and due dates into OUT's gradebook (unless ``merged``, a ``_MergeWhileGrading``, did it
+    already), then nbgrader's late penalties; the late submissions and the problems (the CSV files and the
+    summary are written all the same)."""
     try:
-        late = merge.merge(out, results, assignments, course.due_dates(course_folder, assignments))
+        if merged is not None:
+            if merged.error is not None:
+                raise merged.error
+            late = merged.late
+        else:
+            late = merge.merge(out, results, assignments, course.due_dates(course_folder, assignments))
         if late:  # nbgrader's LateSubmissionPlugin, as the course configures it
             course.nbgrader(out, "assign_late_penalties", stdin=json.dumps(late))
     except GradingError as exc:
         return [], [GradingError(f"gradebook: {exc}", exc.details)]
     except Exception as exc:  # the database (locked, damaged, of another nbgrader): said, never a traceback
-        details = traceback.format_exc()
+        details = merged.details if merged is not None and merged.error is exc else traceback.format_exc()
         return [], [GradingError(f"gradebook: {out / 'gradebook.db'} could not be updated ({exc!r:.300})", details)]
     return late, []
 
@@ -263,7 +323,7 @@ def _keep_submitted(out: Path, jobs: list[Job]) -> None:
 
 
 def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list[GradingError]:
-    """nbgrader's feedback pages for a graded course folder, with MathJax next to them; returns the problems."""
+    """nbgrader's feedback pages for a graded course folder, their math typeset; returns the problems."""
     out = out.resolve()
     if not (out / "gradebook.db").is_file():
         return [GradingError(f"{out} is not a course folder graded by int8lab grade (it has no gradebook.db)")]
@@ -274,15 +334,21 @@ def regenerate_feedback(out: Path, assignments: list[str] | None = None) -> list
     return _feedback(out, sorted(set(assignments or graded)))
 
 
-def _feedback(out: Path, assignments) -> list[GradingError]:
-    """One nbgrader process per assignment, as many at once as this machine has cores: the pages are the
-    client's largest cost at a thousand students (about 0.5 s each; see benchmarks/bench_dask.py). The pages
-    that were written get their MathJax whatever failed for the others."""
+def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set = frozenset()) -> list[GradingError]:
+    """One nbgrader process per assignment for the pages that the Dask workers did not render (``rendered``:
+    the ``(student, assignment)`` whose page ``pages.write_pages`` wrote), as many at once as this machine has
+    cores: nbgrader's pages cost about 0.5 s each (see benchmarks/bench_dask.py)."""
     import os
 
+    graded = {(r.job.student, r.job.assignment) for r in results if r.graded is not None}
+
     def pages(assignment: str) -> GradingError | None:
+        done = sorted(student for student, name in rendered if name == assignment)
+        if done and all((student, assignment) in rendered for student, name in graded if name == assignment):
+            return None
+        exclude = [f"--CourseDirectory.student_id_exclude={','.join(done)}"] if done else []
         try:
-            course.nbgrader(out, "generate_feedback", assignment)
+            course.nbgrader(out, "generate_feedback", assignment, *exclude)
         except GradingError as exc:
             return GradingError(f"feedback: {exc}", exc.details)
         return None
@@ -290,15 +356,7 @@ def _feedback(out: Path, assignments) -> list[GradingError]:
     names = list(assignments)
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as threads:
         problems = [problem for problem in threads.map(pages, names) if problem]
-    try:
-        feedback.add_mathjax(out)
-    except (ImportError, OSError) as exc:
-        problems.append(
-            GradingError(
-                f"feedback: the pages are written, but their math needs MathJax next to them and it could not be "
-                f"added ({exc}); is jupyter-server-mathjax installed?"
-            )
-        )
+    feedback.remove_mathjax_copies(out)
     return problems
 
 

@@ -12,6 +12,11 @@ answer (its attachments), embedded in the page as ``data:`` images.
 The page is the grader's, not the student's: student markup keeps no ``id``, ``style`` or class
 of the page's own CSS (a fake score pinned by Bootstrap's ``navbar-fixed-top``, an output hidden
 by ``.hidden``), and no metadata that hides a cell's source survives.
+
+Math stays TeX text here. The feedback page turns it into MathML when it is written (mathml.py), and that
+MathML is cleaned by an allow-list of its own (``clean_mathml``): presentation elements with layout
+attributes, no HTML element inside. MathML that a student types as markup is not math to this sanitizer:
+it is stripped with the rest.
 """
 
 from __future__ import annotations
@@ -58,6 +63,73 @@ HIDING_TAGS = {
 }
 
 
+MATHML_NAMESPACE = "http://www.w3.org/1998/Math/MathML"
+#: The MathML a feedback page keeps (mathml.py writes it from TeX): presentation markup, drawn by the browser.
+#: Not ``maction`` (it acts on clicks), not ``annotation-xml`` (it can hold HTML), and no HTML element at all.
+MATHML_TAGS = [
+    "math", "semantics", "annotation", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msub", "msup",
+    "msubsup", "mfrac", "msqrt", "mroot", "mover", "munder", "munderover", "mmultiscripts", "mprescripts", "none",
+    "mtable", "mtr", "mtd", "mstyle", "mpadded", "mphantom", "menclose", "merror",
+]  # fmt: skip
+_BOOLEAN = frozenset({"true", "false"})
+#: A length no larger than a few lines of text: a student's ``\rule``, ``\Huge`` or negative space can neither
+#: cover the page nor push it away. The units are MathML's (``width`` etc.: of the content, in ``mpadded``).
+_LENGTH = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)(em|ex|pt|px|mu|%|width|height|depth)?")
+_LENGTH_LIMITS = {"em": 5, "ex": 10, "pt": 50, "px": 60, "mu": 90, "%": 500, "width": 2, "height": 2, "depth": 2}
+_ENUMERATED = {
+    "display": {"block", "inline"},
+    "mathvariant": {
+        "normal", "bold", "italic", "bold-italic", "double-struck", "bold-fraktur", "script", "bold-script",
+        "fraktur", "sans-serif", "bold-sans-serif", "sans-serif-italic", "sans-serif-bold-italic", "monospace",
+    },
+    "form": {"prefix", "infix", "postfix"},
+    "encoding": {"application/x-tex"},
+    "linebreak": {"newline", "auto", "nobreak"},
+    "columnalign": {"left", "center", "right"},
+    "rowalign": {"top", "bottom", "center", "baseline", "axis"},
+    "columnlines": {"none", "solid", "dashed"},
+    "rowlines": {"none", "solid", "dashed"},
+    "frame": {"none", "solid", "dashed"},
+    "notation": {
+        "box", "roundedbox", "circle", "left", "right", "top", "bottom", "updiagonalstrike", "downdiagonalstrike",
+        "verticalstrike", "horizontalstrike", "madruwb", "actuarial", "radical", "longdiv", "updiagonalarrow",
+    },
+}  # fmt: skip
+_FLAGS = {"stretchy", "fence", "separator", "accent", "accentunder", "largeop", "movablelimits", "symmetric"}
+_FLAGS |= {"displaystyle"}
+_LENGTHS = {"width", "height", "depth", "lspace", "rspace", "voffset", "minsize", "maxsize", "mathsize"}
+_LENGTHS |= {"linethickness", "rowspacing", "columnspacing"}
+
+
+def _mathml_length(value: str) -> bool:
+    match = _LENGTH.fullmatch(value)
+    return match is not None and float(match[1]) <= _LENGTH_LIMITS.get(match[2], 5)
+
+
+def allowed_mathml_attribute(tag: str, name: str, value: str) -> bool:
+    """bleach's filter for MathML: layout attributes with values of their kind only. No ``href``, ``xlink:*``,
+    ``style``, ``class``, ``id``, colours or event handlers."""
+    words = value.split()
+    if name == "xmlns":
+        return tag == "math" and value == MATHML_NAMESPACE
+    if name == "scriptlevel":
+        return re.fullmatch(r"[+-]?[0-2]", value) is not None
+    if name in _FLAGS:
+        return value in _BOOLEAN
+    if name in _LENGTHS:
+        return bool(words) and all(_mathml_length(word) for word in words)
+    if name in _ENUMERATED:
+        return bool(words) and set(words) <= _ENUMERATED[name]
+    return False
+
+
+def clean_mathml(fragment: str) -> str:
+    """``fragment`` with only the MathML of ``MATHML_TAGS`` and ``allowed_mathml_attribute`` left."""
+    return bleach.clean(
+        fragment, tags=MATHML_TAGS, attributes=allowed_mathml_attribute, protocols=[], strip=True, strip_comments=True
+    )
+
+
 def allowed_attribute(tag: str, name: str, value: str) -> bool:
     """bleach's filter: the attributes of ``ATTRIBUTES``; classes of ``CLASSES`` only; a link to the web
     (or an anchor) only; an image only when it is embedded PNG/JPEG data."""
@@ -80,8 +152,13 @@ class _Sanitizer(SanitizeHTML):
 
 
 class _Renderer(IPythonRenderer):
-    """nbconvert's markdown renderer, except for ``attachment:`` images: a PNG/JPEG attachment is embedded,
-    any other (SVG, HTML) or a missing one is no image, and never an error."""
+    """nbconvert's markdown renderer, except for ``attachment:`` images (a PNG/JPEG attachment is embedded,
+    any other (SVG, HTML) or a missing one is no image, and never an error) and literal dollar signs."""
+
+    def text(self, text: str) -> str:
+        # A dollar sign that opens no math (``\$5``, or a lone ``$``) is written ``\$``, as MathJax and mathml.py
+        # read it: only what markdown took for math is delimited by dollars on the page.
+        return super().text(text).replace("$", "\\$")
 
     def image(self, text: str, url: str, title: str | None = None) -> str:
         if url.startswith(ATTACHMENT):

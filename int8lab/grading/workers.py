@@ -2,7 +2,8 @@
 
 A job has three parts: ``prepare`` (rebuild, the probe notebook as bytes), ``run_probe`` (the sandboxed
 run, plain data in and out) and ``finish`` (judge, sanitize). Here all three run in one local worker
-process; ``cluster_worker.py`` runs ``run_probe`` on a Dask worker and the other two on the client.
+process; on a Dask cluster the client prepares, and a worker runs ``run_probe`` and then ``finish`` in a judge
+process of its own (``cluster_worker.py``, ``judging.py``).
 
 nbclient and torch are imported once per worker. A worker is replaced after
 ``JOBS_PER_WORKER`` jobs (fresh pools: ``max_tasks_per_child`` can deadlock on Python 3.11).
@@ -50,8 +51,8 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, serv
 
 
 def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | Result:
-    """Before the run (on the client): the probe notebook as JSON bytes and the rebuild's notes,
-    or the job's final Result when the submission is no notebook at all."""
+    """Before the run (in a local worker, or on the Dask client): the probe notebook as JSON bytes and the
+    rebuild's notes, or the job's final Result when the submission is no notebook at all."""
     try:
         submitted = intake.read_notebook(job.notebook)
     except intake.InvalidNotebook as exc:
@@ -91,9 +92,9 @@ MAX_EXECUTED_BYTES = run.MAX_NOTEBOOK_OUTPUT_BYTES + (16 << 20)
 
 
 def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
-    """After the run (on the client): judge and sanitize. ``ran`` is ``run_probe``'s dict, read as hostile:
-    every field is checked for its type and size, the notebook is capped again and the records are
-    parsed as plain JSON here, whatever the machine that ran it did."""
+    """After the run (in a local worker, or a Dask worker's judge process): judge and sanitize. ``ran`` is
+    ``run_probe``'s dict, read as hostile: every field is checked for its type and size, the notebook is capped
+    again and the records are parsed as plain JSON here, whatever the machine that ran it did."""
     try:
         status = Status(ran["status"])
         if not isinstance(ran["executed"], bytes) or len(ran["executed"]) > MAX_EXECUTED_BYTES:

@@ -1,0 +1,195 @@
+"""The judge on a Dask worker: a process of its own, fed with runs, that sends back plain verdicts and pages.
+
+A Dask task runs in a thread of the worker process, where judge.py's per-test CPU limit (SIGPROF, main thread
+only) cannot apply and its memory limit (RLIMIT_AS) would bind the whole worker. So each worker process keeps
+``JudgeProcess``es: ``python -m int8lab.grading.judging``, which judges in its main thread, under both limits.
+It is the grader's own code, started by the worker: it never loads a student's code (the run happened in a
+sandboxed kernel, and what it reads of it is JSON), so what it sends back is pickled, not checked as hostile.
+
+Protocol: on the child's stdin and stdout, frames of an 8-byte length and a pickle; a request is
+``(function name, args)`` of ``CALLS``, an answer ``(True, value)`` or ``(False, "Type: message")``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+
+from .model import Result
+
+_FRAME = struct.Struct("<Q")
+
+
+class JudgeProcessDied(RuntimeError):
+    """The judge process ended while it judged (its memory limit was not enough to stop it, or it was killed)."""
+
+
+class JudgeProcess:
+    """One ``python -m int8lab.grading.judging`` child; ``call`` sends one request and waits for its answer."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "int8lab.grading.judging"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def call(self, name: str, *args):
+        try:
+            _write_frame(self.process.stdin, (name, args))
+            ok, value = _read_frame(self.process.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self.close()
+            raise JudgeProcessDied(f"the judge process ended while judging ({type(exc).__name__})") from None
+        if not ok:
+            raise GraderFault(value)
+        return value
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class JudgePool:
+    """Judge processes of this worker process, one per task thread at most, started when first needed.
+
+    Every new process first loads the shipped assignments, running the reference self-check on each (``load``).
+    """
+
+    def __init__(self, assignments: dict):
+        self.assignments = assignments
+        self.idle: list[JudgeProcess] = []
+        self.lock = threading.Lock()
+
+    def call(self, name: str, *args):
+        with self.lock:
+            process = self.idle.pop() if self.idle else None
+        if process is None or not process.alive():
+            process = JudgeProcess()
+            problems = process.call("load", self.assignments)
+            if problems:
+                process.close()
+                raise SelfCheckFailed("; ".join(problems[name] for name in sorted(problems)))
+        value = process.call(name, *args)  # JudgeProcessDied: this process is gone, not returned to the pool
+        with self.lock:
+            self.idle.append(process)
+        return value
+
+    def close(self) -> None:
+        with self.lock:
+            for process in self.idle:
+                process.close()
+            self.idle.clear()
+
+
+class GraderFault(RuntimeError):
+    """The judge process raised: ``str()`` is its ``Type: message``, as the local pool reports a grader fault."""
+
+
+class SelfCheckFailed(RuntimeError):
+    """The judge fails the reference solution in this worker's judge process."""
+
+
+# In the judge process: the assignments loaded there, self-checked.
+_assignments: dict = {}
+
+
+def load(assignments: dict) -> dict[str, str]:
+    """Keep ``assignments`` ({name: course.Assignment}) here, each with the reference shapes of its own
+    self-check (never the client's); ``{name: what the reference fails}`` for those that fail it."""
+    from . import selfcheck
+
+    problems = {}
+    for name, assignment in assignments.items():
+        try:
+            assignment.expected = selfcheck.check_reference(name, assignment.source)
+            assignment._judge = None
+        except AssertionError as exc:
+            problems[name] = f"on this worker, {exc}"
+            continue
+        _assignments[name] = assignment
+    return problems
+
+
+def judge_run(job, name: str, ran: dict, notes: list[str], page: bool) -> dict:
+    """``workers.finish`` on a run of ``job`` (assignment ``name``), as plain data (``answer``)."""
+    from .workers import finish
+
+    assignment = _assignments[name]
+    result = finish(job, assignment, ran, notes)
+    return answer(result, assignment if page else None)
+
+
+def answer(result: Result, page_of=None) -> dict:
+    """A judged Result as plain data: ``{"status": str, "reason": str, "verdicts": [[grade_id, score, max_score,
+    message], ...], "graded": bytes (notebook JSON) or None, "sandbox": dict or None, "page": str or None}``;
+    ``page_of``: the Assignment whose feedback page to render (pages.py), or None for no page."""
+    import json
+
+    graded = None if result.graded is None else json.dumps(result.graded).encode()
+    page = None
+    if page_of is not None and result.graded is not None:
+        from .pages import render_page
+
+        page = render_page(result.graded, result.job, page_of, result.verdicts)
+    return {
+        "status": result.status.value,
+        "reason": result.reason,
+        "verdicts": [[v.grade_id, v.score, v.max_score, v.message] for v in result.verdicts.values()],
+        "graded": graded,
+        "sandbox": result.sandbox,
+        "page": page,
+    }
+
+
+CALLS = {"load": load, "judge": judge_run}
+
+
+def _write_frame(stream, value) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream):
+    header = stream.read(_FRAME.size)
+    if len(header) < _FRAME.size:
+        raise EOFError("no answer")
+    (size,) = _FRAME.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("a truncated answer")
+    return pickle.loads(data)
+
+
+def main() -> None:
+    """The judge process's loop; what the judge prints goes to stderr, never into the protocol's frames."""
+    from .workers import _warm_worker
+
+    requests, answers = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _warm_worker()
+    while True:
+        try:
+            name, args = _read_frame(requests)
+        except EOFError:
+            return
+        try:
+            reply = (True, CALLS[name](*args))
+        except Exception as exc:
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        _write_frame(answers, reply)
+
+
+if __name__ == "__main__":
+    main()
