@@ -78,7 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mathml.py
 
 bench-grading: $(STAMP)
-	$(BIN)/python benchmarks/bench_grading.py
+	$(BIN)/python benchmarks/bench_grading.py $(ARGS)
 
 bench-dask: $(STAMP)
 	$(BIN)/python benchmarks/bench_dask.py $(ARGS)

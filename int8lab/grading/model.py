@@ -81,6 +81,8 @@ class Result:
     graded: object = None  # the notebook for OUT/autograded (release tests, the judge's messages)
     sandbox: dict | None = None
     seconds: float = 0.0
+    #: Wall-clock seconds of its steps (``run.STEPS``, then the judge's): grading.log gives their medians.
+    steps: dict = field(default_factory=dict)
     #: The Dask worker that ran it (``--dask``); empty for the local pool and for jobs that never ran.
     worker: str = ""
     #: Its feedback page's HTML, rendered where it was judged (``pages.py``), if it was: OUT/feedback gets it.

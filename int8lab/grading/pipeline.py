@@ -140,7 +140,8 @@ def grade(
             )
         lines = notes + [str(problem) for problem in problems]
         text = report.summary(results, sandbox, time.perf_counter() - started, out, lines, tally)
-        (out / "grading.log").write_text(_log(results) + phases.lines() + text + "\n" + _details(problems))
+        log = _log(results) + phases.lines() + _step_medians(results, phases) + text + "\n" + _details(problems)
+        (out / "grading.log").write_text(log)
         report.print_summary(text)
         return Graded(results, problems)
     finally:
@@ -358,6 +359,24 @@ def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set 
         problems = [problem for problem in threads.map(pages, names) if problem]
     feedback.remove_mathjax_copies(out)
     return problems
+
+
+def _step_medians(results: list[Result], phases: Phases) -> str:
+    """Where a notebook's seconds go: the median of each step over the notebooks that ran, and the feedback
+    pages' share (nbgrader writes them all at once, so only their mean is known)."""
+    import statistics
+
+    ran = [r for r in results if r.steps]
+    if not ran:
+        return ""
+    names = dict.fromkeys(name for r in ran for name in r.steps)
+    lines = [
+        f"median per notebook, {name}: {statistics.median(r.steps.get(name, 0.0) for r in ran):.2f} s\n"
+        for name in names
+    ]
+    lines.append(f"median per notebook, whole job: {statistics.median(r.seconds for r in ran):.2f} s\n")
+    pages = phases.seconds.get("feedback", 0.0) / len(ran)
+    return "".join(lines) + f"mean per notebook, feedback page: {pages:.2f} s\n"
 
 
 def _log(results: list[Result]) -> str:

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,10 @@ from nbclient.exceptions import DeadKernelError
 from .intake import InvalidNotebook, read_regular_file
 from .model import Limits, Status
 from .records import MAX_RECORD_BYTES, read_records
+from .testcells import nbgrader_meta
 
 SANDBOX_SCRIPT = Path(__file__).resolve().with_name("sandbox.py")
+FORK_CLIENT_SCRIPT = Path(__file__).resolve().with_name("forkclient.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "int8lab-sandbox"
 MAX_OUTPUT_BYTES = 1 << 20  # one output larger than this is replaced by a note
@@ -64,6 +67,15 @@ class Run:
     stderr: str = ""
     #: The notebook watchdog killed the kernel: the run stopped at a moment that varies.
     cut_short: bool = False
+    #: Wall-clock seconds of the run's steps (``STEPS``), for grading.log's medians.
+    steps: dict = field(default_factory=dict)
+
+
+#: The steps of a run whose seconds grading.log gives: the sandbox and the kernel up to its first answer,
+#: the release's first code cell (its imports), the plain code cells (the release's demonstrations: plots and
+#: studies, none with --skip-demos; and cells a student added), and the nbgrader cells (the student's answers,
+#: the provided code and the probes).
+STEPS = ("kernel start", "setup cell", "plain cells", "other cells")
 
 
 def _readable_paths() -> list[str]:
@@ -101,8 +113,12 @@ def _kernel_environment(kernel_dir: Path) -> dict:
     }
 
 
-def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup, memory_group) -> Path:
-    launcher = [sys.executable, str(SANDBOX_SCRIPT), "--report", str(job_dir / "sandbox.json")]
+def _kernel_spec(
+    job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits, cgroup, memory_group, server=None
+) -> Path:
+    """The kernel spec: the sandbox launcher around ipykernel, or with ``server`` (a ``ForkServer``) the same
+    launcher's arguments sent to the server, whose child enters the same sandbox with ipykernel loaded."""
+    launcher = ["--report", str(job_dir / "sandbox.json")]
     launcher += ["--memory", str(limits.memory_bytes), "--processes", str(limits.processes)]
     launcher += ["--stdout", str(job_dir / "kernel-stdout.log"), "--stderr", str(job_dir / "kernel-stderr.log")]
     launcher += ["--records", str(job_dir / "records.jsonl")]
@@ -118,20 +134,31 @@ def _kernel_spec(job_dir: Path, kernel_dir: Path, sockets: Path, limits: Limits,
     launcher += ["--rw", "/dev/null"]
     spec_dir = job_dir / "spec" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
+    if server is None:
+        launcher = [sys.executable, str(SANDBOX_SCRIPT), *launcher]
+    else:
+        launcher = [sys.executable, str(FORK_CLIENT_SCRIPT), server.socket, str(job_dir / KERNEL_PID_FILE), *launcher]
     argv = [*launcher, "--", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL_NAME, "language": "python"}))
     return spec_dir.parent
 
 
-def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
-    """Run ``notebook`` in a fresh sandboxed kernel; never raises for what the notebook does."""
+#: With a fork server: the file in which the fork client names the kernel's sandbox (its PID on this host).
+KERNEL_PID_FILE = "kernel.pid"
+
+
+def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) -> Run:
+    """Run ``notebook`` in a fresh sandboxed kernel; never raises for what the notebook does.
+
+    ``server``: a ready ``forkserver.ForkServer`` of this process, whose child becomes the kernel (its imports
+    done already), or None for a kernel started from nothing."""
     kernel_dir = job_dir / "kernel"
     kernel_dir.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are limited to about 100 bytes: the kernel's sockets get a short folder.
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None
     memory_group = cgroups.create_memory(job_dir.name, limits.memory_bytes) if cgroups and limits.memory_bytes else None
-    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup, memory_group)
+    spec_root = _kernel_spec(job_dir, kernel_dir, sockets, limits, cgroup, memory_group, server)
     manager = _SandboxedKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)], ensure_native_kernel=False),
@@ -139,12 +166,14 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         ip=str(sockets / "k"),
         connection_file=str(job_dir / "connection.json"),
     )
+    manager.pid_file = job_dir / KERNEL_PID_FILE if server else None
     client = _Client(notebook, km=manager, timeout=limits.cell_timeout, allow_errors=True, interrupt_on_timeout=True)
     stopped = threading.Event()
 
     def stop_kernel():  # the whole notebook ran too long: kill every process of the kernel
         stopped.set()
-        _kill(cgroups.pids(cgroup) if cgroup else _children())
+        _kill(cgroups.pids(cgroup) if cgroup else _children(server))
+        _kill_group(manager.pid_file)
 
     watchdog = threading.Timer(limits.notebook_timeout, stop_kernel)
     watchdog.daemon = True
@@ -160,15 +189,19 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None) -> Run:
         watchdog.cancel()
         _shut_down(manager, client)  # nbclient leaves a kernel it did not create running
         _kill(cgroups.pids(cgroup) if cgroup else [])
+        _kill_group(manager.pid_file)
         for group in (cgroup, memory_group):
             if group:
                 cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
+    if server is not None and not (job_dir / KERNEL_PID_FILE).exists() and run.status is Status.KERNEL_DIED:
+        run.status, run.reason = Status.ERROR, "grader fault: the fork server did not start this kernel"
     if stopped.is_set():
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
         run.status, run.reason = Status.TIMEOUT, f"a cell ran longer than {limits.cell_timeout} s and was stopped"
+    run.steps = client.steps
     run.executed = capped(client.nb)
     run.stderr = _tail(job_dir / "kernel-stderr.log")
     if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
@@ -190,9 +223,22 @@ class _SandboxedKernelManager(AsyncKernelManager):
     Without one, ``/proc/PID/root`` is the host's root and the same path still names the folder.
     """
 
+    #: With a fork server, where the fork client writes the PID of the kernel's sandbox (its launcher).
+    pid_file: Path | None = None
+
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         await super()._async_launch_kernel(kernel_cmd, **kw)
-        self.ip = f"/proc/{self.provisioner.pid}/root{self.ip}"
+        launcher = self.provisioner.pid if self.pid_file is None else await self._forked_launcher()
+        self.ip = f"/proc/{launcher}/root{self.ip}"
+
+    async def _forked_launcher(self) -> int:
+        import asyncio
+
+        while not self.pid_file.exists():
+            if self.provisioner.process.poll() is not None:
+                raise RuntimeError("the fork server did not start the kernel")
+            await asyncio.sleep(0.005)
+        return int(self.pid_file.read_text())
 
     def cleanup_ipc_files(self) -> None:
         """Nothing to remove: the tmpfs dies with the kernel, and its launcher's PID may be reused."""
@@ -204,6 +250,30 @@ class _Client(NotebookClient):
 
     timed_out = False
     received = 0
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.started = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    async def async_start_new_kernel_client(self):
+        kernel_client = await super().async_start_new_kernel_client()
+        self.steps["kernel start"] = time.perf_counter() - self.started
+        return kernel_client
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        started = time.perf_counter()
+        try:
+            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        finally:
+            self._count(cell, cell_index, time.perf_counter() - started)
+
+    def _count(self, cell, cell_index: int, seconds: float) -> None:
+        if cell.cell_type != "code":
+            return
+        first = next(i for i, c in enumerate(self.nb.cells) if c.cell_type == "code")
+        step = "setup cell" if cell_index == first else "other cells" if nbgrader_meta(cell) else "plain cells"
+        self.steps[step] = self.steps.get(step, 0.0) + seconds
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self.timed_out = True
@@ -262,10 +332,22 @@ def _kill(pids: list[int]) -> None:
             pass
 
 
-def _children() -> list[int]:
+def _children(server=None) -> list[int]:
+    """This process's descendants but the fork server: its children are the kernels, each in its process group."""
     import psutil
 
-    return [child.pid for child in psutil.Process().children(recursive=True)]
+    return [child.pid for child in psutil.Process().children(recursive=True) if not server or child.pid != server.pid]
+
+
+def _kill_group(pid_file: Path | None) -> None:
+    """Kill the process group of the kernel a fork server started (it is the group's leader)."""
+    import os
+    import signal
+
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    except (AttributeError, OSError, ValueError):  # no fork server, no kernel started, or gone already
+        pass
 
 
 def _records_text(path: Path) -> str:

@@ -101,7 +101,9 @@ class Layers:
         return True
 
 
-def main(argv=None) -> None:
+def main(argv=None, start=None) -> None:
+    """Enter every layer, then become the command: ``os.execvp`` it, or call ``start(command)`` (the warm
+    kernel of ``forkserver.py``, which has the command's modules loaded already) and exit with its status."""
     _die_with_the_grader()
     args = _parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -134,8 +136,22 @@ def main(argv=None) -> None:
         report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
         report.close()
     if "PID namespace" in layers.enforced:
-        _init(command)
-    os.execvp(command[0], command)
+        _init(command, start)
+    _become(command, start)
+
+
+def _become(command: list[str], start) -> None:
+    if start is None:
+        os.execvp(command[0], command)
+    status = 1  # what ``start`` raised
+    try:
+        status = start(command) or 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(status)  # never back into the fork server's loop
 
 
 def _own_descriptors(stdout: str | None, stderr: str | None) -> None:
@@ -167,7 +183,7 @@ def _new_session_keyring() -> str:
     return "keyring: a new, empty session keyring (the grader's keys are out of reach)"
 
 
-def _init(command: list[str]) -> None:
+def _init(command: list[str], start=None) -> None:
     """Be PID 1 of the namespace: start the command, reap every orphan, exit with the command's status.
 
     Orphans (a fork bomb's children whose parent died) are handed to PID 1; a kernel as PID 1 never
@@ -183,7 +199,7 @@ def _init(command: list[str]) -> None:
             # never changes); that it dies with the grader is ensured by PDEATHSIG instead.
             os.environ["JPY_PARENT_PID"] = "1"
         try:
-            os.execvp(command[0], command)
+            _become(command, start)
         finally:
             os._exit(127)
     # SIGINT reaches the command directly (same process group); PID 1 ignores what it has no handler for.

@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 
 from . import intake, rebuild, run
+from .forkserver import ForkServer
 from .model import Job, Limits, Result, Status
 from .records import MAX_RECORD_BYTES, Records, read_records
 from .sanitize import sanitize_notebook
@@ -32,8 +33,9 @@ from .sanitize import sanitize_notebook
 JOBS_PER_WORKER = 10
 
 
-def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> Result:
-    """Rebuild, run and judge one submission (in a worker process): the same three halves as on a cluster."""
+def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, server=None) -> Result:
+    """Rebuild, run and judge one submission (in a worker process): the same three halves as on a cluster.
+    ``server``: the grading's fork server (``forkserver.Address``), or None for kernels started from nothing."""
     started = time.perf_counter()
     if job.status is not Status.OK:
         return Result(job, job.status, job.reason)
@@ -43,7 +45,7 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups) -> R
     if isinstance(prepared, Result):
         return prepared
     probe, notes = prepared
-    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups), notes)
+    result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, server), notes)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -61,16 +63,18 @@ def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | R
     return json.dumps(probe).encode(), notes
 
 
-def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups) -> dict:
+def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -> dict:
     """The run (on a worker): plain data in, plain data out, so that it can travel to another machine.
 
     ``probe``: the probe notebook's JSON bytes (``prepare``); ``limits``: ``Limits`` as a dict;
-    ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None.
+    ``job_dir``: a scratch folder of this machine; ``cgroups``: this machine's ``PidsCgroups`` or None;
+    ``server``: a fork server of this machine (``forkserver.Address``) for a warm kernel, or None for one
+    started from nothing.
     Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
     "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
     """
     notebook = nbformat.from_dict(json.loads(probe))
-    done = run.execute(notebook, job_dir, Limits(**limits), cgroups)
+    done = run.execute(notebook, job_dir, Limits(**limits), cgroups, server)
     return {
         "status": done.status.value,
         "reason": done.reason,
@@ -79,6 +83,7 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups) -> dict:
         "sandbox": done.sandbox,
         "stderr": done.stderr,
         "cut_short": done.cut_short,
+        "steps": done.steps,
     }
 
 
@@ -102,13 +107,27 @@ def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
         sandbox = ran["sandbox"] if isinstance(ran["sandbox"], dict) else None
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         return Result(job, Status.ERROR, f"grader fault: a worker sent back an unusable run ({type(exc).__name__})")
+    steps = _steps(ran.get("steps"))
+    judging = time.perf_counter()
     tests = assignment.judge.tests
     # A run the notebook watchdog cut short stopped at a moment that varies: nothing of it counts. A cell
     # that ran past its own limit was interrupted and the notebook went on: the later probes count.
     verdicts = assignment.judge.judge(Records() if cut_short else records)
     graded = sanitize_notebook(rebuild.graded_notebook(executed, tests, verdicts))
+    steps["judge and sanitize"] = time.perf_counter() - judging
     reason = "; ".join(filter(None, [reason, job.reason, *notes]))
-    return Result(job, status, reason, verdicts, graded, sandbox)
+    return Result(job, status, reason, verdicts, graded, sandbox, steps=steps)
+
+
+def _steps(steps) -> dict[str, float]:
+    """A run's step times as sent back (hostile like the rest): only the known names, as plain numbers."""
+    if not isinstance(steps, dict):
+        return {}
+    return {
+        name: float(steps[name])
+        for name in run.STEPS
+        if isinstance(steps.get(name), int | float) and 0 <= steps[name] < 1e6
+    }
 
 
 def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, progress: bool) -> list[Result]:
@@ -116,24 +135,50 @@ def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, prog
     from tqdm.auto import tqdm
 
     results: list[Result] = []
-    with tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
+    with forks, tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
+        server = _warm_kernels(forks, work / "warm-kernel-check", limits, cgroups)
         batch_size = max(1, workers) * JOBS_PER_WORKER
         for start in range(0, len(jobs), batch_size):
             batch = list(enumerate(jobs[start : start + batch_size], start))
-            unfinished = _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar)
+            unfinished = _grade_in_pool(batch, assignments, work, limits, (cgroups, server), workers, results, bar)
             for indexed in unfinished:  # alone in a fresh worker: a crash takes nobody else down
-                for _, job in _grade_in_pool([indexed], assignments, work, limits, cgroups, 1, results, bar):
+                for _, job in _grade_in_pool([indexed], assignments, work, limits, (cgroups, server), 1, results, bar):
                     results.append(Result(job, Status.ERROR, "the grading worker crashed twice on this submission"))
                     bar.update()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment))
+
+
+#: What a warm kernel must print before any submission goes to the fork server.
+WARM_KERNEL_CHECK = "import int8lab, int8lab.grading.records, numpy, torch\nprint('warm kernel ready')"
+
+
+def _warm_kernels(forks: ForkServer, job_dir: Path, limits: Limits, cgroups):
+    """The fork server's address once one of its kernels ran the check; None (every kernel then starts from
+    nothing, as the summary's check kernel did) if the server cannot serve or its kernel fails: a fault of the
+    grader's warm kernels must never fail a student."""
+    import sys
+
+    from .pipeline import kernel_check_limits
+
+    if not forks.ready():
+        return None
+    check = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_KERNEL_CHECK)])
+    done = run.execute(check, job_dir, kernel_check_limits(limits), cgroups, forks.address())
+    printed = "".join(str(o.get("text", "")) for c in done.executed.cells for o in c.get("outputs", []))
+    if done.status is Status.OK and "warm kernel ready" in printed:
+        return forks.address()
+    print(f"int8lab grade: no warm kernels ({done.status}: {done.reason}); each starts from nothing", file=sys.stderr)
+    return None
 
 
 #: A job (rebuild, kernel, judge) gets this long beyond its notebook's time limit before its worker is killed.
 JOB_GRACE_SECONDS = 120
 
 
-def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, bar) -> list:
+def _grade_in_pool(batch, assignments, work, limits, machine, workers, results, bar) -> list:
     """Grade ``batch`` in fresh worker processes; returns the jobs a dying worker left unfinished.
+    ``machine``: this machine's ``PidsCgroups`` (or None) and the fork server's ``Address`` (or None).
 
     A watchdog kills the worker of a job that runs past its time: that job becomes ``timeout``.
     """
@@ -143,9 +188,10 @@ def _grade_in_pool(batch, assignments, work, limits, cgroups, workers, results, 
 
     unfinished, overdue = [], set()
     context = multiprocessing.get_context("spawn")
+    cgroups, server = machine
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
         futures = {
-            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups): (
+            pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups, server): (
                 index,
                 job,
             )

@@ -1,0 +1,145 @@
+"""Warm kernels (forkserver.py): one submission's state never reaches the next, and every sandbox layer holds."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from int8lab.grading import run
+from int8lab.grading.forkserver import ForkServer
+from int8lab.grading.model import Limits
+
+#: A hostile submission: patches torch, numpy and int8lab, leaves globals, a module, an environment
+#: variable and files behind, and seeds every generator with 0, as a later submission would want to find.
+HOSTILE = """
+import builtins, json, os, random, sys, tempfile
+import numpy, torch, torch.nn.functional as F
+import int8lab
+torch.add = lambda *args, **kw: "patched"
+F.linear = lambda *args, **kw: "patched"
+torch.Tensor.__add__ = lambda self, other: "patched"
+numpy.mean = lambda *args, **kw: "patched"
+int8lab.trained_model = lambda *args, **kw: "patched"
+int8lab.LEAK = builtins.LEAK = "hostile"
+sys.modules["leak_module"] = type(sys)("leak_module")
+os.environ["INT8LAB_LEAK"] = "hostile"
+for folder in (os.environ["HOME"], tempfile.gettempdir()):
+    open(os.path.join(folder, "leak.txt"), "w").write("hostile")
+seeded = {}
+for name, draw in [("torch", lambda: torch.rand(3).tolist()), ("numpy", lambda: numpy.random.rand(3).tolist()),
+                   ("random", lambda: [random.random() for _ in range(3)])]:
+    torch.manual_seed(0), numpy.random.seed(0), random.seed(0)
+    seeded[name] = draw()
+torch.manual_seed(0), numpy.random.seed(0), random.seed(0)
+print(json.dumps({"patched": torch.add(1, 2), **seeded}))
+"""
+#: What a later submission observes; its first line tells a warm kernel (torch loaded already) from a fresh one.
+OBSERVER = """
+import sys
+warm = "torch" in sys.modules
+import builtins, json, os, random, tempfile
+import numpy, torch, torch.nn.functional as F
+import int8lab
+def look(value):
+    try:
+        return str(value())
+    except Exception as error:
+        return f"raised {type(error).__name__}"
+print(json.dumps({
+    "warm": warm,
+    "torch.add": look(lambda: torch.add(torch.ones(1), torch.ones(1)).tolist()),
+    "F.linear": look(lambda: F.linear(torch.ones(1, 1), torch.ones(1, 1)).tolist()),
+    "Tensor.__add__": look(lambda: (torch.ones(1) + torch.ones(1)).tolist()),
+    "numpy.mean": look(lambda: numpy.mean([1.0, 3.0])),
+    "int8lab.trained_model": int8lab.trained_model.__module__,
+    "globals": [getattr(int8lab, "LEAK", None), getattr(builtins, "LEAK", None), "leak_module" in sys.modules],
+    "environment": os.environ.get("INT8LAB_LEAK"),
+    "files": [os.path.exists(os.path.join(f, "leak.txt")) for f in (os.environ["HOME"], tempfile.gettempdir())],
+    "torch": torch.rand(3).tolist(),
+    "numpy": numpy.random.rand(3).tolist(),
+    "random": [random.random() for _ in range(3)],
+}))
+"""
+CLEAN = {
+    "torch.add": "[2.0]",
+    "F.linear": "[[1.0]]",
+    "Tensor.__add__": "[2.0]",
+    "numpy.mean": "2.0",
+    "int8lab.trained_model": "int8lab.training",
+    "globals": [None, None, False],
+    "environment": None,
+    "files": [False, False],
+}
+GENERATORS = ("torch", "numpy", "random")
+
+
+@pytest.fixture(scope="module")
+def server():
+    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
+    assert forks.ready(), forks.problem
+    yield forks
+    forks.close()
+
+
+def _printed(code: str, job_dir: Path, server) -> tuple[dict, dict]:
+    """What the one cell ``code`` printed as JSON in a sandboxed kernel (``server``'s, or fresh), and the
+    sandbox's report."""
+    if os.environ.get("_INT8LAB_TEST_SHARED_KERNEL"):  # only to see the test fail: one kernel for every run
+        return _printed_in_a_shared_kernel(code, job_dir)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    done = run.execute(notebook, job_dir, Limits(), None, server)
+    assert done.status.value == "ok", (done.reason, done.stderr)
+    assert not server or (job_dir / run.KERNEL_PID_FILE).exists()  # the server's child ran it
+    texts = [o.get("text", "") for o in done.executed.cells[0].outputs]
+    assert texts, done.executed.cells[0].outputs
+    return json.loads(texts[-1]), done.sandbox
+
+
+_shared = {}
+
+
+def _printed_in_a_shared_kernel(code: str, job_dir: Path) -> tuple[dict, dict]:
+    """The broken design this test must catch: a warm kernel kept from one submission to the next."""
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    if "manager" not in _shared:
+        home = job_dir.parent / "shared-home"
+        home.mkdir()
+        _shared["manager"] = KernelManager(kernel_name="python3")
+        _shared["manager"].start_kernel(env={**os.environ, "HOME": str(home), "TMPDIR": str(home)}, cwd=str(home))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, km=_shared["manager"]).execute()
+    return json.loads(notebook.cells[0].outputs[-1]["text"]), {}
+
+
+def test_no_state_of_one_submission_reaches_the_next(tmp_path, server):
+    """Patched torch, numpy and int8lab functions, globals, environment, files and seeded generators of a hostile
+    submission are gone in the next kernel of the same server, and each kernel draws fresh random numbers."""
+    hostile, _ = _printed(HOSTILE, tmp_path / "hostile", server)
+    assert hostile["patched"] == "patched"  # its patches did take hold in its own kernel
+    first, _ = _printed(OBSERVER, tmp_path / "first", server)
+    second, _ = _printed(OBSERVER, tmp_path / "second", server)
+    try:
+        for observed in (first, second):
+            assert observed["warm"]  # torch came from the server, not from this run's imports
+            assert {name: observed[name] for name in CLEAN} == CLEAN
+            for name in GENERATORS:  # not the state the hostile submission seeded
+                assert observed[name] != hostile[name], name
+        for name in GENERATORS:  # not one state every child inherits from the server
+            assert first[name] != second[name], name
+    finally:
+        if "manager" in _shared:
+            _shared.pop("manager").shutdown_kernel(now=True)
+
+
+def test_a_warm_kernel_enters_every_layer_a_fresh_one_does(tmp_path, server):
+    """The sandbox report of a forked kernel names the same layers as a kernel started from nothing."""
+    warm, warm_sandbox = _printed(OBSERVER, tmp_path / "warm", server)
+    fresh, fresh_sandbox = _printed(OBSERVER, tmp_path / "fresh", None)
+    assert warm["warm"] and not fresh["warm"]
+    assert warm_sandbox["enforced"] == fresh_sandbox["enforced"]
+    assert warm_sandbox["missing"] == fresh_sandbox["missing"]
+    assert {name: warm[name] for name in CLEAN} == {name: fresh[name] for name in CLEAN} == CLEAN
