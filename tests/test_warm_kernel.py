@@ -143,3 +143,41 @@ def test_a_warm_kernel_enters_every_layer_a_fresh_one_does(tmp_path, server):
     assert warm_sandbox["enforced"] == fresh_sandbox["enforced"]
     assert warm_sandbox["missing"] == fresh_sandbox["missing"]
     assert {name: warm[name] for name in CLEAN} == {name: fresh[name] for name in CLEAN} == CLEAN
+
+
+def test_a_process_the_server_forked_gets_nothing_from_it(tmp_path, server):
+    """Catches a server that serves its own descendants: a kernel whose PID namespace could not be made is the
+    server's child, and its parent's parent is the grading process (here, this test), as a fork client's is;
+    asked for another child, with no sandbox at all, the server must close the connection unanswered."""
+    import subprocess
+    import sys
+
+    ask = (
+        "import json, socket, sys\n"
+        "c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "c.connect(sys.argv[1])\n"
+        "c.sendall(json.dumps({'argv': ['--', '/bin/true'], 'env': {}}).encode() + b'\\n')\n"
+        "try:\n"
+        "    print(repr(c.makefile('r').readline()))\n"
+        "except ConnectionResetError:\n"
+        "    print(repr(''))\n"
+    )
+    printed = tmp_path / "printed.txt"
+    client = [sys.executable, "-m", "int8lab.grading.forkclient", server.socket, str(tmp_path / "pid")]
+    sandbox = [
+        "--ro",
+        "/",
+        "--rw",
+        str(tmp_path),
+        "--stdout",
+        str(printed),
+        "--stderr",
+        str(tmp_path / "err.txt"),
+        "--",
+        sys.executable,
+        "-c",
+        ask,
+        server.socket,
+    ]
+    subprocess.run([*client, *sandbox], timeout=300, check=False)
+    assert printed.read_text().strip() == "''", printed.read_text() + (tmp_path / "err.txt").read_text()[-2000:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -95,7 +96,11 @@ def render_page(graded, job, assignment, verdicts: dict) -> str:
             "max_score": sum(points for _, points in grades.values()),
         },
     }
-    output, _ = _exporter().from_notebook_node(copy.deepcopy(graded), resources)
+    # A submission's output that the template cannot show (say, an empty mimebundle) makes nbconvert warn: that
+    # is the student's output, not the grader's problem, and the grader's stderr promises no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output, _ = _exporter().from_notebook_node(copy.deepcopy(graded), resources)
     return output
 
 

@@ -129,7 +129,8 @@ def grade(
             if problems:
                 problems.append(GradingError("feedback: not written, since the gradebook failed"))
             else:  # pages only for what was handed in: nbgrader fails on an assignment that nobody submitted
-                rendered = merging.rendered if merging else set()
+                # The pages the workers rendered (late and hand-graded ones excepted, merge.py): nbgrader the rest.
+                rendered = merging.rendered if merging else feedback_pages.write_pages(out, results)
                 problems = _feedback(
                     out, sorted({r.job.assignment for r in results if r.graded is not None}), results, rendered
                 )
@@ -362,8 +363,9 @@ def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set 
 
 
 def _step_medians(results: list[Result], phases: Phases) -> str:
-    """Where a notebook's seconds go: the median of each step over the notebooks that ran, and the feedback
-    pages' share (nbgrader writes them all at once, so only their mean is known)."""
+    """Where a notebook's seconds go: the median of each step over the notebooks that ran (the page rendered in
+    the worker among them), and the feedback phase's share after grading (writing the pages, and nbgrader's
+    for late and hand-graded submissions: it writes them all at once, so only their mean is known)."""
     import statistics
 
     ran = [r for r in results if r.steps]
@@ -376,7 +378,7 @@ def _step_medians(results: list[Result], phases: Phases) -> str:
     ]
     lines.append(f"median per notebook, whole job: {statistics.median(r.seconds for r in ran):.2f} s\n")
     pages = phases.seconds.get("feedback", 0.0) / len(ran)
-    return "".join(lines) + f"mean per notebook, feedback page: {pages:.2f} s\n"
+    return "".join(lines) + f"mean per notebook, feedback phase after grading: {pages:.2f} s\n"
 
 
 def _log(results: list[Result]) -> str:

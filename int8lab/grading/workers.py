@@ -46,8 +46,26 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, serv
         return prepared
     probe, notes = prepared
     result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, server), notes)
+    result.page = _page(result, assignment)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _page(result: Result, assignment) -> str | None:
+    """The feedback page, rendered here as on a Dask worker (pages.py): one nbgrader process per assignment on
+    the main process cost more than all of a class's runs with --skip-demos (bench_grading). None when there is
+    nothing to show or rendering failed: nbgrader then renders that page after the merge, as before."""
+    if result.graded is None or assignment.release is None:
+        return None
+    from .pages import render_page
+
+    rendering = time.perf_counter()
+    try:
+        return render_page(result.graded, result.job, assignment, result.verdicts)
+    except Exception:  # the grader's fault, never the student's: nbgrader's own path takes this page
+        return None
+    finally:
+        result.steps["feedback page"] = time.perf_counter() - rendering
 
 
 def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | Result:
@@ -138,6 +156,8 @@ def grade_all(jobs, assignments, work: Path, limits, cgroups, workers: int, prog
     forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
     with forks, tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress) as bar:
         server = _warm_kernels(forks, work / "warm-kernel-check", limits, cgroups)
+        if server is None:
+            forks.close()  # unused, it must not stay to serve whoever reaches its socket
         batch_size = max(1, workers) * JOBS_PER_WORKER
         for start in range(0, len(jobs), batch_size):
             batch = list(enumerate(jobs[start : start + batch_size], start))
