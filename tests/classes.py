@@ -305,17 +305,12 @@ def _validated(base: Path, invert: bool) -> GradedClass:
 
 def demo_run(base: Path) -> GradedClass:
     """int8lab demo on the digits, as `make demo` runs it (tests/test_project.py reads its table)."""
-    command = [
-        sys.executable,
-        "-m",
-        "int8lab",
-        "demo",
-        "--out",
-        str(base / "results"),
-        "--json",
-        str(base / "table.json"),
-    ]
-    return GradedClass("demo run", base, base, base, command, env={})
+    return GradedClass("demo run", base, base, base, _demo_command(base), env={})
+
+
+def _demo_command(base: Path) -> list[str]:
+    """``int8lab demo`` writing its plots under BASE/results and its table to BASE/table.json."""
+    return [sys.executable, "-m", "int8lab", "demo", "--out", str(base / "results"), "--json", str(base / "table.json")]
 
 
 def cifar_run(base: Path) -> GradedClass:
@@ -324,17 +319,7 @@ def cifar_run(base: Path) -> GradedClass:
 
     write_tiny_cifar(base / "cache" / "cifar10", per_batch=300, learnable=True)
     env = {"INT8LAB_CACHE": str(base / "cache"), "INT8LAB_DATASET": "cifar10"}
-    command = [
-        sys.executable,
-        "-m",
-        "int8lab",
-        "demo",
-        "--out",
-        str(base / "results"),
-        "--json",
-        str(base / "table.json"),
-    ]
-    return GradedClass("cifar run", base, base, base, command, env=env)
+    return GradedClass("cifar run", base, base, base, _demo_command(base), env=env)
 
 
 #: What runs in the background, in this order, by the name of the session fixture that returns each: the classes
