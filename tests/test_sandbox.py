@@ -148,8 +148,8 @@ def test_the_report_names_every_layer(tmp_path):
 
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
     text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
-    layers = ("user and network namespaces", "mount namespace", "PID namespace", "tmpfs", "landlock", "memory")
-    for layer in (*layers, "keyring", "seccomp filter"):
+    namespaces = ("user and network namespaces", "mount namespace", "PID namespace", "IPC namespace")
+    for layer in (*namespaces, "tmpfs", "landlock", "memory", "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
     summary = report.summary([], done.sandbox, 1.0, tmp_path, []).splitlines()
     for kind in ("sandbox seccomp filter", "sandbox keyring: ", "sandbox memory: "):
@@ -529,3 +529,39 @@ def test_the_memory_limit_holds_for_the_whole_process_tree(tmp_path):
     assert "HELD" in text, (text, done.status, done.reason)
     assert int(text.split()[1]) < 4, text
     assert any("for the whole process tree" in item for item in done.sandbox["enforced"]), done.sandbox
+
+
+SYSTEM_V = """
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+key, create = int(sys.argv[1]), sys.argv[2] == "create"
+flags = 0o1600 if create else 0  # IPC_CREAT | 0600
+found = {"shared memory": libc.shmget(key, 4096 if create else 0, flags) >= 0, "message queue": libc.msgget(key, flags) >= 0}
+print(json.dumps(found))
+"""
+
+
+def _system_v(tmp_path, key: int, create: bool) -> dict:
+    report = tmp_path / f"report-{create}.json"
+    command = [sys.executable, str(SCRIPT), "--report", str(report), "--ro", "/", "--"]
+    command += [sys.executable, "-c", SYSTEM_V, str(key), "create" if create else "look"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_system_v_objects_one_kernel_leaves_are_gone_for_the_next(tmp_path):
+    """Catches kernels sharing the machine's IPC namespace: a shared memory segment and a message queue that one
+    kernel creates under a known key (and never removes) must not be found by the next kernel of the same user."""
+    import ctypes
+    import random
+
+    key = random.randrange(1 << 20, 1 << 30)
+    try:
+        assert _system_v(tmp_path, key, create=True) == {"shared memory": True, "message queue": True}
+        assert _system_v(tmp_path, key, create=False) == {"shared memory": False, "message queue": False}
+    finally:  # what an unprotected run left in this machine's namespace
+        libc = ctypes.CDLL(None)
+        for identifier, remove in ((libc.shmget(key, 0, 0), libc.shmctl), (libc.msgget(key, 0), libc.msgctl)):
+            if identifier >= 0:
+                remove(identifier, 0, None)  # IPC_RMID

@@ -57,6 +57,9 @@ print(json.dumps({
     "globals": [getattr(int8lab, "LEAK", None), getattr(builtins, "LEAK", None), "leak_module" in sys.modules],
     "environment": os.environ.get("INT8LAB_LEAK"),
     "files": [os.path.exists(os.path.join(f, "leak.txt")) for f in (os.environ["HOME"], tempfile.gettempdir())],
+    "matplotlib folders": [__import__("matplotlib").get_configdir() == os.environ["MPLCONFIGDIR"],
+                           __import__("matplotlib").get_cachedir() == os.environ["MPLCONFIGDIR"]],
+    "hash": hash("int8lab"),
     "torch": torch.rand(3).tolist(),
     "numpy": numpy.random.rand(3).tolist(),
     "random": [random.random() for _ in range(3)],
@@ -71,6 +74,7 @@ CLEAN = {
     "globals": [None, None, False],
     "environment": None,
     "files": [False, False],
+    "matplotlib folders": [True, True],  # the kernel's own, not the fork server's
 }
 GENERATORS = ("torch", "numpy", "random")
 
@@ -143,6 +147,7 @@ def test_a_warm_kernel_enters_every_layer_a_fresh_one_does(tmp_path, server):
     assert warm_sandbox["enforced"] == fresh_sandbox["enforced"]
     assert warm_sandbox["missing"] == fresh_sandbox["missing"]
     assert {name: warm[name] for name in CLEAN} == {name: fresh[name] for name in CLEAN} == CLEAN
+    assert warm["hash"] == fresh["hash"]  # one string hashing, whichever kernel grades
 
 
 def test_a_process_the_server_forked_gets_nothing_from_it(tmp_path, server):
@@ -181,3 +186,58 @@ def test_a_process_the_server_forked_gets_nothing_from_it(tmp_path, server):
     ]
     subprocess.run([*client, *sandbox], timeout=300, check=False)
     assert printed.read_text().strip() == "''", printed.read_text() + (tmp_path / "err.txt").read_text()[-2000:]
+
+
+def test_a_request_that_is_no_json_object_leaves_the_server_serving(tmp_path, server):
+    """Catches a server that a malformed request takes down (every later kernel would start cold): a JSON list,
+    a request nested too deep and one cut short are refused, and the server still forks the next kernel."""
+    import subprocess
+    import sys
+
+    send = (
+        "import socket, sys\n"
+        "for request in (b'[1]\\n', b'[' * 100000 + b'\\n', b'{\"argv\": '):\n"
+        "    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "    c.connect(sys.argv[1])\n"
+        "    c.sendall(request)\n"
+        "    c.shutdown(socket.SHUT_WR)\n"
+        "    print(repr(c.makefile('r').readline()))\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", send, server.socket], capture_output=True, text=True, timeout=60)
+    assert printed.stdout.split() == ["''"] * 3, printed
+    assert server.process.poll() is None
+    observed, _ = _printed(OBSERVER, tmp_path / "after", server)
+    assert observed["warm"]
+
+
+def test_a_fork_server_that_dies_fails_no_student(tmp_path):
+    """Catches the server's death reported as the student's (kernel_died) and later jobs left without a kernel: the
+    kernel it forked is run again from nothing, and so is the next submission, both with their full output."""
+    import threading
+    import time
+    from dataclasses import asdict
+
+    from int8lab.grading import workers
+
+    forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
+    try:
+        assert forks.ready(), forks.problem
+        code = "import time\ntime.sleep(3)\nprint('finished')"
+        probe = json.dumps(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])).encode()
+
+        def kill_once_the_kernel_runs():
+            while not (tmp_path / "first" / run.KERNEL_PID_FILE).exists():
+                time.sleep(0.05)
+            time.sleep(1)
+            forks.process.kill()
+
+        killer = threading.Thread(target=kill_once_the_kernel_runs, daemon=True)
+        killer.start()
+        for job in ("first", "next"):
+            ran = workers.run_probe(probe, asdict(Limits()), tmp_path / job, None, forks.address())
+            assert ran["status"] == "ok", ran["reason"]
+            assert "finished" in ran["executed"].decode(), job
+            assert "run again in a fresh kernel" in ran["reason"], ran["reason"]
+        assert (tmp_path / "first" / run.KERNEL_PID_FILE).exists()  # the server did fork the first kernel
+    finally:
+        forks.close()

@@ -20,16 +20,27 @@ import signal
 import socket
 import sys
 
+#: Written beside PID_FILE when the fork server, not the kernel, failed: the grader then runs the submission again
+#: in a kernel started from nothing, and never reports the server's fault as the student's kernel dying.
+SERVER_LOST_FILE = "fork-server-lost"
+#: How long the server may take to fork a kernel (it forks one at a time, each in milliseconds).
+PID_REPLY_SECONDS = 120
+
 
 def main(argv: list[str]) -> int:
     server, pid_file, *sandbox_argv = argv
     _die_with_the_grader()
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.connect(server)
-    request = {"argv": sandbox_argv, "env": dict(os.environ)}
-    connection.sendall(json.dumps(request).encode() + b"\n")
-    replies = connection.makefile("r")
-    child = int(replies.readline().split()[1])  # "PID <pid>"
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(PID_REPLY_SECONDS)
+        connection.connect(server)
+        request = {"argv": sandbox_argv, "env": dict(os.environ)}
+        connection.sendall(json.dumps(request).encode() + b"\n")
+        replies = connection.makefile("r")
+        child = int(replies.readline().split()[1])  # "PID <pid>"
+        connection.settimeout(None)
+    except (OSError, ValueError, IndexError) as exc:
+        return _server_lost(pid_file, f"no kernel from the fork server ({type(exc).__name__}: {exc})")
     signal.signal(signal.SIGINT, lambda signum, frame: _signal(os.killpg, child, signum))
     signal.signal(signal.SIGTERM, lambda signum, frame: _signal(os.kill, child, signum))
     partial = pid_file + ".partial"
@@ -37,7 +48,15 @@ def main(argv: list[str]) -> int:
         handle.write(str(child))
     os.replace(partial, pid_file)
     line = replies.readline()  # "EXIT <status>", or nothing if the server died
-    return int(line.split()[1]) if line.startswith("EXIT ") else 1
+    if line.startswith("EXIT "):
+        return int(line.split()[1])
+    return _server_lost(pid_file, "the fork server stopped while its kernel ran")
+
+
+def _server_lost(pid_file: str, why: str) -> int:
+    with open(os.path.join(os.path.dirname(pid_file), SERVER_LOST_FILE), "w") as handle:
+        handle.write(why[:500])
+    return 1
 
 
 def _die_with_the_grader() -> None:

@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 #: What a notebook's setup cell and ipykernel import, loaded once here.
@@ -147,7 +148,21 @@ def warm_up() -> None:
 
     if zmq.Context._instance is not None:
         raise NotForkable("a ZMQ context exists before the fork: its sockets and threads would be shared")
+    # The sandbox closes every descriptor but 0-2 in the child: one that an import opened would be closed under
+    # a live Python object, whose finalizer could later close whatever the kernel opened under that number.
+    opened = sorted(int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2 and _is_open(int(fd)))
+    if opened:
+        raise NotForkable(f"the imports left descriptors {opened} open, which the sandbox would close under them")
     _check_private_roots()
+
+
+def _is_open(fd: int) -> bool:
+    """False for the descriptor that listed /proc/self/fd, closed since."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _check_private_roots() -> None:
@@ -189,7 +204,12 @@ def serve(path: str) -> None:
     while True:
         for key, _ in selector.select():
             if key.data == "listener":
-                connection, _ = listener.accept()
+                try:
+                    connection, _ = listener.accept()
+                except OSError as exc:  # out of descriptors (EMFILE) or a client gone already: wait, go on
+                    print(f"could not accept a request: {exc}", file=sys.stderr, flush=True)
+                    time.sleep(0.1)
+                    continue
                 if not _a_graders_client(connection):
                     connection.close()
                     continue
@@ -203,6 +223,7 @@ def serve(path: str) -> None:
                 _reap(children, selector)
             else:  # a client's connection: it closed (or sent what it must not): its kernel goes
                 _kill_group(key.data)
+                selector.unregister(key.fileobj)  # else the closed socket, always readable, spins this loop
 
 
 def _a_graders_client(connection: socket.socket) -> bool:
@@ -249,7 +270,12 @@ def _fork(connection: socket.socket, closing: list, pipe: tuple[int, int]) -> in
     child = os.fork()
     if child == 0:
         _child(request, closing, pipe)
-    connection.sendall(f"PID {child}\n".encode())
+    try:
+        connection.sendall(f"PID {child}\n".encode())
+    except OSError:  # the client died meanwhile: nobody would wait for this kernel (reaped with the others)
+        _kill_group(child)
+        connection.close()
+        return None
     return child
 
 
@@ -262,7 +288,12 @@ def _read_request(connection: socket.socket) -> dict:
             raise ValueError("an incomplete or oversized request")
         data += chunk
     connection.settimeout(None)
-    request = json.loads(data)
+    try:
+        request = json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("a request nested too deep") from exc
+    if not isinstance(request, dict):
+        raise ValueError("a request that is not a JSON object")
     if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
         raise ValueError("a request without argv and env")
     return request
@@ -278,7 +309,10 @@ def _reap(children: dict, selector) -> None:
             return
         connection = children.pop(pid, None)
         if connection is not None:
-            selector.unregister(connection)
+            try:
+                selector.unregister(connection)
+            except KeyError:  # its client closed it first
+                pass
             try:
                 connection.sendall(f"EXIT {os.waitstatus_to_exitcode(status) & 0xFF}\n".encode())
             except OSError:  # the client is gone already
@@ -308,12 +342,25 @@ def _child(request: dict, closing: list, pipe: tuple[int, int]) -> None:
         import tempfile
 
         tempfile.tempdir = None  # TMPDIR is the kernel's now
+        _forget_matplotlib_folders()
         fresh_random_state()
         from . import sandbox
 
         sandbox.main([str(a) for a in request["argv"]], start=start_kernel)
     finally:
         os._exit(1)  # sandbox.main never returns; this is for what raised before it
+
+
+def _forget_matplotlib_folders() -> None:
+    """matplotlib remembers its config and cache folders at their first use: the server's, which the kernel cannot
+    see. Forgotten here, they are found again from the kernel's MPLCONFIGDIR and XDG_CACHE_HOME, as in a fresh
+    kernel."""
+    import functools
+
+    import matplotlib
+
+    for name in ("get_configdir", "get_cachedir"):
+        setattr(matplotlib, name, functools.cache(getattr(matplotlib, name).__wrapped__))
 
 
 def fresh_random_state() -> None:

@@ -21,7 +21,8 @@ import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOSYMFOLLOW, MS_BIND, MS_REC, MS_PRIVATE = 256, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -53,11 +54,16 @@ def enter(isolate: bool) -> list[str]:
     uid, gid = os.getuid(), os.getgid()
     base = CLONE_NEWUSER | CLONE_NEWNET
     if isolate and _libc.unshare(base | CLONE_NEWNS | CLONE_NEWPID) == 0:
-        _map_ids(uid, gid)
-        return ["user and network namespaces", "mount namespace", "PID namespace"]
-    _check(_libc.unshare(base), "unshare(user, network)")
+        enforced = ["user and network namespaces", "mount namespace", "PID namespace"]
+    else:
+        _check(_libc.unshare(base), "unshare(user, network)")
+        enforced = ["user and network namespaces"]
     _map_ids(uid, gid)
-    return ["user and network namespaces"]
+    # System V shared memory, semaphores and message queues outlive their process: in the machine's IPC
+    # namespace a segment one kernel left under a known key was there for the next kernel of the same user.
+    if _libc.unshare(CLONE_NEWIPC) == 0:
+        enforced.append("IPC namespace")
+    return enforced
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

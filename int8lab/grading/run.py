@@ -69,6 +69,8 @@ class Run:
     cut_short: bool = False
     #: Wall-clock seconds of the run's steps (``STEPS``), for grading.log's medians.
     steps: dict = field(default_factory=dict)
+    #: Why the fork server failed this run ('' if it did not): the submission must run again from nothing.
+    server_lost: str = ""
 
 
 #: The steps of a run whose seconds grading.log gives: the sandbox and the kernel up to its first answer,
@@ -110,6 +112,9 @@ def _kernel_environment(kernel_dir: Path) -> dict:
         DATASET_ENV: dataset_name(),  # the judge's hidden tests read the same dataset in the worker
         "INT8LAB_NO_TRAINING": "1",  # grading reads the model cache, never trains
         "PYTHONDONTWRITEBYTECODE": "1",
+        # One string hashing for every kernel, warm (a fork server's children share its seed) or fresh: set and
+        # dict orders of strings, which a student's output may show, do not change from one grading to the next.
+        "PYTHONHASHSEED": "0",
     }
 
 
@@ -195,9 +200,10 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
                 cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
-    if server is not None and not (job_dir / KERNEL_PID_FILE).exists() and run.status is Status.KERNEL_DIED:
-        run.status, run.reason = Status.ERROR, "grader fault: the fork server did not start this kernel"
-    if stopped.is_set():
+    run.server_lost = server is not None and _server_lost(job_dir, run.status)
+    if run.server_lost:  # the grader's fault wins over whatever the run looked like to nbclient
+        run.status, run.reason = Status.ERROR, f"grader fault: {run.server_lost}"
+    elif stopped.is_set():
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
         run.status, run.reason = Status.TIMEOUT, f"a cell ran longer than {limits.cell_timeout} s and was stopped"
@@ -206,13 +212,27 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     run.stderr = _tail(job_dir / "kernel-stderr.log")
     if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
-    if run.status is not Status.TIMEOUT and _disk_full(run):
+    if run.status not in (Status.TIMEOUT, Status.ERROR) and _disk_full(run):
         run.status = Status.DISK_QUOTA
         run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
     run.records_text = _records_text(job_dir / "records.jsonl")
     run.records = read_records(run.records_text)
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
     return run
+
+
+def _server_lost(job_dir: Path, status: Status) -> str:
+    """Why the fork server, not the submission, ended this run ('' if it did not): the fork client said so, or
+    the kernel died before the server named it."""
+    from .forkclient import SERVER_LOST_FILE
+
+    try:
+        return (job_dir / SERVER_LOST_FILE).read_text(errors="replace")[:500] or "the fork server failed"
+    except OSError:
+        pass
+    if status is Status.KERNEL_DIED and not (job_dir / KERNEL_PID_FILE).exists():
+        return "the fork server did not start this kernel"
+    return ""
 
 
 class _SandboxedKernelManager(AsyncKernelManager):

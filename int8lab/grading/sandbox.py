@@ -8,7 +8,7 @@ Layers, each applied when the machine supports it and named in the report either
   - a pids cgroup (--cgroup), else RLIMIT_NPROC (which root ignores);
   - a memory cgroup (--memory-cgroup): one limit for the whole process tree; without one, only
     RLIMIT_AS per process (with the process limit), and the report says so;
-  - user and network namespaces: no network;
+  - user and network namespaces: no network; an IPC namespace: no System V object of another kernel;
   - with --isolate: mount and PID namespaces and a private root (``namespaces.py``): the
     kernel sees only the read-only folders, its socket folder, and a working folder on a
     tmpfs of --quota bytes, its whole disk; its /proc shows only its own processes;

@@ -91,8 +91,11 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
     Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
     "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
     """
-    notebook = nbformat.from_dict(json.loads(probe))
-    done = run.execute(notebook, job_dir, Limits(**limits), cgroups, server)
+    done = run.execute(nbformat.from_dict(json.loads(probe)), job_dir, Limits(**limits), cgroups, server)
+    if done.server_lost:  # the server's fault, never the student's: run it again in a kernel started from nothing
+        lost, cold = done.server_lost, job_dir.with_name(job_dir.name + "-cold")
+        done = run.execute(nbformat.from_dict(json.loads(probe)), cold, Limits(**limits), cgroups, None)
+        done.reason = "; ".join(filter(None, [done.reason, f"run again in a fresh kernel: {lost}"]))
     return {
         "status": done.status.value,
         "reason": done.reason,
