@@ -536,7 +536,8 @@ import ctypes, json, sys
 libc = ctypes.CDLL(None, use_errno=True)
 key, create = int(sys.argv[1]), sys.argv[2] == "create"
 flags = 0o1600 if create else 0  # IPC_CREAT | 0600
-found = {"shared memory": libc.shmget(key, 4096 if create else 0, flags) >= 0, "message queue": libc.msgget(key, flags) >= 0}
+found = {"shared memory": libc.shmget(key, 4096 if create else 0, flags) >= 0}
+found["message queue"] = libc.msgget(key, flags) >= 0
 print(json.dumps(found))
 """
 
