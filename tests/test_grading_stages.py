@@ -680,3 +680,16 @@ def test_an_answer_left_as_released_is_recognised_after_sanitizing():
         if cell.metadata.get("nbgrader", {}).get("grade_id") in markdown_answers:
             cell.source = "My own derivation: $s = \\max|x| / 127$."
     assert not markdown_answers & unchanged_answers(sanitize_notebook(answered), release)
+
+
+def test_every_image_of_a_feedback_page_has_alternative_text():
+    """Catches the feedback exporter (which skips nbconvert's BeautifulSoup pass) leaving an image without alt text,
+    or replacing a student's own: a plot gets nbconvert's text, an image with alt keeps it, '>' in a value counts."""
+    from int8lab.grading.feedback import _IMAGE_TAG, NO_ALT_TEXT, _with_alt_text
+
+    page = '<p><img src="data:image/png;base64,AAAA"\n></p><img alt="a > b" src="x.png"><IMG SRC=\'y>z.png\'/>'
+    rewritten = _IMAGE_TAG.sub(_with_alt_text, page)
+    assert rewritten == (
+        f'<p><img src="data:image/png;base64,AAAA" alt="{NO_ALT_TEXT}"></p><img alt="a > b" src="x.png">'
+        f"<IMG SRC='y>z.png' alt=\"{NO_ALT_TEXT}\"/>"
+    )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_a_sandboxed_kernel_reaches_no_socket_port_or_process_outside_its_own(tm
 def test_the_report_names_every_layer(tmp_path):
     import nbformat
 
-    from int8lab.grading import report, run
+    from int8lab.grading import pipeline, report, run
     from int8lab.grading.model import Limits
 
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
@@ -152,6 +153,9 @@ def test_the_report_names_every_layer(tmp_path):
     for layer in (*namespaces, "tmpfs", "landlock", "memory", "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
     summary = report.summary([], done.sandbox, 1.0, tmp_path, []).splitlines()
+    # On this machine every isolation layer holds, so grading requires each of them of every kernel: a layer whose
+    # name in the report changed would silently stop being required.
+    assert pipeline.required_layers(done.sandbox) == pipeline.ISOLATION_LAYERS
     for kind in ("sandbox seccomp filter", "sandbox keyring: ", "sandbox memory: "):
         assert sum(line.startswith(kind) for line in summary) == 1, (kind, summary)
 
@@ -566,3 +570,35 @@ def test_system_v_objects_one_kernel_leaves_are_gone_for_the_next(tmp_path):
         for identifier, remove in ((libc.shmget(key, 0, 0), libc.shmctl), (libc.msgget(key, 0), libc.msgctl)):
             if identifier >= 0:
                 remove(identifier, 0, None)  # IPC_RMID
+
+
+def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):
+    """Catches a sandbox that goes on with fewer layers than the grader's check kernel got: with this user's
+    namespaces used up (as a student's unshare loop in another kernel would), a launch that requires them is
+    refused, says so in its report, and never runs its command."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare command here")
+    ran, report = tmp_path / "ran", tmp_path / "report.json"
+    launch = [sys.executable, str(SCRIPT), "--report", str(report), "--ro", "/", "--rw", str(tmp_path)]
+    launch += ["--require", "user and network namespaces", "--require", "PID namespace", "--isolate", str(tmp_path)]
+    launch += ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    exhausted = "echo 0 > /proc/sys/user/max_user_namespaces && exec " + " ".join(map(shlex.quote, launch))
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", exhausted], timeout=120)
+    assert result.returncode == sandbox.REFUSED
+    assert not ran.exists()
+    assert json.loads(report.read_text())["refused"] == ["user and network namespaces", "PID namespace"]
+
+
+def test_a_refused_kernel_is_the_graders_fault_and_nothing_runs(tmp_path):
+    """Catches a refused launch reported as the student's kernel dying: it is a grader fault, and no cell ran."""
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ran')")])
+    done = run.execute(notebook, tmp_path, Limits(required_layers=("a layer no machine has",)))
+    assert done.status.value == "error" and done.reason.startswith("grader fault:"), done.reason
+    assert not done.executed.cells[0].get("outputs")

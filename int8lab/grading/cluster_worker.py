@@ -194,6 +194,35 @@ def _kernel_problem() -> str:
     return ""
 
 
+_fork_server_lock = threading.Lock()
+#: This worker process's fork server: ``{"address": forkserver.Address or None}`` once its first job asked.
+_fork_server: dict = {}
+
+
+def _warm_kernels():
+    """The address of this worker process's fork server (``forkserver.py``), started and checked by its first job,
+    as ``workers.grade_all`` does for a local grading; None if it cannot serve: kernels then start from nothing."""
+    with _fork_server_lock:  # a worker may run several tasks at once, in threads
+        if "address" not in _fork_server:
+            import atexit
+
+            from . import run
+            from .forkserver import ForkServer
+            from .workers import _warm_kernels as checked
+
+            forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
+            scratch = Path(tempfile.mkdtemp(prefix="int8lab-warm-"))
+            try:
+                _fork_server["address"] = checked(forks, scratch, Limits(), _cgroups())
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if _fork_server["address"] is None:
+                forks.close()  # unused, it must not stay to serve whoever reaches its socket
+            else:
+                atexit.register(forks.close)
+        return _fork_server["address"]
+
+
 @cache
 def _worker_ready(expected_json: str) -> str:
     return check_worker(json.loads(expected_json))
@@ -240,7 +269,7 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
         # Landlock, seccomp, limits), that shares no memory with this one. What comes back here is text: the
         # executed notebook's JSON and the records' JSON lines, read by json.loads, never unpickled or imported.
         # So this worker process, and the judge process it feeds, never load student code.
-        ran = run_probe(probe, limits, scratch, _cgroups())
+        ran = run_probe(probe, limits, scratch, _cgroups(), _warm_kernels())
         shutil.rmtree(scratch, ignore_errors=True)
         judging = time.perf_counter()
         try:
@@ -251,7 +280,8 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
             answer = {"fault": str(exc)}
     finally:
         watchdog.cancel()
-        shutil.rmtree(scratch, ignore_errors=True)
+        for folder in (scratch, scratch.with_name(f"{scratch.name}-cold")):  # -cold: run_probe's second run
+            shutil.rmtree(folder, ignore_errors=True)
     worker = get_worker()
     answer["worker"] = worker.address if str(worker.name) == worker.address else f"{worker.name} ({worker.address})"
     answer["seconds"] = time.perf_counter() - started

@@ -71,6 +71,8 @@ def configure(c, root: Path, repository: bool = False) -> None:
     # replaces nbgrader's own setting, so its path to bootstrap.min.css (which the page inlines) is repeated.
     bootstrap_css = Path(formgrader_handlers.__file__).parent / "static" / "node_modules" / "bootstrap" / "dist" / "css"
     c.GenerateFeedback.HTMLExporter.extra_template_paths = [formgrader_handlers.template_path, str(bootstrap_css)]
+    # nbconvert's HTML exporter but for its slow last pass (feedback.FeedbackExporter).
+    c.GenerateFeedback.exporter_class = "int8lab.grading.feedback.FeedbackExporter"
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades",
         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",

@@ -44,6 +44,11 @@ class Limits:
     #: Run the release's demonstration cells (plots, studies) so that the feedback shows their output;
     #: when False they are skipped for speed and the feedback shows their source with a note.
     run_demos: bool = True
+    #: Sandbox layers (the start of their names in the sandbox's report) without which a kernel must not start:
+    #: those the grader's check kernel got on this machine (``pipeline.required_layers``), so that a kernel
+    #: that could not make one (say, a student exhausting the user's namespaces meanwhile) is refused, not run
+    #: with less.
+    required_layers: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def grade(
         # nbgrader builds the course template in a process of its own while the grader checks itself here.
         with phases("checking the grader, the course template beside it"), ThreadPoolExecutor(1) as beside:
             template = beside.submit(course.build_course, work / "template", assignments)
-            _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
+            limits = _check_the_grader(assignments, work, limits, cgroups, progress, kernel=dask is None)
             template.result()
         with phases("keeping the submissions"):
             course.prepare_out(out, work / "template", course_folder)
@@ -268,9 +268,9 @@ def _fresh_folder(folder: Path) -> Path:
     return folder
 
 
-def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress: bool, kernel: bool = True) -> None:
+def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress: bool, kernel: bool = True) -> Limits:
     """Stop before grading anyone if the judge fails the reference solution or (``kernel``) no kernel can
-    start on this machine."""
+    start on this machine. Returns ``limits`` with the isolation layers the check kernel got now required."""
     from ..training import trained_model
 
     trained_model(progress=progress)  # kernels only read the model cache
@@ -282,7 +282,7 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
         except AssertionError as exc:
             raise GradingError(str(exc)) from None
     if not kernel:
-        return
+        return limits
     smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(KERNEL_SMOKE_TEST)])
     done = run.execute(smoke, work / "kernel-check", kernel_check_limits(limits), cgroups)
     outputs = [o for c in done.executed.cells for o in c.get("outputs", [])]
@@ -292,6 +292,26 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
             f"a sandboxed kernel cannot run the lab ({done.status}: {done.reason or details}); nobody was graded.\n"
             f"kernel stderr:\n{done.stderr or '(empty)'}"
         )
+    return replace(limits, required_layers=required_layers(done.sandbox))
+
+
+#: The layers that keep a kernel from the machine, its network and the other kernels (report names' starts).
+ISOLATION_LAYERS = (
+    "user and network namespaces",
+    "mount namespace",
+    "PID namespace",
+    "IPC namespace",
+    "private root",
+    "landlock",
+    "seccomp filter",
+)
+
+
+def required_layers(sandbox: dict | None) -> tuple[str, ...]:
+    """The ``ISOLATION_LAYERS`` that the check kernel's sandbox report names as enforced: every kernel must get
+    them (a machine without some grades without them, as the summary says; it never loses them per kernel)."""
+    enforced = (sandbox or {}).get("enforced", [])
+    return tuple(layer for layer in ISOLATION_LAYERS if any(item.startswith(layer) for item in enforced))
 
 
 KERNEL_SMOKE_TEST = "import int8lab, int8lab.grading.records, numpy, torch\nprint('kernel ready')"

@@ -21,6 +21,7 @@ the kernel writes reaches OUT.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import sys
@@ -130,6 +131,8 @@ def _kernel_spec(
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
     launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
+    for layer in limits.required_layers:
+        launcher += ["--require", str(layer)]
     if cgroup:
         launcher += ["--cgroup", str(cgroup)]
     if memory_group:
@@ -193,6 +196,9 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     finally:
         watchdog.cancel()
         _shut_down(manager, client)  # nbclient leaves a kernel it did not create running
+        # nbclient's exit hook for a kernel that failed to start stays registered, and at the worker's exit
+        # printed an AssertionError traceback into the grader's stderr; the kernel is shut down above.
+        atexit.unregister(client._cleanup_kernel)
         _kill(cgroups.pids(cgroup) if cgroup else [])
         _kill_group(manager.pid_file)
         for group in (cgroup, memory_group):
@@ -218,6 +224,13 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     run.records_text = _records_text(job_dir / "records.jsonl")
     run.records = read_records(run.records_text)
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
+    refused = (run.sandbox or {}).get("refused")
+    if refused and not run.server_lost:  # the kernel never started: nothing of the submission ran
+        run.status = Status.ERROR
+        run.reason = (
+            f"grader fault: this kernel's sandbox could not make {', '.join(map(str, refused))}, which the "
+            "grader's check kernel had on this machine; the notebook did not run (grade it again)"
+        )
     return run
 
 

@@ -18,7 +18,8 @@ Layers, each applied when the machine supports it and named in the report either
     lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
   - with a PID namespace, PID 1 is this launcher's own small init: it reaps the orphans the
     command leaves (zombies would hold the process limit) and exits with the command's status.
---records FILE is opened before any of this; the command writes its probe records through the
+A layer named by --require that could not be made stops the launch: the report says "refused", the command
+never runs. --records FILE is opened before any of this; the command writes its probe records through the
 inherited descriptor (``INT8LAB_PROBE_RECORDS_FD``) and never sees the file's folder. No other
 descriptor of the caller reaches the command: standard input is /dev/null, and with --stdout and
 --stderr its output goes to those files (capped by --file-size), never to the grader's terminal.
@@ -41,6 +42,8 @@ else:  # run as a script (fast: the int8lab package, which imports torch, is not
     import seccomp
 
 PR_SET_PDEATHSIG = 1
+#: The exit status of a sandbox that could not enforce a ``--require``d layer (the command never ran).
+REFUSED = 3
 KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", help="file to write what was and was not enforced to")
     parser.add_argument("--stdout", help="file to send the command's standard output to")
     parser.add_argument("--stderr", help="file to send the command's standard error to (for diagnosing crashes)")
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        help="a layer without which the command must not run (say, 'PID namespace')",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
@@ -132,9 +141,13 @@ def main(argv=None, start=None) -> None:
     layers.attempt("filesystem", lambda: landlock.restrict_filesystem(args.ro, [p for p in read_write if p]))
     layers.attempt("keyring", _new_session_keyring)  # before the filter, which refuses keyctl
     layers.attempt("seccomp filter", seccomp.install)
+    refused = [layer for layer in args.require if not any(item.startswith(layer) for item in layers.enforced)]
     if report:
-        report.write(json.dumps({"enforced": layers.enforced, "missing": layers.missing}) + "\n")
+        outcome = {"enforced": layers.enforced, "missing": layers.missing}
+        report.write(json.dumps({**outcome, "refused": refused} if refused else outcome) + "\n")
         report.close()
+    if refused:  # this machine gave the grader's check kernel these layers: a kernel without them does not start
+        os._exit(REFUSED)
     if "PID namespace" in layers.enforced:
         _init(command, start)
     _become(command, start)

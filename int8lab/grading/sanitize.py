@@ -21,6 +21,7 @@ it is stripped with the rest.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import bleach
@@ -189,6 +190,13 @@ def safe_markdown2html(source: str) -> str:
     Text that the first cleaning left alone as text can become live markdown then (a link inside an
     HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
     """
+    return _remembered_markdown(source)
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_markdown(source: str) -> str:
+    """A function of its text alone: every page of an assignment shows the release's markdown cells, rendered
+    and cleaned once per process."""
     return _Sanitizer().sanitize_html_tags(render_markdown(source))
 
 
