@@ -29,8 +29,10 @@ from .model import Job, Limits, Result, Status
 from .records import MAX_RECORD_BYTES, Records, read_records
 from .sanitize import sanitize_notebook
 
-#: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it.
-JOBS_PER_WORKER = 10
+#: A worker process is replaced after this many submissions, which bounds what a run leaves behind in it (a ZMQ
+#: context and its I/O thread per kernel, ``_warm_worker``). Each replacement costs the pool's start (torch and
+#: nbclient imported again) and the wait for its slowest job with a core idle: at 10, 140 notebooks paid it 7 times.
+JOBS_PER_WORKER = 40
 
 
 def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, server=None) -> Result:
