@@ -693,3 +693,16 @@ def test_every_image_of_a_feedback_page_has_alternative_text():
         f'<p><img src="data:image/png;base64,AAAA" alt="{NO_ALT_TEXT}"></p><img alt="a > b" src="x.png">'
         f"<IMG SRC='y>z.png' alt=\"{NO_ALT_TEXT}\"/>"
     )
+
+
+def test_a_remembered_markdown_cell_is_the_one_with_its_own_attachments():
+    """Catches the sanitizer's memory of rendered markdown keyed on the text alone: two cells with the same text,
+    one with a PNG attachment and one without, must each show their own (an image, then none)."""
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    text = "![plot](attachment:plot.png)"
+    with_image = nbformat.v4.new_markdown_cell(text, attachments={"plot.png": {"image/png": "iVBORw0KGgo="}})
+    notebook = nbformat.v4.new_notebook(cells=[with_image, nbformat.v4.new_markdown_cell(text)])
+    first, second = sanitize_notebook(notebook).cells
+    assert "data:image/png;base64,iVBORw0KGgo=" in first.source
+    assert "data:image" not in second.source

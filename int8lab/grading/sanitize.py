@@ -22,6 +22,7 @@ it is stripped with the rest.
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 import bleach
@@ -190,14 +191,14 @@ def safe_markdown2html(source: str) -> str:
     Text that the first cleaning left alone as text can become live markdown then (a link inside an
     HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
     """
-    return _remembered_markdown(source)
+    return _cleaned_markdown(source, "{}")
 
 
 @functools.lru_cache(maxsize=4096)
-def _remembered_markdown(source: str) -> str:
-    """A function of its text alone: every page of an assignment shows the release's markdown cells, rendered
-    and cleaned once per process."""
-    return _Sanitizer().sanitize_html_tags(render_markdown(source))
+def _cleaned_markdown(source: str, attachments: str) -> str:
+    """``source`` rendered with ``attachments`` (JSON) and cleaned: a function of its arguments alone, remembered
+    per process, since every submission of an assignment holds the release's markdown cells."""
+    return _Sanitizer().sanitize_html_tags(render_markdown(source, json.loads(attachments)))
 
 
 def show_source(cell) -> None:
@@ -235,14 +236,16 @@ def sanitize_notebook(nb):
     for index, cell in enumerate(nb.cells):
         show_source(cell)
         attachments = _safe_attachments(cell)
-        if cell.cell_type == "markdown":
-            cell.source = render_markdown(cell.source, attachments)
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if "text/markdown" in data:  # rendered like a markdown cell, then cleaned as HTML
-                rendered = render_markdown("".join(data.pop("text/markdown")))
-                data.setdefault("text/html", rendered)
-        sanitizer.preprocess_cell(cell, {}, index)
+        if cell.cell_type == "markdown":  # rendered, then cleaned as nbconvert's SanitizeHTML cleans markdown
+            source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+            cell.source = _cleaned_markdown(source, json.dumps(attachments, sort_keys=True))
+        else:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "text/markdown" in data:  # rendered like a markdown cell, then cleaned as HTML
+                    rendered = render_markdown("".join(data.pop("text/markdown")))
+                    data.setdefault("text/html", rendered)
+            sanitizer.preprocess_cell(cell, {}, index)
         if attachments:
             cell.attachments = attachments
         else:
