@@ -27,7 +27,7 @@ help:
 	@echo "make validate nbgrader validate on the solutions, and --invert on the released notebooks"
 	@echo "make grade   autograde SUBMISSIONS (default: what nbgrader collect gathered) into OUT (default graded)"
 	@echo "make bench-grading  int8lab grade against plain nbgrader autograde on 20 generated submissions"
-	@echo "make bench-dask  Dask stage by stage on 30 generated submissions, client CPU with 4 workers; 1,000 students on N machines"
+	@echo "make bench-dask  Dask stage by stage on 30 generated students x 7 notebooks, client CPU with 4 workers; 1,000 students on N machines"
 	@echo "make guide   regenerate docs/instructors-guide.md from solutions/ and the misconception catalogue"
 	@echo "make clean   remove .venv and build leftovers"
 
