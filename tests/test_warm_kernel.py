@@ -241,3 +241,31 @@ def test_a_fork_server_that_dies_fails_no_student(tmp_path):
         assert (tmp_path / "first" / run.KERNEL_PID_FILE).exists()  # the server did fork the first kernel
     finally:
         forks.close()
+
+
+def test_a_dask_workers_fork_server_outlives_the_task_thread_that_started_it():
+    """Catches a fork server started in a Dask task's thread: its parent-death signal follows that thread, and
+    Dask may retire it; the server must go on serving once the thread that waited for it has ended."""
+    import threading
+    import time
+
+    from int8lab.grading import cluster_worker
+
+    started = {}
+
+    def task():  # as a Dask task would: start the server, wait until it serves, then end
+        started["server"] = cluster_worker._in_a_thread_that_stays(
+            lambda: ForkServer(run._kernel_environment(Path("/nonexistent")))
+        )
+        started["ready"] = started["server"].ready()
+
+    thread = threading.Thread(target=task)
+    thread.start()
+    thread.join()
+    forks = started["server"]
+    try:
+        assert started["ready"], forks.problem
+        time.sleep(1)
+        assert forks.process.poll() is None, forks.process.returncode
+    finally:
+        forks.close()

@@ -210,7 +210,11 @@ def _warm_kernels():
             from .forkserver import ForkServer
             from .workers import _warm_kernels as checked
 
-            forks = ForkServer(run._kernel_environment(Path("/nonexistent")))
+            try:
+                forks = _in_a_thread_that_stays(lambda: ForkServer(run._kernel_environment(Path("/nonexistent"))))
+            except (OSError, RuntimeError):  # no warm kernels, never a failed job: they start from nothing
+                _fork_server["address"] = None
+                return None
             scratch = Path(tempfile.mkdtemp(prefix="int8lab-warm-"))
             try:
                 _fork_server["address"] = checked(forks, scratch, Limits(), _cgroups())
@@ -221,6 +225,25 @@ def _warm_kernels():
             else:
                 atexit.register(forks.close)
         return _fork_server["address"]
+
+
+def _in_a_thread_that_stays(start):
+    """``start()`` called in a daemon thread that then waits forever. The fork server dies with the thread that
+    started it (PR_SET_PDEATHSIG follows the thread, not the process), and Dask may retire a task's thread."""
+    started, ready = [], threading.Event()
+
+    def keeper():
+        try:
+            started.append(start())
+        finally:
+            ready.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keeper, name="int8lab-fork-server", daemon=True).start()
+    ready.wait()
+    if not started:
+        raise RuntimeError("the fork server could not be started")
+    return started[0]
 
 
 @cache
