@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -706,3 +707,27 @@ def test_a_remembered_markdown_cell_is_the_one_with_its_own_attachments():
     first, second = sanitize_notebook(notebook).cells
     assert "data:image/png;base64,iVBORw0KGgo=" in first.source
     assert "data:image" not in second.source
+
+
+def test_an_images_metadata_adds_no_attribute_to_the_page():
+    """Catches output metadata reaching the page's unquoted attributes (nbconvert writes width={{ width }}): a width
+    or height of "1 onerror=alert(1)" or a filenames entry pointing the image elsewhere is dropped; a plain number
+    stays."""
+    from nbconvert import HTMLExporter
+
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    hostile = {"width": "1 onerror=alert(1)", "image/png": {"height": "2 onload=alert(2)"}}
+    hostile["filenames"] = {"image/png": "https://tracker.example/pixel.png"}
+    code = nbformat.v4.new_code_cell("x")
+    image = {"image/png": "iVBORw0KGgo="}
+    code.outputs = [
+        nbformat.v4.new_output("display_data", data=image, metadata=hostile),
+        nbformat.v4.new_output("display_data", data=image, metadata={"image/png": {"width": 320}}),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[code])
+    unsafe, _ = HTMLExporter(template_name="classic").from_notebook_node(copy.deepcopy(nb))
+    assert active_content(unsafe) and "tracker.example" in unsafe  # the test would prove nothing otherwise
+    page, _ = HTMLExporter(template_name="classic").from_notebook_node(sanitize_notebook(nb))
+    assert active_content(page) == [] and "tracker.example" not in page
+    assert re.search(r"width=\"?320\b", page)  # a plain number stays

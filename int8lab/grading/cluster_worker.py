@@ -218,6 +218,8 @@ def _warm_kernels():
             scratch = Path(tempfile.mkdtemp(prefix="int8lab-warm-"))
             try:
                 _fork_server["address"] = checked(forks, scratch, Limits(), _cgroups())
+            except Exception:  # the grader's warm kernels failed: kernels start from nothing, no job fails
+                _fork_server["address"] = None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             if _fork_server["address"] is None:
@@ -280,6 +282,7 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
         raise WorkerMismatch(problem)
     os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     started = time.perf_counter()
+    warm = _warm_kernels()  # its start-up (the first task only) is no part of this job's time limit
     # run.execute stops a notebook at its time limit; if the run or its judging hangs past it, this worker dies
     # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
     deadline = Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
@@ -292,7 +295,7 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
         # Landlock, seccomp, limits), that shares no memory with this one. What comes back here is text: the
         # executed notebook's JSON and the records' JSON lines, read by json.loads, never unpickled or imported.
         # So this worker process, and the judge process it feeds, never load student code.
-        ran = run_probe(probe, limits, scratch, _cgroups(), _warm_kernels())
+        ran = run_probe(probe, limits, scratch, _cgroups(), warm)
         shutil.rmtree(scratch, ignore_errors=True)
         judging = time.perf_counter()
         try:
@@ -303,8 +306,7 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
             answer = {"fault": str(exc)}
     finally:
         watchdog.cancel()
-        for folder in (scratch, scratch.with_name(f"{scratch.name}-cold")):  # -cold: run_probe's second run
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     worker = get_worker()
     answer["worker"] = worker.address if str(worker.name) == worker.address else f"{worker.name} ({worker.address})"
     answer["seconds"] = time.perf_counter() - started

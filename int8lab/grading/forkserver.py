@@ -222,6 +222,8 @@ def serve(path: str) -> None:
                 os.read(wake_read, 4096)
                 _reap(children, selector)
             else:  # a client's connection: it closed (or sent what it must not): its kernel goes
+                if children.get(key.data) is not key.fileobj:
+                    continue  # reaped in this same batch (its connection closed then): nothing left to do
                 _kill_group(key.data)
                 selector.unregister(key.fileobj)  # else the closed socket, always readable, spins this loop
 
@@ -270,6 +272,10 @@ def _fork(connection: socket.socket, closing: list, pipe: tuple[int, int]) -> in
     child = os.fork()
     if child == 0:
         _child(request, closing, pipe)
+    try:  # as the child does itself: whichever runs first, the group exists before anyone kills it
+        os.setpgid(child, child)
+    except OSError:
+        pass
     try:
         connection.sendall(f"PID {child}\n".encode())
     except OSError:  # the client died meanwhile: nobody would wait for this kernel (reaped with the others)

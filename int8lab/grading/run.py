@@ -162,6 +162,10 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     done already), or None for a kernel started from nothing."""
     kernel_dir = job_dir / "kernel"
     kernel_dir.mkdir(parents=True, exist_ok=True)
+    from .forkclient import SERVER_LOST_FILE
+
+    for stale in (KERNEL_PID_FILE, SERVER_LOST_FILE):  # a job retried in its folder: nothing of the last attempt
+        (job_dir / stale).unlink(missing_ok=True)
     # Unix socket paths are limited to about 100 bytes: the kernel's sockets get a short folder.
     sockets = Path(tempfile.mkdtemp(prefix="int8lab-k", dir="/tmp"))
     cgroup = cgroups.create(job_dir.name, limits.processes) if cgroups else None

@@ -129,7 +129,9 @@ def main(argv=None, start=None) -> None:
         layers.attempt("pids cgroup", lambda: join_cgroup(args.cgroup))
     if args.memory_cgroup:
         layers.attempt("memory cgroup", lambda: join_memory_cgroup(args.memory_cgroup))
-    layers.attempt("namespaces", lambda: namespaces.enter(isolate=bool(args.isolate)))
+    if layers.attempt("namespaces", lambda: namespaces.enter(isolate=bool(args.isolate))):
+        if "IPC namespace" not in layers.enforced:
+            layers.missing.append("IPC namespace: refused (System V objects shared with the machine's other processes)")
     if args.isolate:
         if "PID namespace" in layers.enforced:
             _become_pid_one()

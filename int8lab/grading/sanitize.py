@@ -230,6 +230,35 @@ def _safe_attachments(cell) -> dict:
     return kept
 
 
+#: Output metadata that nbconvert's templates read: the rest is dropped (``filenames`` would point an image at
+#: any URL). ``width`` and ``height`` are written into the page without quotes (classic base.html.j2:
+#: ``width={{ width | escape_html }}``), so only a plain number may stay: "1 onerror=alert(1)" added a live
+#: event handler to the feedback page and to formgrader's, where the instructor is signed in.
+_NUMBER = re.compile(r"\d{1,6}(\.\d{1,6})?")
+
+
+def _safe_output_metadata(metadata) -> dict:
+    """``metadata`` of one output with only numeric ``width``/``height``, a boolean ``unconfined`` and a text
+    ``alt``, at its top level and per MIME type."""
+    if not isinstance(metadata, dict):
+        return {}
+    kept = {}
+    for key, value in metadata.items():
+        if key in ("width", "height"):
+            if isinstance(value, bool) or not isinstance(value, int | float | str) or not _NUMBER.fullmatch(str(value)):
+                continue
+            kept[key] = value
+        elif key == "unconfined" and isinstance(value, bool):
+            kept[key] = value
+        elif key == "alt" and isinstance(value, str):
+            kept[key] = value
+        elif "/" in key and isinstance(value, dict):  # a MIME type's own metadata
+            inner = _safe_output_metadata({k: v for k, v in value.items() if "/" not in k})
+            if inner:
+                kept[key] = inner
+    return kept
+
+
 def sanitize_notebook(nb):
     """``nb``, cleaned in place (and returned) for display in a browser."""
     sanitizer = _Sanitizer()
@@ -241,6 +270,8 @@ def sanitize_notebook(nb):
             cell.source = _cleaned_markdown(source, json.dumps(attachments, sort_keys=True))
         else:
             for output in cell.get("outputs", []):
+                if "metadata" in output:
+                    output["metadata"] = _safe_output_metadata(output["metadata"])
                 data = output.get("data", {})
                 if "text/markdown" in data:  # rendered like a markdown cell, then cleaned as HTML
                     rendered = render_markdown("".join(data.pop("text/markdown")))

@@ -95,7 +95,9 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
     """
     done = run.execute(nbformat.from_dict(json.loads(probe)), job_dir, Limits(**limits), cgroups, server)
     if done.server_lost:  # the server's fault, never the student's: run it again in a kernel started from nothing
-        lost, cold = done.server_lost, job_dir.with_name(job_dir.name + "-cold")
+        lost, cold = done.server_lost, job_dir / f"{job_dir.name}-cold"  # a unique name: cgroups are named after it
+        if (job_dir / "worker").exists():  # the pool's watchdog gives the second run its own time
+            (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")
         done = run.execute(nbformat.from_dict(json.loads(probe)), cold, Limits(**limits), cgroups, None)
         done.reason = "; ".join(filter(None, [done.reason, f"run again in a fresh kernel: {lost}"]))
     return {
