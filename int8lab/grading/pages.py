@@ -15,7 +15,7 @@ import copy
 import json
 import tempfile
 import warnings
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from nbgrader import utils
@@ -108,7 +108,7 @@ def render_page(graded, job, assignment, verdicts: dict) -> str:
     return output
 
 
-@cache
+@lru_cache(maxsize=4)  # the lexer is the notebook's metadata: a student's may name any
 def _highlighter(lexer: str | None):
     """The exporter's own code highlighter for ``lexer`` (as ``from_notebook_node`` makes one per notebook),
     remembering what it highlighted: most code cells of a page are the release's, the same on every page."""
@@ -118,7 +118,7 @@ def _highlighter(lexer: str | None):
         def __call__(self, source, language=None, metadata=None):
             key = (source, language, json.dumps(metadata, sort_keys=True, default=str))
             if key not in self.remembered:
-                if len(self.remembered) > 4096:
+                if len(self.remembered) > 2048:
                     self.remembered.clear()
                 self.remembered[key] = super().__call__(source, language, metadata)
             return self.remembered[key]

@@ -194,10 +194,11 @@ def safe_markdown2html(source: str) -> str:
     return _cleaned_markdown(source, "{}")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=2048)
 def _cleaned_markdown(source: str, attachments: str) -> str:
     """``source`` rendered with ``attachments`` (JSON) and cleaned: a function of its arguments alone, remembered
-    per process, since every submission of an assignment holds the release's markdown cells."""
+    per process, since every submission of an assignment holds the release's markdown cells (a cell's text is
+    bounded by the notebook's size; cells with attachments are not remembered)."""
     return _Sanitizer().sanitize_html_tags(render_markdown(source, json.loads(attachments)))
 
 
@@ -267,7 +268,10 @@ def sanitize_notebook(nb):
         attachments = _safe_attachments(cell)
         if cell.cell_type == "markdown":  # rendered, then cleaned as nbconvert's SanitizeHTML cleans markdown
             source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-            cell.source = _cleaned_markdown(source, json.dumps(attachments, sort_keys=True))
+            if attachments:  # a student's pasted images: never kept in memory (nor do the release's cells have any)
+                cell.source = _Sanitizer().sanitize_html_tags(render_markdown(source, attachments))
+            else:
+                cell.source = _cleaned_markdown(source, "{}")
         else:
             for output in cell.get("outputs", []):
                 if "metadata" in output:
