@@ -269,3 +269,21 @@ def test_a_dask_workers_fork_server_outlives_the_task_thread_that_started_it():
         assert forks.process.poll() is None, forks.process.returncode
     finally:
         forks.close()
+
+
+def test_a_dask_workers_kernels_require_what_its_check_kernel_got(monkeypatch):
+    """Catches Dask workers whose kernels may run with fewer sandbox layers than their check kernel had (a local
+    grading requires them): the worker's warm check records the layers every later kernel of it must get."""
+    import atexit
+
+    from int8lab.grading import cluster_worker, pipeline
+
+    at_exit = []  # the worker closes its fork server at its exit: here, at the test's end
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    monkeypatch.setattr(cluster_worker, "_fork_server", {})
+    try:
+        assert cluster_worker._warm_kernels() is not None
+        assert cluster_worker._fork_server["required"] == pipeline.ISOLATION_LAYERS  # all of them, on this machine
+    finally:
+        for close in at_exit:
+            close()

@@ -221,6 +221,11 @@ def _warm_kernels():
             except Exception:  # the grader's warm kernels failed: kernels start from nothing, no job fails
                 _fork_server["address"] = None
             finally:
+                # What the check kernel's sandbox got here, every kernel of this worker must get (as pipeline.py
+                # requires of a local grading's kernels what its check kernel got).
+                from .pipeline import required_layers
+
+                _fork_server["required"] = required_layers(run._last_json_line(scratch / "sandbox.json"))
                 shutil.rmtree(scratch, ignore_errors=True)
             if _fork_server["address"] is None:
                 forks.close()  # unused, it must not stay to serve whoever reaches its socket
@@ -283,6 +288,8 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
     os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     started = time.perf_counter()
     warm = _warm_kernels()  # its start-up (the first task only) is no part of this job's time limit
+    if not limits.get("required_layers"):
+        limits = {**limits, "required_layers": list(_fork_server.get("required", ()))}
     # run.execute stops a notebook at its time limit; if the run or its judging hangs past it, this worker dies
     # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
     deadline = Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
