@@ -9,6 +9,7 @@ a Jupyter server, keep the server's MathJax (``templates/int8lab_formgrade``).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -56,13 +57,37 @@ class FeedbackExporter(HTMLExporter):
         # HTMLExporter.from_notebook_node's set-up, as nbconvert 7 does it, then the template alone.
         language = nb.metadata.get("language_info", {})
         lexer = language.get("pygments_lexer", language.get("name", None))
-        highlight_code = self.filters.get("highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self))
+        highlight_code = self.filters.get("highlight_code") or self._highlighter(lexer)
         resources = self._init_resources(resources)
         data_types = WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources)
         self.register_filter("highlight_code", highlight_code)
         self.register_filter("filter_data_type", data_types)
         html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
         return _IMAGE_TAG.sub(_with_alt_text, html), resources
+
+    def _highlighter(self, lexer: str | None) -> RememberedHighlight:
+        """nbconvert's highlighter for ``lexer``, one per lexer and exporter instead of one per page: a page's code
+        cells are mostly the release's, the same on every page. At most four: the lexer is the notebook's
+        metadata, and a student's may name any."""
+        highlighters = self.__dict__.setdefault("_highlighters", {})
+        if lexer not in highlighters:
+            if len(highlighters) >= 4:
+                highlighters.clear()
+            highlighters[lexer] = RememberedHighlight(pygments_lexer=lexer, parent=self)
+        return highlighters[lexer]
+
+
+class RememberedHighlight(Highlight2HTML):
+    """nbconvert's code highlighter, remembering up to 2,048 cells it highlighted (a function of its arguments)."""
+
+    def __call__(self, source, language=None, metadata=None):
+        remembered = self.__dict__.setdefault("_remembered", {})
+        key = (source, language, json.dumps(metadata, sort_keys=True, default=str))
+        if key not in remembered:
+            if len(remembered) >= 2048:
+                remembered.clear()
+            remembered[key] = super().__call__(source, language, metadata)
+        return remembered[key]
 
 
 def _with_alt_text(tag: re.Match) -> str:

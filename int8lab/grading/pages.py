@@ -12,10 +12,9 @@ renders with nbgrader the pages of submissions that have any of the first three 
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 import warnings
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 from nbgrader import utils
@@ -99,33 +98,10 @@ def render_page(graded, job, assignment, verdicts: dict) -> str:
     }
     # A submission's output that the template cannot show (say, an empty mimebundle) makes nbconvert warn: that
     # is the student's output, not the grader's problem, and the grader's stderr promises no warning.
-    exporter = _exporter()
-    language = graded.metadata.get("language_info", {})
-    exporter.filters["highlight_code"] = _highlighter(language.get("pygments_lexer", language.get("name", None)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        output, _ = exporter.from_notebook_node(copy.deepcopy(graded), resources)
+        output, _ = _exporter().from_notebook_node(copy.deepcopy(graded), resources)
     return output
-
-
-@lru_cache(maxsize=4)  # the lexer is the notebook's metadata: a student's may name any
-def _highlighter(lexer: str | None):
-    """The exporter's own code highlighter for ``lexer`` (as ``from_notebook_node`` makes one per notebook),
-    remembering what it highlighted: most code cells of a page are the release's, the same on every page."""
-    from nbconvert.filters.highlight import Highlight2HTML
-
-    class RememberedHighlight(Highlight2HTML):
-        def __call__(self, source, language=None, metadata=None):
-            key = (source, language, json.dumps(metadata, sort_keys=True, default=str))
-            if key not in self.remembered:
-                if len(self.remembered) > 2048:
-                    self.remembered.clear()
-                self.remembered[key] = super().__call__(source, language, metadata)
-            return self.remembered[key]
-
-    highlighter = RememberedHighlight(pygments_lexer=lexer, parent=_exporter())
-    highlighter.remembered = {}
-    return highlighter
 
 
 def write_pages(out: Path, results) -> set[tuple[str, str]]:

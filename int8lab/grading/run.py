@@ -210,9 +210,18 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
                 cgroups.remove(group)
         shutil.rmtree(sockets, ignore_errors=True)
     run.cut_short = stopped.is_set()
-    run.server_lost = server is not None and _server_lost(job_dir, run.status)
-    if run.server_lost:  # the grader's fault wins over whatever the run looked like to nbclient
+    run.sandbox = _last_json_line(job_dir / "sandbox.json")
+    run.server_lost = _server_lost(job_dir, run.status) if server is not None else ""
+    refused = (run.sandbox or {}).get("refused")
+    # The grader's faults win over whatever the run looked like to nbclient.
+    if run.server_lost:
         run.status, run.reason = Status.ERROR, f"grader fault: {run.server_lost}"
+    elif refused:  # the kernel never started: nothing of the submission ran
+        run.status = Status.ERROR
+        run.reason = (
+            f"grader fault: this kernel's sandbox could not make {', '.join(map(str, refused))}, which the "
+            "grader's check kernel had on this machine; the notebook did not run (grade it again)"
+        )
     elif stopped.is_set():
         run.status, run.reason = Status.TIMEOUT, f"the notebook ran longer than {limits.notebook_timeout} s"
     elif client.timed_out and run.status is Status.OK:
@@ -222,19 +231,11 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     run.stderr = _tail(job_dir / "kernel-stderr.log")
     if run.status is Status.OK and _errors_named(run.executed, "MemoryError"):
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
-    if run.status not in (Status.TIMEOUT, Status.ERROR) and _disk_full(run):
+    if run.status is not Status.TIMEOUT and not run.server_lost and not refused and _disk_full(run):
         run.status = Status.DISK_QUOTA
         run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
     run.records_text = _records_text(job_dir / "records.jsonl")
     run.records = read_records(run.records_text)
-    run.sandbox = _last_json_line(job_dir / "sandbox.json")
-    refused = (run.sandbox or {}).get("refused")
-    if refused and not run.server_lost:  # the kernel never started: nothing of the submission ran
-        run.status = Status.ERROR
-        run.reason = (
-            f"grader fault: this kernel's sandbox could not make {', '.join(map(str, refused))}, which the "
-            "grader's check kernel had on this machine; the notebook did not run (grade it again)"
-        )
     return run
 
 

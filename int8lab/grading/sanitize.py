@@ -22,7 +22,6 @@ it is stripped with the rest.
 from __future__ import annotations
 
 import functools
-import json
 import re
 
 import bleach
@@ -184,22 +183,17 @@ def render_markdown(source: str, attachments: dict | None = None) -> str:
     return MarkdownWithMath(renderer=_Renderer(escape=False, attachments=attachments or {})).render(source)
 
 
+@functools.lru_cache(maxsize=2048)
 def safe_markdown2html(source: str) -> str:
     """nbconvert's markdown filter followed by the same cleaning as ``sanitize_notebook``.
 
     The feedback and formgrader templates render every markdown cell (and comment) a second time.
     Text that the first cleaning left alone as text can become live markdown then (a link inside an
     HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
+    A function of its text alone, remembered per process: every submission of an assignment holds the
+    release's markdown cells (a cell's text is bounded by the notebook's size).
     """
-    return _cleaned_markdown(source, "{}")
-
-
-@functools.lru_cache(maxsize=2048)
-def _cleaned_markdown(source: str, attachments: str) -> str:
-    """``source`` rendered with ``attachments`` (JSON) and cleaned: a function of its arguments alone, remembered
-    per process, since every submission of an assignment holds the release's markdown cells (a cell's text is
-    bounded by the notebook's size; cells with attachments are not remembered)."""
-    return _Sanitizer().sanitize_html_tags(render_markdown(source, json.loads(attachments)))
+    return _Sanitizer().sanitize_html_tags(render_markdown(source))
 
 
 def show_source(cell) -> None:
@@ -269,9 +263,9 @@ def sanitize_notebook(nb):
         if cell.cell_type == "markdown":  # rendered, then cleaned as nbconvert's SanitizeHTML cleans markdown
             source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
             if attachments:  # a student's pasted images: never kept in memory (nor do the release's cells have any)
-                cell.source = _Sanitizer().sanitize_html_tags(render_markdown(source, attachments))
+                cell.source = sanitizer.sanitize_html_tags(render_markdown(source, attachments))
             else:
-                cell.source = _cleaned_markdown(source, "{}")
+                cell.source = safe_markdown2html(source)
         else:
             for output in cell.get("outputs", []):
                 if "metadata" in output:

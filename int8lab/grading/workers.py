@@ -42,7 +42,7 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, serv
     if job.status is not Status.OK:
         return Result(job, job.status, job.reason)
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")  # for the watchdog in the main process
+    _note_start(job_dir)
     prepared = prepare(job, assignment, limits)
     if isinstance(prepared, Result):
         return prepared
@@ -51,6 +51,11 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, serv
     result.page = _page(result, assignment)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _note_start(job_dir: Path) -> None:
+    """For the watchdog in the main process (``_overdue``): this worker's PID and when the job's time started."""
+    (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")
 
 
 def _page(result: Result, assignment) -> str | None:
@@ -97,7 +102,7 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
     if done.server_lost:  # the server's fault, never the student's: run it again in a kernel started from nothing
         lost, cold = done.server_lost, job_dir / f"{job_dir.name}-cold"  # a unique name: cgroups are named after it
         if (job_dir / "worker").exists():  # the pool's watchdog gives the second run its own time
-            (job_dir / "worker").write_text(f"{os.getpid()} {time.time()}")
+            _note_start(job_dir)
         done = run.execute(nbformat.from_dict(json.loads(probe)), cold, Limits(**limits), cgroups, None)
         done.reason = "; ".join(filter(None, [done.reason, f"run again in a fresh kernel: {lost}"]))
     return {
