@@ -4,8 +4,9 @@
                                               [--cores 8] [--real-workers 4] [--merge-submissions 100]
 
 1. A generated class (``--students`` students, each submitting every notebook) graded on a Dask LocalCluster of
-   ``--workers`` processes, each stage timed: on the workers the run, and the judge with its page (in the
-   worker's judge process); on the client prepare (rebuild), accept, the merge, the reports, writing the pages.
+   ``--workers`` processes, each stage timed: on the workers the rebuild and the run, then the judge with its
+   page (in the worker's judge process); on the client reading the file, accept, the merge, the reports, writing
+   the pages.
 2. The two ways to make the feedback pages: rendered from the verdicts (pages.py, on the worker that judged; its
    cost measured here in one warm process), or ``nbgrader generate_feedback`` per student, in parallel on the
    client (as many processes at once as this machine has cores).
@@ -76,7 +77,7 @@ def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str):
 def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     """Seconds per notebook of each stage, from a Dask LocalCluster grading of the class."""
     timers = {
-        "prepare": Timer(cluster, "prepare"),
+        "read": Timer(cluster, "_read"),
         "accept": Timer(cluster, "accept", keep=lambda job, assignment, answer, *rest: (job.assignment, answer)),
         "merge": Timer(pipeline.merge, "merge"),
         "reports": Timer(pipeline.report, "write_reports"),
@@ -237,7 +238,7 @@ def main():
             f"{'run' if args.demos else 'skipped'}: {figures['wall']:.1f} s; per notebook ({figures['notebooks']}):"
         )
         names = ("worker run", "worker judge+page", "worker run, steady", "worker judge+page, steady")
-        for name in (*names, "prepare", "accept", "merge", "reports", "write pages"):
+        for name in (*names, "read", "accept", "merge", "reports", "write pages"):
             side = "worker" if name.startswith("worker") else "client"
             print(f"  {side:<6} {name.removeprefix('worker '):<24} {figures[name] * 1000:8.1f} ms")
         print(
@@ -270,7 +271,7 @@ def extrapolate(args, figures, merging, ways, real=None):
     """1,000 students x ``--assignments`` notebooks on N machines of ``--cores``. On the workers, each notebook
     costs its run, its judge and its page (measured, steady: a worker's first notebook of each assignment left
     out), and each worker process pays its warm-up once (counted in full, the runs alone do not include it). The
-    client, one process, prepares each notebook, accepts
+    client, one process, reads each submitted file, accepts
     its answer, merges it (a thread, one transaction per batch) and writes its page while the runs go on; after
     the last run come the last batch's merge and the reports."""
     notebooks = 1000 * args.assignments
@@ -278,7 +279,7 @@ def extrapolate(args, figures, merging, ways, real=None):
     worker_each = run + figures["worker judge+page, steady"]
     warm_up = figures["worker warm-up"]  # each worker process once, all of them at the same time
     merge_each = merging["one per batch cpu"]
-    client_each = figures["prepare"] + figures["accept"] + figures["write pages"] + merge_each
+    client_each = figures["read"] + figures["accept"] + figures["write pages"] + merge_each
     if real:  # everything the client process did while it graded (Dask's threads too), per notebook
         client_each = max(client_each, real["cpu"] / max(1, real["notebooks"]))
     after = min(notebooks, merge.MERGE_BATCH) * merge_each + notebooks * merging["reports"]  # the last batch

@@ -1,8 +1,9 @@
-"""Grading on a Dask cluster (``int8lab grade --dask ADDRESS``), the client's side: prepare, submit, merge.
+"""Grading on a Dask cluster (``int8lab grade --dask ADDRESS``), the client's side: read, submit, accept, merge.
 
-Per job, the client ``prepare``s the probe notebook (bytes), a Dask task (``cluster_worker.grade_on_worker``)
-runs it in a scratch folder of some worker, judges it there (``judging.py``), renders its feedback page there,
-and the client ``accept``s what comes back; only the merge into the gradebook and the reports stay here.
+Per job, the client reads the submitted file's bytes (a file that is none is refused here), a Dask task
+(``cluster_worker.grade_on_worker``) rebuilds it into the probe notebook, runs it in a scratch folder of some
+worker, judges it there (``judging.py``), renders its feedback page there, and the client ``accept``s what
+comes back; only the merge into the gradebook and the reports stay here.
 Workers share no filesystem with the client: each needs int8lab (the same code as the client's), torch and the
 sandbox; the client ships the model cache and the assignments to them.
 
@@ -23,6 +24,7 @@ from dataclasses import asdict
 
 import nbformat
 
+from . import intake
 from .cluster_worker import (
     ShipAssignments,
     ShipModelCache,
@@ -34,7 +36,7 @@ from .cluster_worker import (
 )
 from .judge import Verdict
 from .model import GradingError, Job, Limits, Result, Status
-from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES, prepare
+from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES
 
 #: Seconds the client waits for the scheduler to answer, and then for a first worker.
 CONNECT_SECONDS = 5
@@ -149,19 +151,18 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
             while waiting and len(running) < window:
                 index, job = waiting.pop(0)
                 started = time.perf_counter()
-                prepared = prepare(job, assignments[job.assignment], limits) if job.status is Status.OK else None
-                if not isinstance(prepared, tuple):  # no notebook to run: final here
-                    results.append(prepared or Result(job, job.status, job.reason))
+                submitted = _read(job)
+                if not isinstance(submitted, bytes):  # nothing to send: final here
+                    results.append(submitted)
                     bar.update()
                     continue
-                probe, notes = prepared
+                # The rebuild happens on the worker (workers.prepare): here, only reading the file.
                 future = client.submit(
                     grade_on_worker,
-                    probe,
+                    submitted,
                     asdict(limits),
                     wanted,
                     job,
-                    notes,
                     pages,
                     key=f"int8lab-grade-{index:05d}-{os.urandom(4).hex()}",
                     pure=False,
@@ -177,7 +178,8 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
             for future in done:
                 job, preparing = running.pop(future)
                 result = _collect(future, job, assignments[job.assignment], preparing)
-                tally[result.worker or "(no worker finished it)"] += 1
+                if result.status is not Status.INVALID_NOTEBOOK:  # that one never ran: no worker's job
+                    tally[result.worker or "(no worker finished it)"] += 1
                 results.append(result)
                 on_result(result)
                 bar.update()
@@ -191,6 +193,16 @@ def _grade(client, jobs: list[Job], assignments, limits: Limits, wanted: dict, p
                     bar.update()
                 running.clear()
     return sorted(results, key=lambda r: (r.job.student, r.job.assignment)), tally
+
+
+def _read(job: Job) -> bytes | Result:
+    """The submitted file's bytes, or the job's final Result: intake's verdict, or a file that is none."""
+    if job.status is not Status.OK:
+        return Result(job, job.status, job.reason)
+    try:
+        return intake.read_regular_file(job.notebook, intake.MAX_NOTEBOOK_BYTES)
+    except intake.InvalidNotebook as exc:
+        return Result(job, Status.INVALID_NOTEBOOK, str(exc))
 
 
 def _collect(future, job: Job, assignment, preparing: float) -> Result:

@@ -19,8 +19,9 @@ from functools import cache
 from pathlib import Path
 
 from .judging import GraderFault, JudgePool, JudgeProcessDied, SelfCheckFailed
+from .judging import answer as plain_answer
 from .model import Limits
-from .workers import JOB_GRACE_SECONDS, run_probe
+from .workers import JOB_GRACE_SECONDS, prepare, run_probe
 
 
 class WorkerMismatch(RuntimeError):
@@ -104,15 +105,17 @@ class ShipAssignments(WorkerPlugin):
         self.assignments = {name: replace(a, expected=None, _judge=None) for name, a in assignments.items()}
 
     def setup(self, worker) -> None:
-        global _judges
+        global _judges, _assignments
         if _judges is not None:
             _judges.close()
         _judges = JudgePool(self.assignments)
+        _assignments = self.assignments  # the rebuilds' (prepare): releases and test cells, no reference run here
         _worker_ready.cache_clear()
 
 
-#: This worker process's judge processes (``ShipAssignments``), None until the assignments came.
+#: This worker process's judge processes and assignments (``ShipAssignments``), None until the assignments came.
 _judges: JudgePool | None = None
+_assignments: dict | None = None
 
 
 SHIPPING_FAILED = ""  # the key under which _shipped_digests holds why shipping failed
@@ -271,12 +274,14 @@ def _cgroups():
     return cgroups
 
 
-def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[str], page: bool) -> dict:
-    """The Dask task: ``run_probe`` in a scratch folder of this worker, then the judge (``judging.judge_run``) in
-    one of this worker's judge processes; its answer plus ``worker``, ``seconds`` and ``judge_seconds``.
+def grade_on_worker(submitted: bytes, limits: dict, wanted: dict, job, page: bool) -> dict:
+    """The Dask task: the rebuild (``workers.prepare``), ``run_probe`` in a scratch folder of this worker, then the
+    judge (``judging.judge_run``) in one of this worker's judge processes; its answer plus ``worker``, ``seconds``
+    and ``judge_seconds``.
 
-    ``probe``: the probe notebook's JSON bytes; ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``;
-    ``job``: the ``model.Job``; ``notes``: the rebuild's; ``page``: also render the feedback page (pages.py).
+    ``submitted``: the submitted file's bytes (``intake.read_regular_file``'s: the client only reads it);
+    ``limits``: ``Limits`` as a dict; ``wanted``: ``expected_worker()``; ``job``: the ``model.Job``;
+    ``page``: also render the feedback page (pages.py).
     """
     from distributed import get_worker
 
@@ -285,8 +290,12 @@ def grade_on_worker(probe: bytes, limits: dict, wanted: dict, job, notes: list[s
     problem = _worker_ready(json.dumps(wanted, sort_keys=True))
     if problem:
         raise WorkerMismatch(problem)
-    os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     started = time.perf_counter()
+    prepared = prepare(job, _assignments[job.assignment], Limits(**limits), submitted)
+    if not isinstance(prepared, tuple):  # no notebook at all: said as the local pool says it, nothing ran
+        return {**plain_answer(prepared), "worker": "", "seconds": time.perf_counter() - started, "judge_seconds": 0.0}
+    probe, notes = prepared
+    os.environ[DATASET_ENV] = wanted["dataset"]  # the kernels inherit the client's choice
     warm = _warm_kernels()  # its start-up (the first task only) is no part of this job's time limit
     if not limits.get("required_layers"):
         limits = {**limits, "required_layers": list(_fork_server.get("required", ()))}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import testcells
 from .judge import Judge
 from .model import GradingError
 from .testcells import nbgrader_meta
@@ -174,6 +175,7 @@ class Assignment:
     #: and sent to the workers with the assignment, so that no worker runs the reference again
     expected: dict | None = field(default=None, repr=False)
     _judge: Judge | None = field(default=None, repr=False)
+    _tests: list | None = field(default=None, repr=False)
 
     @property
     def autograded_points(self) -> float:
@@ -185,8 +187,17 @@ class Assignment:
             self._judge = Judge.from_source(self.source, self.expected)
         return self._judge
 
+    @property
+    def tests(self) -> list:
+        """The source's test cells (``testcells.plan_tests``): what a rebuild needs, without the judge's self-check."""
+        if self._judge is not None:
+            return self._judge.tests
+        if self._tests is None:
+            self._tests = testcells.plan_tests(self.source)[1]
+        return self._tests
+
     def __getstate__(self):  # sent to workers without the judge, which each builds once
-        return {**self.__dict__, "_judge": None}
+        return {**self.__dict__, "_judge": None, "_tests": None}
 
 
 def find_solutions(solutions: Path | None) -> Path:

@@ -120,8 +120,13 @@ def write_receipt(folder: Path, receipt: Receipt) -> None:
 
 def read_notebook(path: Path):
     """Parse a submitted notebook, or raise ``InvalidNotebook`` saying why it is not one."""
+    return parse_notebook(read_regular_file(path, MAX_NOTEBOOK_BYTES))
+
+
+def parse_notebook(data: bytes):
+    """``data`` (a submitted file's bytes, ``read_regular_file``'s) as a v4 notebook, or ``InvalidNotebook``."""
     try:
-        raw = json.loads(read_regular_file(path, MAX_NOTEBOOK_BYTES))
+        raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidNotebook(f"not valid JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):

@@ -75,16 +75,20 @@ def _page(result: Result, assignment) -> str | None:
         result.steps["feedback page"] = time.perf_counter() - rendering
 
 
-def prepare(job: Job, assignment, limits: Limits) -> tuple[bytes, list[str]] | Result:
-    """Before the run (in a local worker, or on the Dask client): the probe notebook as JSON bytes and the
-    rebuild's notes, or the job's final Result when the submission is no notebook at all."""
+def prepare(job: Job, assignment, limits: Limits, submitted: bytes | None = None) -> tuple[bytes, list[str]] | Result:
+    """Before the run (in a local worker, or on a Dask worker): the probe notebook as JSON bytes and the
+    rebuild's notes, or the job's final Result when the submission is no notebook at all.
+
+    ``submitted``: the submitted file's bytes (``intake.read_regular_file``'s, as the Dask client sends them),
+    or None to read ``job.notebook`` here. ``assignment``: needs ``release`` and ``tests`` only.
+    """
     try:
-        submitted = intake.read_notebook(job.notebook)
+        notebook = intake.read_notebook(job.notebook) if submitted is None else intake.parse_notebook(submitted)
     except intake.InvalidNotebook as exc:
         return Result(job, Status.INVALID_NOTEBOOK, str(exc))
     skip = not limits.run_demos
-    rebuilt, notes = rebuild.rebuild_submission(submitted, assignment.release, skip_untouched_demos=skip)
-    probe = rebuild.probe_notebook(rebuilt, assignment.judge.tests)
+    rebuilt, notes = rebuild.rebuild_submission(notebook, assignment.release, skip_untouched_demos=skip)
+    probe = rebuild.probe_notebook(rebuilt, assignment.tests)
     return json.dumps(probe).encode(), notes
 
 
