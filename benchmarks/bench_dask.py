@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nbformat
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -115,11 +117,12 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
 
 def page_ways(out: Path, results, assignments) -> dict:
     """Seconds per page: rendered from the verdicts (warm, one process), and nbgrader per student in parallel."""
-    graded = [r for r in results if r.graded is not None]
-    pages.render_page(graded[0].graded, graded[0].job, assignments[graded[0].job.assignment], graded[0].verdicts)
+    graded = [r for r in results if r.graded_file is not None]
+    notebooks = [nbformat.reads(r.graded_file.decode(), as_version=4) for r in graded]
+    pages.render_page(notebooks[0], graded[0].job, assignments[graded[0].job.assignment], graded[0].verdicts)
     started = time.perf_counter()
-    for result in graded:
-        pages.render_page(result.graded, result.job, assignments[result.job.assignment], result.verdicts)
+    for result, notebook in zip(graded, notebooks, strict=True):
+        pages.render_page(notebook, result.job, assignments[result.job.assignment], result.verdicts)
     rendered = (time.perf_counter() - started) / len(graded)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
@@ -150,7 +153,7 @@ def scaled(results, copies: int):
 
 def merge_ways(out: Path, scratch: Path, results, assignments, count: int) -> dict:
     """Seconds per submission merging ``count`` submissions: a transaction each, then one per batch."""
-    big = scaled([r for r in results if r.graded is not None], -(-count // len(results)))[:count]
+    big = scaled([r for r in results if r.graded_file is not None], -(-count // len(results)))[:count]
     figures = {}
     for label, batch in (("a transaction each", 1), ("one per batch", merge.MERGE_BATCH)):
         course_copy = scratch / f"merge-{batch}"

@@ -407,8 +407,10 @@ def compare_pages(out: Path, scratch: Path, per_assignment: int) -> int:
 
 def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgement():
     """Catches a client that merges whatever a worker sends: a score above its points, a grade id the assignment
-    lacks, an oversized notebook or a missing field are a grader fault, and a well-formed answer is taken as is."""
+    lacks (as a verdict or as an unchanged answer), an oversized notebook or a missing field are a grader fault, and
+    a well-formed answer is taken as is."""
     import nbformat
+    from sample_submissions import released
 
     from int8lab.grading import course
     from int8lab.grading.cluster import accept
@@ -416,13 +418,20 @@ def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgemen
     from int8lab.grading.workers import MAX_EXECUTED_BYTES
 
     assignment = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])["01_weights"]
+    assignment.release = released("01_weights")
     job = Job("ann", "01_weights", None)
     grade_id, points, _ = next(cell for cell in assignment.cells if cell[2])
+    answer_id = next(
+        c.metadata.nbgrader["grade_id"]
+        for c in assignment.release.cells
+        if c.metadata.get("nbgrader", {}).get("solution")
+    )
     good = {
         "status": "ok",
         "reason": "",
         "verdicts": [[grade_id, points, points, ""]],
         "graded": nbformat.writes(nbformat.v4.new_notebook()).encode(),
+        "unchanged": [answer_id],
         "sandbox": None,
         "page": "<html></html>",
         "worker": "alpha",
@@ -430,11 +439,13 @@ def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgemen
     }
     result = accept(job, assignment, good)
     assert result.status is Status.OK and result.verdicts[grade_id].score == points and result.page == "<html></html>"
+    assert result.unchanged == {answer_id} and result.graded_file == good["graded"]
     for bad in (
         {**good, "verdicts": [[grade_id, points + 1, points, ""]]},
         {**good, "verdicts": [["not_a_test", 1.0, 1.0, ""]]},
         {**good, "graded": b"x" * (MAX_EXECUTED_BYTES + 1)},
         {**good, "page": b"<html>"},
+        {**good, "unchanged": ["not_an_answer"]},
         {key: value for key, value in good.items() if key != "verdicts"},
     ):
         result = accept(job, assignment, bad)
@@ -452,7 +463,8 @@ def test_a_gradebook_that_fails_while_the_cluster_grades_is_said_once_and_nothin
     from int8lab.grading.pipeline import _gradebook, _MergeWhileGrading
 
     assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])
-    results = [Result(Job(f"s{i}", "01_weights", None), Status.OK, graded=nbformat.v4.new_notebook()) for i in range(3)]
+    empty = nbformat.writes(nbformat.v4.new_notebook()).encode()
+    results = [Result(Job(f"s{i}", "01_weights", None), Status.OK, graded_file=empty) for i in range(3)]
     merging = _MergeWhileGrading(tmp_path, assignments, None)
     for result in results:
         merging.add(result)

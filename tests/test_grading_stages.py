@@ -573,11 +573,12 @@ def test_a_pasted_image_in_an_answer_is_graded_and_kept_on_the_page(tmp_path, mo
     result = workers.grade_one(Job("alice", name, path), assignment, tmp_path / "job", Limits(), None)
     assert result.status is Status.OK, result.reason
     assert sum(v.score for v in result.verdicts.values()) == assignment.autograded_points > 0
-    (answer,) = [c for c in result.graded.cells if nbgrader_meta(c).get("grade_id") == pasted[0]]
+    graded = nbformat.reads(result.graded_file.decode(), as_version=4)  # as OUT/autograded will hold it
+    (answer,) = [c for c in graded.cells if nbgrader_meta(c).get("grade_id") == pasted[0]]
     assert f'src="data:image/png;base64,{PNG}"' in answer.source
     assert "svg" not in answer.source and "alert" not in answer.source
     assert list(answer.attachments) == ["board.png"]
-    page = _page(result.graded, tmp_path)
+    page = _page(graded, tmp_path)
     assert f'src="data:image/png;base64,{PNG}"' in page
     assert "data:image/svg" not in page and "onload" not in page
 

@@ -15,14 +15,11 @@ status is ``error``, the class goes on. A worker whose int8lab, torch, cache or 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from collections import Counter
 from dataclasses import asdict
-
-import nbformat
 
 from . import intake
 from .cluster_worker import (
@@ -35,6 +32,7 @@ from .cluster_worker import (
     grade_on_worker,
 )
 from .judge import Verdict
+from .merge import _released_answers
 from .model import GradingError, Job, Limits, Result, Status
 from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES
 
@@ -241,15 +239,19 @@ def accept(job: Job, assignment, answer: dict, preparing: float = 0.0) -> Result
                 raise ValueError(f"a verdict out of range for {grade_id!r}")
             verdicts[grade_id] = Verdict(grade_id, float(score), float(max_score), message)
         graded = answer["graded"]
-        if graded is not None:
-            if not isinstance(graded, bytes) or len(graded) > MAX_EXECUTED_BYTES:
-                raise ValueError("the graded notebook is too large")
-            graded = nbformat.from_dict(json.loads(graded))
+        if graded is not None and (not isinstance(graded, bytes) or len(graded) > MAX_EXECUTED_BYTES):
+            raise ValueError("the graded notebook is too large")
+        unchanged = frozenset(answer["unchanged"])
+        if not unchanged <= _released_answers(assignment.release).keys():
+            raise ValueError("an unknown answer cell")
         page = answer.get("page")
         if page is not None and not isinstance(page, str):
             raise ValueError("the page is not text")
         sandbox = answer["sandbox"] if isinstance(answer["sandbox"], dict) else None
-        result = Result(job, Status(answer["status"]), str(answer["reason"]), verdicts, graded, sandbox, page=page)
+        status, reason = Status(answer["status"]), str(answer["reason"])
+        result = Result(
+            job, status, reason, verdicts, None, sandbox, page=page, graded_file=graded, unchanged=unchanged
+        )
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         reason = f"grader fault: a worker sent back an unusable answer ({type(exc).__name__})"
         return Result(job, Status.ERROR, reason)

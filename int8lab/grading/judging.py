@@ -131,11 +131,10 @@ def judge_run(job, name: str, ran: dict, notes: list[str], page: bool) -> dict:
 
 def answer(result: Result, page_of=None) -> dict:
     """A judged Result as plain data: ``{"status": str, "reason": str, "verdicts": [[grade_id, score, max_score,
-    message], ...], "graded": bytes (notebook JSON) or None, "sandbox": dict or None, "page": str or None}``;
+    message], ...], "graded": bytes (its ``graded_file``) or None, "unchanged": [grade_id, ...], "sandbox": dict or
+    None, "page": str or None}``;
     ``page_of``: the Assignment whose feedback page to render (pages.py), or None for no page."""
-    import json
 
-    graded = None if result.graded is None else json.dumps(result.graded).encode()
     page = None
     if page_of is not None and result.graded is not None:
         from .pages import render_page
@@ -145,7 +144,8 @@ def answer(result: Result, page_of=None) -> dict:
         "status": result.status.value,
         "reason": result.reason,
         "verdicts": [[v.grade_id, v.score, v.max_score, v.message] for v in result.verdicts.values()],
-        "graded": graded,
+        "graded": result.graded_file,
+        "unchanged": sorted(result.unchanged),
         "sandbox": result.sandbox,
         "page": page,
     }

@@ -40,7 +40,7 @@ def merge(
         gradebook.db.commit()
         with _one_transaction(gradebook) as commit:
             for result in results:
-                if result.graded is None:
+                if result.graded_file is None:
                     continue  # nothing ran: no submission to record
                 submission, by_hand = _record(gradebook, result, assignments[result.job.assignment])
                 if submission.total_seconds_late > 0:
@@ -91,7 +91,7 @@ def _record(gradebook, result: Result, assignment):
     submission.timestamp = job.receipt.timestamp  # the graded submission's, or none: not an older one's
     for submitted_notebook in submission.notebooks:
         submitted_notebook.late_submission_penalty = None  # as nbgrader's autograde resets it
-    unchanged = unchanged_answers(result.graded, assignment.release)
+    unchanged = result.unchanged
     by_hand = False
     # The grades and comments exist once the submission is flushed: looking each up need not flush the
     # changes to the previous ones first (an autoflush per lookup was a third of the merge).
@@ -127,7 +127,7 @@ def _commit(commit, out: Path, written: list[Result], assignments: dict) -> None
         if destination.exists():
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
-        nbformat.write(result.graded, destination / assignment.notebook)
+        (destination / assignment.notebook).write_bytes(result.graded_file)
         # generate_feedback copies these beside the page, where release_feedback reads them.
         intake.write_receipt(destination, job.receipt)
     written.clear()

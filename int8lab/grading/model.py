@@ -83,7 +83,8 @@ class Result:
     status: Status
     reason: str = ""
     verdicts: dict = field(default_factory=dict)  # grade_id -> judge.Verdict
-    graded: object = None  # the notebook for OUT/autograded (release tests, the judge's messages)
+    #: The notebook for OUT/autograded (release tests, the judge's messages), in the process that judged it only.
+    graded: object = None
     sandbox: dict | None = None
     seconds: float = 0.0
     #: Wall-clock seconds of its steps (``run.STEPS``, then the judge's): grading.log gives their medians.
@@ -92,3 +93,8 @@ class Result:
     worker: str = ""
     #: Its feedback page's HTML, rendered where it was judged (``pages.py``), if it was: OUT/feedback gets it.
     page: str | None = None
+    #: That notebook's file as nbformat writes it, made where it was judged: what travels back and what the merge
+    #: writes, so that the client never parses or writes it again. None when nothing ran.
+    graded_file: bytes | None = None
+    #: Grade ids of the answers left as released (``merge.unchanged_answers``), found where it was judged.
+    unchanged: frozenset = frozenset()

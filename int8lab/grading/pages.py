@@ -113,7 +113,7 @@ def write_pages(out: Path, results) -> set[tuple[str, str]]:
 
     written = set()
     for result in results:
-        if result.page is None or result.graded is None:
+        if result.page is None or result.graded_file is None:
             continue
         job = result.job
         source = out / "autograded" / job.student / job.assignment

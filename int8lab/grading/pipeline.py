@@ -132,7 +132,7 @@ def grade(
                 # The pages the workers rendered (late and hand-graded ones excepted, merge.py): nbgrader the rest.
                 rendered = merging.rendered if merging else feedback_pages.write_pages(out, results)
                 problems = _feedback(
-                    out, sorted({r.job.assignment for r in results if r.graded is not None}), results, rendered
+                    out, sorted({r.job.assignment for r in results if r.graded_file is not None}), results, rendered
                 )
         sandbox = next((r.sandbox for r in results if r.sandbox), None)
         if client:
@@ -171,7 +171,7 @@ class _MergeWhileGrading:
         self.due_dates = None
 
     def add(self, result: Result) -> None:
-        if result.graded is None:
+        if result.graded_file is None:
             return
         self.pending.append(result)
         if len(self.pending) >= merge.MERGE_BATCH:
@@ -245,7 +245,7 @@ def _submissions_folder(submissions: Path | None, course_folder) -> Path:
 def _receipt_notes(results: list[Result], late: list[tuple[str, str]]) -> list[str]:
     """Summary lines on the exchange's files: those left out, the late submissions, and the submissions whose
     feedback nbgrader's release_feedback cannot send (it stops at the first page without both files)."""
-    graded = [r.job for r in results if r.graded is not None]
+    graded = [r.job for r in results if r.graded_file is not None]
     notes = [f"{job.student}/{job.assignment}: {problem}" for job in graded for problem in job.receipt.problems]
     if late:
         notes.append("late, with nbgrader's late penalty: " + ", ".join(f"{s}/{a}" for s, a in sorted(late)))
@@ -362,7 +362,7 @@ def _feedback(out: Path, assignments, results: list[Result] = (), rendered: set 
     cores: nbgrader's pages cost about 0.5 s each (see benchmarks/bench_dask.py)."""
     import os
 
-    graded = {(r.job.student, r.job.assignment) for r in results if r.graded is not None}
+    graded = {(r.job.student, r.job.assignment) for r in results if r.graded_file is not None}
 
     def pages(assignment: str) -> GradingError | None:
         done = sorted(student for student, name in rendered if name == assignment)

@@ -25,6 +25,7 @@ import nbformat
 
 from . import intake, rebuild, run
 from .forkserver import ForkServer
+from .merge import unchanged_answers
 from .model import Job, Limits, Result, Status
 from .records import MAX_RECORD_BYTES, Records, read_records
 from .sanitize import sanitize_notebook
@@ -49,6 +50,7 @@ def grade_one(job: Job, assignment, job_dir: Path, limits: Limits, cgroups, serv
     probe, notes = prepared
     result = finish(job, assignment, run_probe(probe, asdict(limits), job_dir, cgroups, server), notes)
     result.page = _page(result, assignment)
+    result.graded = None  # its file (graded_file) is what the main process merges: no notebook to unpickle there
     result.seconds = time.perf_counter() - started
     return result
 
@@ -148,9 +150,26 @@ def finish(job: Job, assignment, ran: dict, notes: list[str]) -> Result:
     # that ran past its own limit was interrupted and the notebook went on: the later probes count.
     verdicts = assignment.judge.judge(Records() if cut_short else records)
     graded = sanitize_notebook(rebuild.graded_notebook(executed, tests, verdicts))
+    unchanged = frozenset(unchanged_answers(graded, assignment.release) if assignment.release is not None else ())
     steps["judge and sanitize"] = time.perf_counter() - judging
     reason = "; ".join(filter(None, [reason, job.reason, *notes]))
-    return Result(job, status, reason, verdicts, graded, sandbox, steps=steps)
+    return Result(
+        job,
+        status,
+        reason,
+        verdicts,
+        graded,
+        sandbox,
+        steps=steps,
+        graded_file=graded_file(graded),
+        unchanged=unchanged,
+    )
+
+
+def graded_file(graded) -> bytes:
+    """``graded``'s file as ``nbformat.write`` writes it (the merge writes these bytes into OUT/autograded)."""
+    text = nbformat.writes(graded)
+    return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
 
 def _steps(steps) -> dict[str, float]:
