@@ -856,6 +856,8 @@ def test_a_batchs_new_submissions_inserted_at_once_are_those_nbgraders_orm_makes
     assignments = _merge_course(tmp_path / "template")
     due = {"01_weights": datetime.datetime(2026, 1, 5, 12), "03_biases": datetime.datetime(2026, 1, 10, 12)}
     weights, biases = "01_weights", "03_biases"
+    inserted, insert_new = [], merge._insert_new
+    monkeypatch.setattr(merge, "_insert_new", lambda *args: inserted.append(insert_new(*args)) or inserted[-1])
     seen = {}
     for way, bulk in (("orm", False), ("bulk", True)):
         out = tmp_path / way
@@ -889,6 +891,8 @@ def test_a_batchs_new_submissions_inserted_at_once_are_those_nbgraders_orm_makes
         pages = [result.page for result in first + second + third]
         seen[way] = late, pages, files, _gradebook_rows(out / "gradebook.db")
         seen[way] += (_gradebook_as_nbgrader_sees_it(out / "gradebook.db", assignments),)
+        # The bulk way inserted the first submissions, the ORM re-graded the others (and the twice submitted one)
+        assert sum(map(len, inserted)) == (7 if bulk else 0), inserted
     orm, bulk = seen["orm"], seen["bulk"]
     assert orm[0] == [[("bob", biases)], [("bob", weights)], [("fay", biases), ("ada", weights)]], orm[0]
     page = "<p>page</p>"  # kept unless late or scored by hand, nbgrader's to render then
