@@ -762,7 +762,8 @@ def _merge_course(folder: Path) -> dict:
 
 def _merge_result(assignments, student, name, solved=True, timestamp=None, ran=True, wrong=()):
     """A graded ``name`` of ``student``: every test passed if ``solved`` but those in ``wrong``, none otherwise,
-    the first test cell without a verdict; its answers filled if ``solved``, else left as released."""
+    the first test cell without a verdict; its answers filled if ``solved``, else left as released; submitted at
+    ``timestamp``, ``(day, hour, ...)`` of January 2026 (none: no time); not run unless ``ran``."""
     import datetime
 
     from int8lab.grading.judge import Verdict
@@ -903,3 +904,4 @@ def test_a_batchs_new_submissions_inserted_at_once_are_those_nbgraders_orm_makes
                 assert bulk[part].get(key) == orm[part][key], f"{name}: {key}"
         assert bulk[part] == orm[part], name
     assert sum(len(orm[3][table]) for table in ("grade", "comment")) > 50  # the comparison saw the rows
+    assert [row["manual_score"] for row in orm[3]["grade"] if row["manual_score"] is not None] == [2.5]  # kept
