@@ -88,7 +88,7 @@ class Merger:
     def _merge_batch(self, chunk: list[Result], commit) -> list[tuple[str, str]]:
         """Records ``chunk``, commits it and writes its notebooks; empties ``chunk``. Its new submissions are
         inserted at once (``_insert_new``), the others (re-graded) go through nbgrader's ORM."""
-        inserted = _insert_new(self.gradebook, chunk, self.assignments) if self.bulk else {}
+        inserted = _insert_new(self.gradebook, chunk, self.assignments) if self.bulk and chunk else {}
         late = []
         for result in chunk:
             if id(result) in inserted:
