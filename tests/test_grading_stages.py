@@ -1,5 +1,6 @@
 """Each grading stage on small inputs: records, test-cell plans, the judge, intake, rebuild, reports."""
 
+import contextlib
 import copy
 import json
 import os
@@ -732,3 +733,184 @@ def test_an_images_metadata_adds_no_attribute_to_the_page():
     page, _ = HTMLExporter(template_name="classic").from_notebook_node(sanitize_notebook(nb))
     assert active_content(page) == [] and "tracker.example" not in page
     assert re.search(r"width=\"?320\b", page)  # a plain number stays
+
+
+def _merge_course(folder: Path) -> dict:
+    """01_weights and 03_biases in a gradebook at ``folder`` as ``nbgrader generate_assignment`` fills it (its own
+    SaveCells, run in this process: a fraction of a second instead of nbgrader's process), 03_biases with a task
+    cell too (a grade and a comment the merge never scores); returns the assignments, with their releases."""
+    from nbgrader.api import Gradebook
+    from nbgrader.preprocessors import SaveCells
+
+    from int8lab.grading import course
+
+    assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights", "03_biases"])
+    url = f"sqlite:///{folder / 'gradebook.db'}"
+    folder.mkdir(parents=True)
+    with Gradebook(url) as gradebook:
+        for name in assignments:
+            gradebook.add_assignment(name)
+    for name, assignment in assignments.items():
+        source = copy.deepcopy(assignment.source)
+        if name == "03_biases":
+            task = {"task": True, "grade": False, "solution": False, "locked": True, "grade_id": "task_explain"}
+            source.cells.append(nbformat.v4.new_markdown_cell("Explain.", metadata={"nbgrader": {**task, "points": 1}}))
+        resources = {"nbgrader": {"db_url": url, "assignment": name, "notebook": Path(assignment.notebook).stem}}
+        SaveCells().preprocess(source, resources)
+        assignment.release = released(name)
+    return assignments
+
+
+def _merge_result(assignments, student, name, solved=True, timestamp=None, ran=True, wrong=()):
+    """A graded ``name`` of ``student``: every test passed if ``solved`` but those in ``wrong``, none otherwise,
+    the first test cell without a verdict; its answers filled if ``solved``, else left as released; submitted at
+    ``timestamp``, ``(day, hour, ...)`` of January 2026 (none: no time); not run unless ``ran``."""
+    import datetime
+
+    from int8lab.grading.judge import Verdict
+    from int8lab.grading.merge import unchanged_answers
+    from int8lab.grading.model import Result
+    from int8lab.grading.sanitize import sanitize_notebook
+    from int8lab.grading.workers import graded_file
+
+    tests = [(grade_id, points) for grade_id, points, autograded in assignments[name].cells if autograded]
+    verdicts = {
+        grade_id: Verdict(grade_id, points, points, "")
+        if solved and grade_id not in wrong
+        else Verdict(grade_id, 0.0, points, "no")
+        for grade_id, points in tests[1:]
+    }
+    graded = sanitize_notebook(submission(name, solved=solved)) if ran else None
+    when = datetime.datetime(2026, 1, *timestamp) if timestamp else None
+    job = Job(student, name, Path(student) / name / assignments[name].notebook, receipt=Receipt(timestamp=when))
+    if graded is None:
+        return Result(job, Status.OK, verdicts=verdicts, page="<p>page</p>")
+    # As the process that judged it sends it (workers.finish): the file and the answers left as released.
+    unchanged = frozenset(unchanged_answers(graded, assignments[name].release))
+    return Result(
+        job, Status.OK, verdicts=verdicts, page="<p>page</p>", graded_file=graded_file(graded), unchanged=unchanged
+    )
+
+
+def _gradebook_rows(database: Path) -> dict:
+    """Every row of every table of ``database``, the ids a merge generates replaced by what they identify (the
+    course's own ids are the same in every copy of it)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        named = {}
+        for row_id, assignment, student in db.execute("SELECT id, assignment_id, student_id FROM submitted_assignment"):
+            named[row_id] = f"{student}'s {assignment}"
+        for row_id, submission_id, notebook in db.execute(
+            "SELECT id, assignment_id, notebook_id FROM submitted_notebook"
+        ):
+            named[row_id] = f"{named[submission_id]} {notebook}"
+        for table in ("grade", "comment"):
+            for row_id, notebook, cell in db.execute(f"SELECT id, notebook_id, cell_id FROM {table}"):  # noqa: S608
+                named[row_id] = f"{table} of {named[notebook]} {cell}"
+        rows = {}
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            cursor = db.execute(f"SELECT * FROM {table}")  # noqa: S608
+            columns = [column[0] for column in cursor.description]
+            rows[table] = sorted(
+                (
+                    {column: named.get(value, value) for column, value in zip(columns, row, strict=True)}
+                    for row in cursor
+                ),
+                key=repr,
+            )
+    return rows
+
+
+def _gradebook_as_nbgrader_sees_it(database: Path, assignments) -> dict:
+    """What nbgrader's API says of every submission: formgrader's dicts, times and penalties, grades, comments."""
+    from nbgrader.api import Gradebook, SubmittedAssignment
+
+    def without_id(dicts):
+        return sorted(({k: v for k, v in d.items() if k != "id"} for d in dicts), key=repr)
+
+    seen = {}
+    with Gradebook(f"sqlite:///{database}") as gradebook:
+        for name, assignment in assignments.items():
+            notebook = Path(assignment.notebook).stem
+            seen[name] = without_id(gradebook.submission_dicts(name))
+            seen[name, notebook] = without_id(gradebook.notebook_submission_dicts(notebook, name))
+        for submission in gradebook.db.query(SubmittedAssignment):
+            key = (submission.student.id, submission.name)
+            seen[key] = [submission.timestamp, submission.extension, submission.duedate, submission.total_seconds_late]
+            for notebook in submission.notebooks:
+                seen[key] += [notebook.name, notebook.late_submission_penalty, notebook.flagged, notebook.score]
+                seen[key] += sorted(
+                    (g.name, g.auto_score, g.manual_score, g.extra_credit, g.needs_manual_grade, g.max_score, g.score)
+                    for g in notebook.grades
+                )
+                seen[key] += sorted((c.name, c.auto_comment, c.manual_comment, c.comment) for c in notebook.comments)
+    return seen
+
+
+def test_a_batchs_new_submissions_inserted_at_once_are_those_nbgraders_orm_makes(tmp_path, monkeypatch):
+    """Catches the bulk insert of new submissions differing from nbgrader's add_submission and the ORM merge in any
+    column of any row (a default, a score, a comment, a time, a penalty), or in what nbgrader's API derives: the
+    same results merged both ways into two copies of a course, first submissions, a re-grade keeping a hand score,
+    a student's second assignment, a submission twice in one batch, late ones, one with no time, one not run."""
+    import datetime
+
+    import nbgrader.api
+    from nbgrader.api import Gradebook
+
+    from int8lab.grading import merge
+
+    # A new gradebook's schema version, which nbgrader asks the alembic command for (5 s on a busy machine): the
+    # merge never reads it.
+    monkeypatch.setattr(nbgrader.api, "get_alembic_version", lambda: "unread")
+    assignments = _merge_course(tmp_path / "template")
+    due = {"01_weights": datetime.datetime(2026, 1, 5, 12), "03_biases": datetime.datetime(2026, 1, 10, 12)}
+    weights, biases = "01_weights", "03_biases"
+    inserted, insert_new = [], merge._insert_new
+    monkeypatch.setattr(merge, "_insert_new", lambda *args: inserted.append(insert_new(*args)) or inserted[-1])
+    seen = {}
+    for way, bulk in (("orm", False), ("bulk", True)):
+        out = tmp_path / way
+        shutil.copytree(tmp_path / "template", out)
+        first = [
+            _merge_result(assignments, "ada", weights, timestamp=(5, 11, 59)),
+            _merge_result(assignments, "ada", biases, solved=False, timestamp=(9,)),
+            _merge_result(assignments, "bob", biases, timestamp=(10, 12, 0, 1)),
+            _merge_result(assignments, "cyd", weights, wrong=("quantized_weights_all_zero",)),
+            _merge_result(assignments, "dee", weights, ran=False, timestamp=(2,)),
+        ]
+        late = [merge.merge(out, first, assignments, due, bulk=bulk)]
+        with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gradebook:  # a grader's hand score, then a re-grade
+            gradebook.find_grade("derivation_bias_scale", "biases", biases, "bob").manual_score = 2.5
+            gradebook.db.commit()
+        merger = merge.Merger(out, assignments, due, batch=2, bulk=bulk)
+        second = [
+            _merge_result(assignments, "bob", biases, solved=False, timestamp=(10,)),  # on time
+            _merge_result(assignments, "bob", weights, timestamp=(6,)),
+            _merge_result(assignments, "eve", weights, solved=False, timestamp=(3,)),
+            _merge_result(assignments, "eve", weights, timestamp=(4,), wrong=("quantized_weights_trained_layers",)),
+        ]
+        third = [
+            _merge_result(assignments, "fay", biases, timestamp=(12,)),
+            _merge_result(assignments, "ada", weights, solved=False, timestamp=(7,)),
+        ]
+        late += [merger.merge(second), merger.merge(third)]
+        merger.close()
+        notebooks = sorted(p.relative_to(out) for p in (out / "autograded").rglob("*") if p.is_file())
+        files = {path: (out / path).read_bytes() for path in notebooks}
+        pages = [result.page for result in first + second + third]
+        seen[way] = late, pages, files, _gradebook_rows(out / "gradebook.db")
+        seen[way] += (_gradebook_as_nbgrader_sees_it(out / "gradebook.db", assignments),)
+        # The bulk way inserted the first submissions, the ORM re-graded the others (and the twice submitted one)
+        assert sum(map(len, inserted)) == (7 if bulk else 0), inserted
+    orm, bulk = seen["orm"], seen["bulk"]
+    assert orm[0] == [[("bob", biases)], [("bob", weights)], [("fay", biases), ("ada", weights)]], orm[0]
+    page = "<p>page</p>"  # kept unless late or scored by hand, nbgrader's to render then
+    assert orm[1] == [page, page, None, page, page, None, None, page, page, None, None], orm[1]
+    for part, name in enumerate(("late submissions", "pages kept", "autograded files", "table rows", "nbgrader's API")):
+        if isinstance(orm[part], dict):
+            for key in orm[part]:
+                assert bulk[part].get(key) == orm[part][key], f"{name}: {key}"
+        assert bulk[part] == orm[part], name
+    assert sum(len(orm[3][table]) for table in ("grade", "comment")) > 50  # the comparison saw the rows
+    assert [row["manual_score"] for row in orm[3]["grade"] if row["manual_score"] is not None] == [2.5]  # kept
