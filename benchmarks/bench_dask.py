@@ -46,13 +46,18 @@ from int8lab.grading.model import Limits  # noqa: E402
 
 
 class Timer:
-    """Wraps ``module.name`` so that its calls' total CPU time (of the calling thread: on a busy machine, wall
-    time would count the waits for a core) and count are kept, and its last arguments."""
+    """Wraps ``module.name`` (a module's function, or a class's method) so that its calls' total CPU time (of the
+    calling thread: on a busy machine, wall time would count the waits for a core) and count are kept, and its
+    last arguments (a method's first is its object)."""
 
     def __init__(self, module, name, keep=None):
         self.module, self.name, self.original = module, name, getattr(module, name)
         self.seconds, self.calls, self.last_args, self.keep, self.kept = 0.0, 0, (), keep, []
-        setattr(module, name, self)
+
+        def timed(*args, **kwargs):  # a function, so that a class binds it as a method
+            return self(*args, **kwargs)
+
+        setattr(module, name, timed)
 
     def __call__(self, *args, **kwargs):
         started, self.last_args = time.thread_time(), args
@@ -81,7 +86,7 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     timers = {
         "read": Timer(cluster, "_read"),
         "accept": Timer(cluster, "accept", keep=lambda job, assignment, answer, *rest: (job.assignment, answer)),
-        "merge": Timer(pipeline.merge, "merge"),
+        "merge": Timer(merge.Merger, "merge"),
         "reports": Timer(pipeline.report, "write_reports"),
         "write pages": Timer(pages, "write_pages"),
     }
@@ -112,7 +117,7 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     steady_each = figures["worker run, steady"] + figures["worker judge+page, steady"]
     figures["worker warm-up"] = (sum(a["seconds"] for a in answers) - steady_each * len(answers)) / workers_seen
     figures["wall"], figures["notebooks"] = wall, len(answers)
-    return figures, results, timers["merge"].last_args[2]
+    return figures, results, timers["merge"].last_args[0].assignments
 
 
 def page_ways(out: Path, results, assignments) -> dict:
@@ -274,9 +279,11 @@ def extrapolate(args, figures, merging, ways, real=None):
     """1,000 students x ``--assignments`` notebooks on N machines of ``--cores``. On the workers, each notebook
     costs its run, its judge and its page (measured, steady: a worker's first notebook of each assignment left
     out), and each worker process pays its warm-up once (counted in full, the runs alone do not include it). The
-    client, one process, reads each submitted file, accepts
-    its answer, merges it (a thread, one transaction per batch) and writes its page while the runs go on; after
-    the last run come the last batch's merge and the reports."""
+    client, one process, reads each submitted file, accepts its answer, merges it and writes its page while the
+    runs go on. Its merging thread takes, whenever it is free, everything that came meanwhile as one transaction:
+    with results coming at r a second, a transaction's fixed cost F and c per submission, its batches settle at
+    k = r F / (1 - r c) (at most merge.MERGE_BATCH; all of them when r c >= 1, the client then being the limit).
+    After the last run come the last batch's merge (F + k c) and the reports."""
     notebooks = 1000 * args.assignments
     run = figures["worker run, steady"]
     worker_each = run + figures["worker judge+page, steady"]
@@ -285,7 +292,7 @@ def extrapolate(args, figures, merging, ways, real=None):
     client_each = figures["read"] + figures["accept"] + figures["write pages"] + merge_each
     if real:  # everything the client process did while it graded (Dask's threads too), per notebook
         client_each = max(client_each, real["cpu"] / max(1, real["notebooks"]))
-    after = min(notebooks, merge.MERGE_BATCH) * merge_each + notebooks * merging["reports"]  # the last batch
+    fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(
         f"per notebook: workers {worker_each:.2f} s (run {run:.2f} s, steady: a worker's first notebook of each "
@@ -297,11 +304,15 @@ def extrapolate(args, figures, merging, ways, real=None):
         alone = notebooks * run / (machines * args.cores)
         work = notebooks * worker_each / (machines * args.cores) + warm_up
         client = notebooks * client_each
+        rate = notebooks / max(work, client)
+        batch = merge.MERGE_BATCH if rate * merge_each >= 1 else rate * fixed / (1 - rate * merge_each)
+        batch = min(merge.MERGE_BATCH, max(1.0, batch))
+        after = fixed + batch * merge_each + notebooks * merging["reports"]
         total = max(work, client) + after
         if machines <= 16:
             worst, worst_work = max(worst, total / alone), max(worst_work, total / work)
         print(
-            f"  {machines:8d}   {alone:8.0f} s   {work:11.0f} s   {client:14.0f} s   {after:12.0f} s"
+            f"  {machines:8d}   {alone:8.0f} s   {work:11.0f} s   {client:14.0f} s   {after:12.1f} s"
             f"   {total:6.0f} s   {total / alone:5.2f}   {total / work:5.2f}"
         )
     print(f"  up to 16 machines: total <= {worst:.2f}x the sandboxed runs alone, <= {worst_work:.2f}x the workers'")

@@ -157,9 +157,12 @@ def grade(
 
 
 class _MergeWhileGrading:
-    """Merges the results into OUT's gradebook while the cluster grades, in a thread, one transaction per batch
-    (``merge.MERGE_BATCH``), then writes the batch's pages that the workers rendered: at a thousand students,
-    the merge after the last run would cost more than the runs on sixteen machines (benchmarks/bench_dask.py)."""
+    """Merges the results into OUT's gradebook while the cluster grades, in a thread that keeps the gradebook open
+    (``merge.Merger``), then writes the merged pages that the workers rendered. Whenever that thread is free, it
+    takes every result that came meanwhile (at most ``merge.MERGE_BATCH``) as one transaction: batches grow with
+    the rate results come at, and after the last run only the few that came during the previous merge remain
+    (at a thousand students, a fixed batch of 500 merged after the last run cost more than the runs on sixteen
+    machines: benchmarks/bench_dask.py)."""
 
     def __init__(self, out: Path, assignments: dict, course_folder):
         self.out, self.assignments, self.course_folder = out, assignments, course_folder
@@ -168,35 +171,44 @@ class _MergeWhileGrading:
         self.rendered: set = set()
         self.error: BaseException | None = None
         self.details = ""
-        self.due_dates = None
+        self.merger = None  # opened, used and closed in the thread (nbgrader's session belongs to one thread)
 
     def add(self, result: Result) -> None:
         if result.graded_file is None:
             return
         self.pending.append(result)
-        if len(self.pending) >= merge.MERGE_BATCH:
+        if len(self.pending) >= merge.MERGE_BATCH or not self.merged or self.merged[-1].done():
             self._flush()
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         if batch:
+            self.merged = [f for f in self.merged if not f.done()]  # a class's thousands of futures need not stay
             self.merged.append(self.thread.submit(self._merge, batch))
 
     def _merge(self, batch: list[Result]) -> None:
         if self.error is not None:
             return  # the gradebook failed: the problem is said once, nothing more is written
         try:
-            if self.due_dates is None:
-                self.due_dates = course.due_dates(self.course_folder, self.assignments)
-            self.late += merge.merge(self.out, batch, self.assignments, self.due_dates)
+            if self.merger is None:
+                due_dates = course.due_dates(self.course_folder, self.assignments)
+                self.merger = merge.Merger(self.out, self.assignments, due_dates)
+            self.late += self.merger.merge(batch)
             self.rendered |= feedback_pages.write_pages(self.out, batch)
             for result in batch:
                 result.page = None  # written: a thousand pages need not stay in memory
         except Exception as exc:
             self.error, self.details = exc, traceback.format_exc()
+            self._close()
+
+    def _close(self) -> None:
+        if self.merger is not None:
+            self.merger.close()
+            self.merger = None
 
     def finish(self) -> None:
         self._flush()
+        self.thread.submit(self._close)  # before the gradebook step assigns nbgrader's late penalties
         self.thread.shutdown(wait=True)
 
 
