@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -360,6 +361,130 @@ def test_io_uring_is_refused(tmp_path):
         pytest.skip(f"io_uring is off on this machine anyway ({control.strip()})")
     out, _ = _sandboxed(tmp_path, IO_URING, isolate=True)
     assert out.strip() in ("REFUSED 38", "REFUSED 1"), out  # ENOSYS or EPERM
+
+
+NAMESPACE_MAKERS = """
+import ctypes, json, os, shutil, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+
+
+def in_a_child(attempt):
+    # A namespace made leaves its maker without a uid mapping, and so unable to make the next: one child each.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(attempt())
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def outcome(result):
+    return 0 if result >= 0 else ctypes.get_errno()
+
+
+def clone():
+    pid = libc.syscall(CLONE, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:  # the clone, inside its new user namespace
+        os._exit(0)
+    return outcome(pid)
+
+
+def setns():  # joining one's own user namespace is refused (EINVAL) without the filter, but not with EPERM
+    return outcome(libc.setns(os.open("/proc/self/ns/user", os.O_RDONLY), CLONE_NEWUSER))
+
+
+found = {
+    "unshare": in_a_child(lambda: outcome(libc.unshare(CLONE_NEWUSER))),
+    "clone": in_a_child(clone),
+    "setns": in_a_child(setns),
+}
+if shutil.which("unshare"):  # util-linux's command, as a student's notebook would run it
+    command = subprocess.run(["unshare", "--user", "true"], capture_output=True, text=True)
+    found["unshare command"] = command.stderr.strip() or command.returncode
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_a_sandboxed_kernel_can_neither_make_nor_join_a_namespace(tmp_path):
+    """Catches a kernel making user namespaces (each counts against the grading user's max_user_namespaces, which
+    a loop of them used up) or joining one: unshare, clone and setns each get EPERM."""
+    arch = seccomp.ARCHES[seccomp.machine()]
+    out, report = _sandboxed(tmp_path, NAMESPACE_MAKERS.replace("CLONE,", f"{arch.clone},"), isolate=True)
+    found = json.loads(out)
+    assert {found["unshare"], found["clone"], found["setns"]} == {1}, found  # EPERM
+    assert found.get("unshare command", "Operation not permitted").endswith("Operation not permitted"), found
+    assert any("no new namespace" in item for item in report["enforced"]), report
+
+
+ORDINARY_PROCESSES = """
+import json, multiprocessing, os, subprocess, sys, threading
+found = {}
+thread = threading.Thread(target=found.setdefault, args=("thread", "ran"))  # glibc tries clone3 first
+thread.start()
+thread.join()
+found["subprocess"] = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True).stdout
+spawned = os.posix_spawn(sys.executable, [sys.executable, "-c", "raise SystemExit(5)"], {})
+found["posix_spawn"] = os.waitstatus_to_exitcode(os.waitpid(spawned, 0)[1])
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+found["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+for method in ("fork", "spawn"):
+    process = multiprocessing.get_context(method).Process(target=os._exit, args=(9,))
+    process.start()
+    process.join()
+    found[f"multiprocessing {method}"] = process.exitcode
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_threads_and_child_processes_still_start_in_a_sandboxed_kernel(tmp_path):
+    """Catches a filter that refuses what a notebook needs: glibc starts threads and posix_spawn with clone3 and
+    falls back to clone only on ENOSYS (not on EPERM); fork and subprocess must not be taken for a namespace."""
+    out, _ = _sandboxed(tmp_path, ORDINARY_PROCESSES, isolate=True)
+    found = json.loads(out)
+    processes = {"posix_spawn": 5, "fork": 7, "multiprocessing fork": 9, "multiprocessing spawn": 9}
+    assert found == {"thread": "ran", "subprocess": "ran\n", **processes}, found
+
+
+def _seccomp_verdict(arch, number: int, flags: int = 0) -> int:
+    """What the filter's program answers to system call ``number`` with ``flags`` as args[0] (struct seccomp_data)."""
+    data = struct.pack("<iIQ6Q", number, arch.audit, 0, flags, 0, 0, 0, 0, 0)
+    accumulator, at = 0, 0
+    steps = seccomp.program(arch)
+    while True:
+        code, jump_true, jump_false, constant = steps[at]
+        at += 1
+        if code == seccomp.RET_K:
+            return constant
+        if code == seccomp.LD_ABS_W:
+            accumulator = struct.unpack_from("<I", data, constant)[0]
+            continue
+        tests = {seccomp.JEQ_K: accumulator == constant, seccomp.JGE_K: accumulator >= constant}
+        tests[seccomp.JSET_K] = bool(accumulator & constant)
+        at += jump_true if tests[code] else jump_false
+
+
+@pytest.mark.parametrize("machine", sorted(seccomp.ARCHES))
+def test_every_namespace_flag_is_refused_on_each_machine(machine):
+    """Catches a flag left out of the masks, or a wrong syscall number (aarch64 cannot be run here): each
+    CLONE_NEW* flag of unshare and clone is refused, setns too, clone3 is ENOSYS; forks, threads and unshare of
+    other flags are allowed."""
+    arch = seccomp.ARCHES[machine]
+    eperm, enosys = seccomp.RET_ERRNO | 1, seccomp.RET_ERRNO | 38
+    newtime, others = 0x80, [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000]
+    for flag in [newtime, *others]:
+        assert _seccomp_verdict(arch, arch.unshare, flag) == eperm, hex(flag)
+    for flag in others:
+        assert _seccomp_verdict(arch, arch.clone, flag | 17) == eperm, hex(flag)
+    assert _seccomp_verdict(arch, arch.setns) == eperm
+    assert _seccomp_verdict(arch, arch.clone3) == enosys
+    fork, thread = 0x01200011, 0x003D0F00  # glibc's flags: CHILD_SETTID|CHILD_CLEARTID|SIGCHLD; pthread_create
+    for flags in (fork, thread):
+        assert _seccomp_verdict(arch, arch.clone, flags) == seccomp.RET_ALLOW, hex(flags)
+    assert _seccomp_verdict(arch, arch.unshare, 0x00000600) == seccomp.RET_ALLOW  # CLONE_FS | CLONE_FILES
 
 
 DESCRIPTOR_THIEF = """
