@@ -716,6 +716,68 @@ def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):
     assert json.loads(report.read_text())["refused"] == ["user and network namespaces", "PID namespace"]
 
 
+NAMESPACE_HOARDER = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+made, error = 0, 0
+for _ in range(1000):  # one user namespace per child, each held while the child sleeps
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.write(write, bytes([0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno()]))
+        time.sleep(60)
+        os._exit(0)
+    os.close(write)
+    error = os.read(read, 1)[0]
+    os.close(read)
+    if error:
+        break
+    made += 1
+print("MADE", made, "ERROR", error, flush=True)
+time.sleep(60)
+"""
+
+HOARDER_THEN_NEXT_KERNEL = """
+import json, subprocess, sys
+hoarder = subprocess.Popen(json.loads(sys.argv[1]), stdout=subprocess.PIPE, text=True)
+print(hoarder.stdout.readline().strip())
+following = subprocess.run(json.loads(sys.argv[2]), capture_output=True, text=True, timeout=60)
+hoarder.kill()
+hoarder.wait()
+print("NEXT", following.returncode, following.stdout.strip())
+"""
+
+
+def test_a_kernel_cannot_use_up_the_namespaces_the_next_kernel_needs(tmp_path):
+    """Catches the attack on everyone's grading: a kernel making user namespaces until the grading user's
+    max_user_namespaces (here 6) is used up, so that the next kernel, which requires its namespaces, is refused.
+    Its first unshare gets EPERM, and the next kernel runs."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare command here")
+
+    def launch(name: str, code: str) -> list[str]:
+        folders = [tmp_path / name / part for part in ("root", "work", "s")]
+        for folder in folders:
+            folder.mkdir(parents=True)
+        command = [sys.executable, str(SCRIPT), "--report", str(tmp_path / name / "report.json")]
+        command += ["--isolate", str(folders[0]), "--workdir", str(folders[1]), "--sockets", str(folders[2])]
+        command += ["--require", "user and network namespaces", "--require", "PID namespace"]
+        for path in ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", sys.base_prefix, sys.prefix]:
+            command += ["--ro", path]
+        return [*command, "--", sys.executable, "-c", code]
+
+    driver = [sys.executable, "-c", HOARDER_THEN_NEXT_KERNEL]
+    driver += [json.dumps(launch("hoarder", NAMESPACE_HOARDER)), json.dumps(launch("next", "print('RAN')"))]
+    # Each kernel makes two user namespaces (its own and the nested one over its mounts): with a limit of 6, an
+    # unprotected hoarder holds the other 4.
+    limited = "echo 6 > /proc/sys/user/max_user_namespaces && exec " + " ".join(map(shlex.quote, driver))
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", limited], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines() == ["MADE 0 ERROR 1", "NEXT 0 RAN"], (result.stdout, result.stderr)
+
+
 def test_a_refused_kernel_is_the_graders_fault_and_nothing_runs(tmp_path):
     """Catches a refused launch reported as the student's kernel dying: it is a grader fault, and no cell ran."""
     import nbformat
