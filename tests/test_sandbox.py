@@ -699,7 +699,7 @@ def test_system_v_objects_one_kernel_leaves_are_gone_for_the_next(tmp_path):
 
 def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):
     """Catches a sandbox that goes on with fewer layers than the grader's check kernel got: with this user's
-    namespaces used up (as a student's unshare loop in another kernel would), a launch that requires them is
+    namespaces used up (by another program of the grading user; a kernel can make none), a launch that requires them is
     refused, says so in its report, and never runs its command."""
     import shutil
 
