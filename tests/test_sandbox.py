@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -362,6 +363,130 @@ def test_io_uring_is_refused(tmp_path):
     assert out.strip() in ("REFUSED 38", "REFUSED 1"), out  # ENOSYS or EPERM
 
 
+NAMESPACE_MAKERS = """
+import ctypes, json, os, shutil, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+
+
+def in_a_child(attempt):
+    # A namespace made leaves its maker without a uid mapping, and so unable to make the next: one child each.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(attempt())
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def outcome(result):
+    return 0 if result >= 0 else ctypes.get_errno()
+
+
+def clone():
+    pid = libc.syscall(CLONE, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:  # the clone, inside its new user namespace
+        os._exit(0)
+    return outcome(pid)
+
+
+def setns():  # joining one's own user namespace is refused (EINVAL) without the filter, but not with EPERM
+    return outcome(libc.setns(os.open("/proc/self/ns/user", os.O_RDONLY), CLONE_NEWUSER))
+
+
+found = {
+    "unshare": in_a_child(lambda: outcome(libc.unshare(CLONE_NEWUSER))),
+    "clone": in_a_child(clone),
+    "setns": in_a_child(setns),
+}
+if shutil.which("unshare"):  # util-linux's command, as a student's notebook would run it
+    command = subprocess.run(["unshare", "--user", "true"], capture_output=True, text=True)
+    found["unshare command"] = command.stderr.strip() or command.returncode
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_a_sandboxed_kernel_can_neither_make_nor_join_a_namespace(tmp_path):
+    """Catches a kernel making user namespaces (each counts against the grading user's max_user_namespaces, which
+    a loop of them used up) or joining one: unshare, clone and setns each get EPERM."""
+    arch = seccomp.ARCHES[seccomp.machine()]
+    out, report = _sandboxed(tmp_path, NAMESPACE_MAKERS.replace("CLONE,", f"{arch.clone},"), isolate=True)
+    found = json.loads(out)
+    assert {found["unshare"], found["clone"], found["setns"]} == {1}, found  # EPERM
+    assert found.get("unshare command", "Operation not permitted").endswith("Operation not permitted"), found
+    assert any("no new namespace" in item for item in report["enforced"]), report
+
+
+ORDINARY_PROCESSES = """
+import json, multiprocessing, os, subprocess, sys, threading
+found = {}
+thread = threading.Thread(target=found.setdefault, args=("thread", "ran"))  # glibc tries clone3 first
+thread.start()
+thread.join()
+found["subprocess"] = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True).stdout
+spawned = os.posix_spawn(sys.executable, [sys.executable, "-c", "raise SystemExit(5)"], {})
+found["posix_spawn"] = os.waitstatus_to_exitcode(os.waitpid(spawned, 0)[1])
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+found["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+for method in ("fork", "spawn"):
+    process = multiprocessing.get_context(method).Process(target=os._exit, args=(9,))
+    process.start()
+    process.join()
+    found[f"multiprocessing {method}"] = process.exitcode
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(seccomp.machine() not in seccomp.ARCHES, reason="no syscall table for this machine")
+def test_threads_and_child_processes_still_start_in_a_sandboxed_kernel(tmp_path):
+    """Catches a filter that refuses what a notebook needs: glibc starts threads and posix_spawn with clone3 and
+    falls back to clone only on ENOSYS (not on EPERM); fork and subprocess must not be taken for a namespace."""
+    out, _ = _sandboxed(tmp_path, ORDINARY_PROCESSES, isolate=True)
+    found = json.loads(out)
+    processes = {"posix_spawn": 5, "fork": 7, "multiprocessing fork": 9, "multiprocessing spawn": 9}
+    assert found == {"thread": "ran", "subprocess": "ran\n", **processes}, found
+
+
+def _seccomp_verdict(arch, number: int, flags: int = 0) -> int:
+    """What the filter's program answers to system call ``number`` with ``flags`` as args[0] (struct seccomp_data)."""
+    data = struct.pack("<iIQ6Q", number, arch.audit, 0, flags, 0, 0, 0, 0, 0)
+    accumulator, at = 0, 0
+    steps = seccomp.program(arch)
+    while True:
+        code, jump_true, jump_false, constant = steps[at]
+        at += 1
+        if code == seccomp.RET_K:
+            return constant
+        if code == seccomp.LD_ABS_W:
+            accumulator = struct.unpack_from("<I", data, constant)[0]
+            continue
+        tests = {seccomp.JEQ_K: accumulator == constant, seccomp.JGE_K: accumulator >= constant}
+        tests[seccomp.JSET_K] = bool(accumulator & constant)
+        at += jump_true if tests[code] else jump_false
+
+
+@pytest.mark.parametrize("machine", sorted(seccomp.ARCHES))
+def test_every_namespace_flag_is_refused_on_each_machine(machine):
+    """Catches a flag left out of the masks, or a wrong syscall number (aarch64 cannot be run here): each
+    CLONE_NEW* flag of unshare and clone is refused, setns too, clone3 is ENOSYS; forks, threads and unshare of
+    other flags are allowed."""
+    arch = seccomp.ARCHES[machine]
+    eperm, enosys = seccomp.RET_ERRNO | 1, seccomp.RET_ERRNO | 38
+    newtime, others = 0x80, [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000]
+    for flag in [newtime, *others]:
+        assert _seccomp_verdict(arch, arch.unshare, flag) == eperm, hex(flag)
+    for flag in others:
+        assert _seccomp_verdict(arch, arch.clone, flag | 17) == eperm, hex(flag)
+    assert _seccomp_verdict(arch, arch.setns) == eperm
+    assert _seccomp_verdict(arch, arch.clone3) == enosys
+    fork, thread = 0x01200011, 0x003D0F00  # glibc's flags: CHILD_SETTID|CHILD_CLEARTID|SIGCHLD; pthread_create
+    for flags in (fork, thread):
+        assert _seccomp_verdict(arch, arch.clone, flags) == seccomp.RET_ALLOW, hex(flags)
+    assert _seccomp_verdict(arch, arch.unshare, 0x00000600) == seccomp.RET_ALLOW  # CLONE_FS | CLONE_FILES
+
+
 DESCRIPTOR_THIEF = """
 import json, os
 mark = b"LEAKED-TO-THE-GRADER\\x1b[2J"
@@ -574,7 +699,7 @@ def test_system_v_objects_one_kernel_leaves_are_gone_for_the_next(tmp_path):
 
 def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):
     """Catches a sandbox that goes on with fewer layers than the grader's check kernel got: with this user's
-    namespaces used up (as a student's unshare loop in another kernel would), a launch that requires them is
+    namespaces used up (by another program of the grading user; a kernel can make none), a launch that requires them is
     refused, says so in its report, and never runs its command."""
     import shutil
 
@@ -589,6 +714,68 @@ def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):
     assert result.returncode == sandbox.REFUSED
     assert not ran.exists()
     assert json.loads(report.read_text())["refused"] == ["user and network namespaces", "PID namespace"]
+
+
+NAMESPACE_HOARDER = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+made, error = 0, 0
+for _ in range(1000):  # one user namespace per child, each held while the child sleeps
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.write(write, bytes([0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno()]))
+        time.sleep(60)
+        os._exit(0)
+    os.close(write)
+    error = os.read(read, 1)[0]
+    os.close(read)
+    if error:
+        break
+    made += 1
+print("MADE", made, "ERROR", error, flush=True)
+time.sleep(60)
+"""
+
+HOARDER_THEN_NEXT_KERNEL = """
+import json, subprocess, sys
+hoarder = subprocess.Popen(json.loads(sys.argv[1]), stdout=subprocess.PIPE, text=True)
+print(hoarder.stdout.readline().strip())
+following = subprocess.run(json.loads(sys.argv[2]), capture_output=True, text=True, timeout=60)
+hoarder.kill()
+hoarder.wait()
+print("NEXT", following.returncode, following.stdout.strip())
+"""
+
+
+def test_a_kernel_cannot_use_up_the_namespaces_the_next_kernel_needs(tmp_path):
+    """Catches the attack on everyone's grading: a kernel making user namespaces until the grading user's
+    max_user_namespaces (here 6) is used up, so that the next kernel, which requires its namespaces, is refused.
+    Its first unshare gets EPERM, and the next kernel runs."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare command here")
+
+    def launch(name: str, code: str) -> list[str]:
+        folders = [tmp_path / name / part for part in ("root", "work", "s")]
+        for folder in folders:
+            folder.mkdir(parents=True)
+        command = [sys.executable, str(SCRIPT), "--report", str(tmp_path / name / "report.json")]
+        command += ["--isolate", str(folders[0]), "--workdir", str(folders[1]), "--sockets", str(folders[2])]
+        command += ["--require", "user and network namespaces", "--require", "PID namespace"]
+        for path in ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", sys.base_prefix, sys.prefix]:
+            command += ["--ro", path]
+        return [*command, "--", sys.executable, "-c", code]
+
+    driver = [sys.executable, "-c", HOARDER_THEN_NEXT_KERNEL]
+    driver += [json.dumps(launch("hoarder", NAMESPACE_HOARDER)), json.dumps(launch("next", "print('RAN')"))]
+    # Each kernel makes two user namespaces (its own and the nested one over its mounts): with a limit of 6, an
+    # unprotected hoarder holds the other 4.
+    limited = "echo 6 > /proc/sys/user/max_user_namespaces && exec " + " ".join(map(shlex.quote, driver))
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", limited], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines() == ["MADE 0 ERROR 1", "NEXT 0 RAN"], (result.stdout, result.stderr)
 
 
 def test_a_refused_kernel_is_the_graders_fault_and_nothing_runs(tmp_path):

@@ -15,7 +15,8 @@ Layers, each applied when the machine supports it and named in the report either
   - resource limits: address space, file size, no core dumps;
   - Landlock (``landlock.py``): the same folders again, enforced by another mechanism;
   - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
-    lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls;
+    lab does not use (AF_VSOCK, AF_PACKET, ...), no io_uring, no key syscalls, no new namespace
+    (installed last: the launcher's own namespaces are made before it);
   - with a PID namespace, PID 1 is this launcher's own small init: it reaps the orphans the
     command leaves (zombies would hold the process limit) and exits with the command's status.
 A layer named by --require that could not be made stops the launch: the report says "refused", the command
