@@ -113,6 +113,11 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     steady = steady or answers
     figures["worker run, steady"] = sum(a["seconds"] - a["judge_seconds"] for a in steady) / len(steady)
     figures["worker judge+page, steady"] = sum(a["judge_seconds"] for a in steady) / len(steady)
+    # The judge process's own CPU: what judge+page costs where a worker has a core of its own (this machine's
+    # workers share two cores with the client, the scheduler and each other's kernels).
+    for part in ("judge", "page"):
+        cpu = [a["judge_cpu"][part] for a in steady if isinstance(a.get("judge_cpu"), dict)]
+        figures[f"worker {part} CPU, steady"] = sum(cpu) / max(1, len(cpu))
     workers_seen = max(1, len({a.get("worker") for a in answers}))
     steady_each = figures["worker run, steady"] + figures["worker judge+page, steady"]
     figures["worker warm-up"] = (sum(a["seconds"] for a in answers) - steady_each * len(answers)) / workers_seen
@@ -246,6 +251,7 @@ def main():
             f"{'run' if args.demos else 'skipped'}: {figures['wall']:.1f} s; per notebook ({figures['notebooks']}):"
         )
         names = ("worker run", "worker judge+page", "worker run, steady", "worker judge+page, steady")
+        names += ("worker judge CPU, steady", "worker page CPU, steady")
         for name in (*names, "read", "accept", "merge", "reports", "write pages"):
             side = "worker" if name.startswith("worker") else "client"
             print(f"  {side:<6} {name.removeprefix('worker '):<24} {figures[name] * 1000:8.1f} ms")

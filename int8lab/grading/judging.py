@@ -121,12 +121,19 @@ def load(assignments: dict) -> dict[str, str]:
 
 
 def judge_run(job, name: str, ran: dict, notes: list[str], page: bool) -> dict:
-    """``workers.finish`` on a run of ``job`` (assignment ``name``), as plain data (``answer``)."""
+    """``workers.finish`` on a run of ``job`` (assignment ``name``), as plain data (``answer``), with the CPU
+    seconds this process spent on it (``judge_cpu``, "judge" and "page": the benchmark's figures)."""
+    import time
+
     from .workers import finish
 
+    started = time.process_time()
     assignment = _assignments[name]
     result = finish(job, assignment, ran, notes)
-    return answer(result, assignment if page else None)
+    judged = time.process_time()
+    plain = answer(result, assignment if page else None)
+    plain["judge_cpu"] = {"judge": judged - started, "page": time.process_time() - judged}
+    return plain
 
 
 def answer(result: Result, page_of=None) -> dict:
