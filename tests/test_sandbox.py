@@ -789,3 +789,37 @@ def test_a_refused_kernel_is_the_graders_fault_and_nothing_runs(tmp_path):
     done = run.execute(notebook, tmp_path, Limits(required_layers=("a layer no machine has",)))
     assert done.status.value == "error" and done.reason.startswith("grader fault:"), done.reason
     assert not done.executed.cells[0].get("outputs")
+
+
+def test_a_refused_kernel_runs_once_more_and_only_a_second_refusal_is_a_fault(tmp_path, monkeypatch):
+    """Catches a refusal (a layer missing for a moment: namespaces another program used up) failing the job at
+    once, or a retry that hides a lasting refusal: the notebook runs again once; refused twice, a grader fault."""
+    import json
+    from dataclasses import asdict
+
+    import nbformat
+
+    from int8lab.grading import run, workers
+    from int8lab.grading.model import Limits, Status
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ran')")])
+    real, launches = run.execute, []
+
+    def refused_first(nb, job_dir, limits, *args, refusals=1):
+        launches.append(job_dir)
+        if len(launches) <= refusals:  # a real refusal: the sandbox lacks a layer it is required to make
+            return real(nb, job_dir, Limits(required_layers=("a layer no machine has",)), *args)
+        return run.Run(Status.OK, executed=nb)  # the kernel's run, without a kernel
+
+    monkeypatch.setattr(workers, "REFUSED_RETRY_SECONDS", 0)
+    monkeypatch.setattr(run, "execute", refused_first)
+    probe = json.dumps(notebook).encode()
+    ran = workers.run_probe(probe, asdict(Limits()), tmp_path / "once", None)
+    assert ran["status"] == "ok" and ran["reason"].startswith("run again: this kernel's sandbox"), ran["reason"]
+    assert len(launches) == 2 and launches[1] != launches[0]  # a folder of its own: cgroups are named after it
+
+    launches.clear()
+    monkeypatch.setattr(run, "execute", lambda *args: refused_first(*args, refusals=2))
+    ran = workers.run_probe(probe, asdict(Limits()), tmp_path / "twice", None)
+    assert ran["status"] == "error" and ran["reason"].startswith("grader fault:"), ran["reason"]
+    assert "refused twice" in ran["reason"] and len(launches) == 2

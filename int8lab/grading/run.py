@@ -72,6 +72,8 @@ class Run:
     steps: dict = field(default_factory=dict)
     #: Why the fork server failed this run ('' if it did not): the submission must run again from nothing.
     server_lost: str = ""
+    #: The sandbox refused to start the kernel without a required layer (nothing ran): worth one more try.
+    refused: bool = False
 
 
 #: The steps of a run whose seconds grading.log gives: the sandbox and the kernel up to its first answer,
@@ -213,6 +215,7 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
     run.sandbox = _last_json_line(job_dir / "sandbox.json")
     run.server_lost = _server_lost(job_dir, run.status) if server is not None else ""
     refused = (run.sandbox or {}).get("refused")
+    run.refused = bool(refused) and not run.server_lost
     # The grader's faults win over whatever the run looked like to nbclient.
     if run.server_lost:
         run.status, run.reason = Status.ERROR, f"grader fault: {run.server_lost}"

@@ -111,6 +111,19 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
             _note_start(job_dir)
         done = run.execute(nbformat.from_dict(json.loads(probe)), cold, Limits(**limits), cgroups, None)
         done.reason = "; ".join(filter(None, [done.reason, f"run again in a fresh kernel: {lost}"]))
+    if done.refused:
+        # A layer this machine had a moment ago (namespaces another program of the grading user used up, say):
+        # nothing of the submission ran, so it runs once more, a little later, rather than fail for the grader.
+        time.sleep(REFUSED_RETRY_SECONDS)
+        if (job_dir / "worker").exists():
+            _note_start(job_dir)
+        refused = done.reason
+        again = job_dir / f"{job_dir.name}-again"  # a unique name: cgroups are named after it
+        done = run.execute(nbformat.from_dict(json.loads(probe)), again, Limits(**limits), cgroups, server)
+        if done.refused:
+            done.reason = f"{done.reason} (refused twice, {REFUSED_RETRY_SECONDS} s apart)"
+        else:
+            done.reason = "; ".join(filter(None, [done.reason, f"run again: {refused.removeprefix('grader fault: ')}"]))
     return {
         "status": done.status.value,
         "reason": done.reason,
@@ -226,6 +239,9 @@ def _warm_kernels(forks: ForkServer, job_dir: Path, limits: Limits, cgroups):
     print(f"int8lab grade: no warm kernels ({done.status}: {done.reason}); each starts from nothing", file=sys.stderr)
     return None
 
+
+#: A kernel the sandbox refused (a required layer missing, the notebook never ran) is tried again this much later.
+REFUSED_RETRY_SECONDS = 2
 
 #: A job (rebuild, kernel, judge) gets this long beyond its notebook's time limit before its worker is killed.
 JOB_GRACE_SECONDS = 120
