@@ -73,6 +73,18 @@ class Timer:
         setattr(self.module, self.name, self.original)
 
 
+class WallTimer(Timer):
+    """A ``Timer`` of wall-clock seconds: for a call that waits for other processes."""
+
+    def __call__(self, *args, **kwargs):
+        started, self.last_args = time.perf_counter(), args
+        try:
+            return self.original(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
 def grade(submitted: Path, out: Path, workers: int, limits: Limits, dask: str):
     started = time.perf_counter()
     graded = pipeline.grade(
@@ -89,6 +101,7 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
         "merge": Timer(merge.Merger, "merge"),
         "reports": Timer(pipeline.report, "write_reports"),
         "write pages": Timer(pages, "write_pages"),
+        "check the workers": WallTimer(cluster, "_check_every_worker"),
     }
     try:
         wall, results = grade(submitted, out, workers, limits, "local")
@@ -122,6 +135,9 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     steady_each = figures["worker run, steady"] + figures["worker judge+page, steady"]
     figures["worker warm-up"] = (sum(a["seconds"] for a in answers) - steady_each * len(answers)) / workers_seen
     figures["wall"], figures["notebooks"] = wall, len(answers)
+    # Once per grading, all workers at once: each judge process's start and self-check, the fork server's start
+    # and its check kernels (cluster_worker.check_worker).
+    figures["check the workers"] = timers["check the workers"].seconds
     return figures, results, timers["merge"].last_args[0].assignments
 
 
@@ -255,6 +271,7 @@ def main():
         for name in (*names, "read", "accept", "merge", "reports", "write pages"):
             side = "worker" if name.startswith("worker") else "client"
             print(f"  {side:<6} {name.removeprefix('worker '):<24} {figures[name] * 1000:8.1f} ms")
+        print(f"  check of the workers before any job, once per grading: {figures['check the workers']:.1f} s")
         print(
             f"  worker warm-up, once per worker process (fork server, first judge of each assignment): "
             f"{figures['worker warm-up']:.1f} s"
@@ -284,16 +301,19 @@ def main():
 def extrapolate(args, figures, merging, ways, real=None):
     """1,000 students x ``--assignments`` notebooks on N machines of ``--cores``. On the workers, each notebook
     costs its run, its judge and its page (measured, steady: a worker's first notebook of each assignment left
-    out), and each worker process pays its warm-up once (counted in full, the runs alone do not include it). The
-    client, one process, reads each submitted file, accepts its answer, merges it and writes its page while the
-    runs go on. Its merging thread takes, whenever it is free, everything that came meanwhile as one transaction:
-    with results coming at r a second, a transaction's fixed cost F and c per submission, its batches settle at
+    out), and each worker process pays its warm-up once (counted in full, the runs alone do not include it), after
+    the check of every worker that starts each grading (its judge processes' start and self-check, its fork
+    server and check kernels; counted too, as measured here, all workers at once). The client, one process,
+    reads each submitted file, accepts its answer, merges it and writes its page while the runs go on. Its
+    merging thread takes, whenever it is free, everything that came meanwhile as one transaction: with results
+    coming at r a second, a transaction's fixed cost F and c per submission, its batches settle at
     k = r F / (1 - r c) (at most merge.MERGE_BATCH; all of them when r c >= 1, the client then being the limit).
     After the last run come the last batch's merge (F + k c) and the reports."""
     notebooks = 1000 * args.assignments
     run = figures["worker run, steady"]
     worker_each = run + figures["worker judge+page, steady"]
     warm_up = figures["worker warm-up"]  # each worker process once, all of them at the same time
+    check = figures["check the workers"]  # once per grading, before any job
     merge_each = merging["one per batch cpu"]
     client_each = figures["read"] + figures["accept"] + figures["write pages"] + merge_each
     if real:  # everything the client process did while it graded (Dask's threads too), per notebook
@@ -302,13 +322,14 @@ def extrapolate(args, figures, merging, ways, real=None):
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(
         f"per notebook: workers {worker_each:.2f} s (run {run:.2f} s, steady: a worker's first notebook of each "
-        f"assignment left out), client {client_each * 1000:.1f} ms; each worker's warm-up {warm_up:.1f} s once"
+        f"assignment left out), client {client_each * 1000:.1f} ms; each worker's warm-up {warm_up:.1f} s once, "
+        f"after the check of the workers, {check:.1f} s"
     )
     print("  machines   runs alone   workers' work   client in flight   after the runs    total   /runs   /work")
-    worst, worst_work = 0.0, 0.0
+    worst, worst_work, worst_unchecked = 0.0, 0.0, 0.0
     for machines in (1, 2, 4, 8, 16, 32, 64):
         alone = notebooks * run / (machines * args.cores)
-        work = notebooks * worker_each / (machines * args.cores) + warm_up
+        work = check + notebooks * worker_each / (machines * args.cores) + warm_up
         client = notebooks * client_each
         rate = notebooks / max(work, client)
         batch = merge.MERGE_BATCH if rate * merge_each >= 1 else rate * fixed / (1 - rate * merge_each)
@@ -317,12 +338,16 @@ def extrapolate(args, figures, merging, ways, real=None):
         total = max(work, client) + after
         if machines <= 16:
             worst, worst_work = max(worst, total / alone), max(worst_work, total / work)
+            worst_unchecked = max(worst_unchecked, (total - check) / alone)
         print(
             f"  {machines:8d}   {alone:8.0f} s   {work:11.0f} s   {client:14.0f} s   {after:12.1f} s"
             f"   {total:6.0f} s   {total / alone:5.2f}   {total / work:5.2f}"
         )
     print(f"  up to 16 machines: total <= {worst:.2f}x the sandboxed runs alone, <= {worst_work:.2f}x the workers'")
-    print("  own work (run + judge + page); the target is 1.25x")
+    print(
+        f"  own work (run + judge + page); the target is 1.25x. Without the check of the workers (as this model "
+        f"counted until 2026-12-01): <= {worst_unchecked:.2f}x"
+    )
     client_pages = notebooks * ways["nbgrader cpu"]
     print(
         f"  the other way to the pages, nbgrader on the client: {client_pages:.0f} s of its CPU for {notebooks} pages "

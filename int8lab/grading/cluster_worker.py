@@ -147,7 +147,7 @@ def check_worker(wanted: dict, start_kernel: bool = False) -> str:
     problem = _cache_problem(wanted["dataset"]) or _judge_problem()
     if problem or not start_kernel:
         return problem
-    return _kernel_problem()
+    return _kernel_problem(wanted["dataset"])
 
 
 def _judge_problem() -> str:
@@ -179,15 +179,22 @@ def _cache_problem(dataset: str) -> str:
     return ""
 
 
-def _kernel_problem() -> str:
+def _kernel_problem(dataset: str) -> str:
+    """Empty if a sandboxed kernel runs the smoke test here. The worker's fork server starts now (its warm
+    kernels, ``_warm_kernels``), so that the smoke test runs in a kernel forked like every job's, and no job pays
+    the server's start; without a server, the kernel starts from nothing, as each job's will."""
     import nbformat
 
+    from ..data import DATASET_ENV
     from .pipeline import KERNEL_SMOKE_TEST
 
+    os.environ[DATASET_ENV] = dataset  # the server's kernels inherit the client's choice
+    warm = _warm_kernels()
     smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(KERNEL_SMOKE_TEST)])
     scratch = Path(tempfile.mkdtemp(prefix="int8lab-check-"))
     try:
-        done = run_probe(json.dumps(smoke).encode(), asdict(Limits(notebook_timeout=120)), scratch, _cgroups())
+        limits = asdict(Limits(notebook_timeout=120))
+        done = run_probe(json.dumps(smoke).encode(), limits, scratch, _cgroups(), warm)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if done["status"] != "ok" or b"kernel ready" not in done["executed"]:
