@@ -216,22 +216,29 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
         with Client(address, timeout=60) as waiting:
             waiting.wait_for_workers(workers, timeout=120)
         window = {}
-        original = cluster.grade_on_dask
 
-        def measured(*args, **kwargs):
-            before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                after = resource.getrusage(resource.RUSAGE_SELF)
-                window["wall"] = time.perf_counter() - started
-                window["cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        def measured(module, name, prefix):
+            original = getattr(module, name)
 
-        pipeline.grade_on_dask = measured
+            def timed(*args, **kwargs):
+                before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    after = resource.getrusage(resource.RUSAGE_SELF)
+                    window[prefix + "wall"] = time.perf_counter() - started
+                    window[prefix + "cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+            setattr(module, name, timed)
+            return original
+
+        # The whole of grade_on_dask (shipping the model cache and the assignments, checking the workers, then
+        # the jobs), and its jobs alone (cluster._grade: from the first job sent to the last answer merged).
+        whole, jobs = measured(pipeline, "grade_on_dask", ""), measured(cluster, "_grade", "jobs ")
         try:
             total, results = grade(submitted, out, workers, limits, address)
         finally:
-            pipeline.grade_on_dask = original
+            pipeline.grade_on_dask, cluster._grade = whole, jobs
         window["total"], window["notebooks"] = total, sum(1 for r in results if r.worker)
         return window
     finally:
@@ -293,7 +300,10 @@ def main():
             print(
                 f"real dask scheduler, {args.real_workers} workers, {real['notebooks']} notebooks: grading "
                 f"{real['wall']:.1f} s, the client's CPU {real['cpu']:.2f} s = "
-                f"{real['cpu'] / real['wall']:.3f} of a core (total {real['total']:.1f} s)"
+                f"{real['cpu'] / real['wall']:.3f} of a core (total {real['total']:.1f} s); of which the jobs "
+                f"(first sent to last merged) {real['jobs wall']:.1f} s, the client's CPU {real['jobs cpu']:.2f} s "
+                f"= {real['jobs cpu'] / real['jobs wall']:.3f} of a core, "
+                f"{real['jobs cpu'] / max(1, real['notebooks']) * 1000:.1f} ms a notebook"
             )
     extrapolate(args, figures, merging, ways, real)
 
@@ -316,8 +326,8 @@ def extrapolate(args, figures, merging, ways, real=None):
     check = figures["check the workers"]  # once per grading, before any job
     merge_each = merging["one per batch cpu"]
     client_each = figures["read"] + figures["accept"] + figures["write pages"] + merge_each
-    if real:  # everything the client process did while it graded (Dask's threads too), per notebook
-        client_each = max(client_each, real["cpu"] / max(1, real["notebooks"]))
+    if real:  # everything the client process did while the jobs ran (Dask's threads too), per notebook
+        client_each = max(client_each, real["jobs cpu"] / max(1, real["notebooks"]))
     fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(
