@@ -314,6 +314,32 @@ def _limits_source(expected_points: str = "2"):
     )
 
 
+def test_a_worker_keeps_its_judge_processes_for_the_same_assignments_only(monkeypatch):
+    """Catches a worker that starts and self-checks its judge processes again for every grading of the same
+    course (seconds per worker), or that keeps them when an assignment changed (they would judge the old one)."""
+    import copy
+
+    from sample_submissions import released
+
+    from int8lab.grading import cluster_worker, course
+
+    monkeypatch.setattr(cluster_worker, "_judges", None)
+    assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])
+    assignments["01_weights"].release = released("01_weights")
+    cluster_worker.ShipAssignments(assignments).setup(None)
+    first = cluster_worker._judges
+    cluster_worker.ShipAssignments(copy.deepcopy(assignments)).setup(None)  # the next grading: equal, not the same
+    assert cluster_worker._judges is first
+    changed = copy.deepcopy(assignments)
+    cell = next(c for c in changed["01_weights"].source.cells if "BEGIN HIDDEN TESTS" in c.source)
+    cell.source = cell.source.replace("### END HIDDEN TESTS", "assert True\n### END HIDDEN TESTS")
+    cluster_worker.ShipAssignments(changed).setup(None)
+    assert cluster_worker._judges is not first and cluster_worker._judges.assignments["01_weights"].source == (
+        changed["01_weights"].source
+    )
+    cluster_worker._judges.close()
+
+
 def test_a_workers_judge_process_judges_under_the_judges_cpu_and_memory_limits():
     """Catches judging in a Dask task's thread (or any thread but a process's main one), where judge.py's
     per-test CPU limit (SIGPROF) is never armed: the source's own check reads the armed timer and rlimit."""

@@ -106,11 +106,26 @@ class ShipAssignments(WorkerPlugin):
 
     def setup(self, worker) -> None:
         global _judges, _assignments
-        if _judges is not None:
-            _judges.close()
-        _judges = JudgePool(self.assignments)
+        digest = assignments_digest(self.assignments)
+        if _judges is None or _judges.digest != digest:
+            if _judges is not None:
+                _judges.close()
+            _judges = JudgePool(self.assignments)
+            _judges.digest = digest
+        # else: the same assignments as the last grading on this worker: its judge processes, self-checked on
+        # exactly these and warm (imports, pages), judge this one too; they never loaded student code.
         _assignments = self.assignments  # the rebuilds' (prepare): releases and test cells, no reference run here
         _worker_ready.cache_clear()
+
+
+def assignments_digest(assignments: dict) -> str:
+    """sha256 of what a judge process judges against: each assignment's name, notebook, points, source, release."""
+    digest = hashlib.sha256()
+    for name in sorted(assignments):
+        a = assignments[name]
+        fields = [a.name, a.notebook, a.cells, a.source, a.release]
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode() + b"\0")
+    return digest.hexdigest()
 
 
 #: This worker process's judge processes and assignments (``ShipAssignments``), None until the assignments came.

@@ -67,6 +67,7 @@ class JudgePool:
 
     def __init__(self, assignments: dict):
         self.assignments = assignments
+        self.digest = ""  # what they are (cluster_worker.assignments_digest), when a worker may keep the pool
         self.idle: list[JudgeProcess] = []
         self.lock = threading.Lock()
 
