@@ -235,10 +235,15 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
         # The whole of grade_on_dask (shipping the model cache and the assignments, checking the workers, then
         # the jobs), and its jobs alone (cluster._grade: from the first job sent to the last answer merged).
         whole, jobs = measured(pipeline, "grade_on_dask", ""), measured(cluster, "_grade", "jobs ")
+        check = measured(cluster, "_check_every_worker", "check ")
         try:
             total, results = grade(submitted, out, workers, limits, address)
+            first_check = window["check wall"]
+            # The same class again on the same workers (a re-grade): their fork servers and judge processes stay.
+            window["again total"], _ = grade(submitted, out.with_name(out.name + "-again"), workers, limits, address)
+            window["again check"], window["check wall"] = window["check wall"], first_check
         finally:
-            pipeline.grade_on_dask, cluster._grade = whole, jobs
+            pipeline.grade_on_dask, cluster._grade, cluster._check_every_worker = whole, jobs, check
         window["total"], window["notebooks"] = total, sum(1 for r in results if r.worker)
         return window
     finally:
@@ -303,7 +308,9 @@ def main():
                 f"{real['cpu'] / real['wall']:.3f} of a core (total {real['total']:.1f} s); of which the jobs "
                 f"(first sent to last merged) {real['jobs wall']:.1f} s, the client's CPU {real['jobs cpu']:.2f} s "
                 f"= {real['jobs cpu'] / real['jobs wall']:.3f} of a core, "
-                f"{real['jobs cpu'] / max(1, real['notebooks']) * 1000:.1f} ms a notebook"
+                f"{real['jobs cpu'] / max(1, real['notebooks']) * 1000:.1f} ms a notebook; the check of the workers "
+                f"{real['check wall']:.1f} s. The same class again on the same workers: {real['again total']:.1f} s, "
+                f"of which the check {real['again check']:.1f} s"
             )
     extrapolate(args, figures, merging, ways, real)
 
