@@ -365,6 +365,15 @@ def extrapolate(args, figures, merging, ways, real=None):
         f"  own work (run + judge + page); the target is 1.25x. Without the check of the workers (as this model "
         f"counted until 2026-12-01): <= {worst_unchecked:.2f}x"
     )
+    if real and "again check" in real:  # workers that graded this course before keep their servers and judges
+        again = []
+        for machines in (1, 2, 4, 8, 16):
+            alone = notebooks * run / (machines * args.cores)
+            work = real["again check"] + notebooks * worker_each / (machines * args.cores)
+            again.append(f"{machines}: {(max(work, notebooks * client_each) + fixed) / alone:.2f}x")
+        check_again = real["again check"]
+        print(f"  a re-grade on workers that graded this course before (check {check_again:.1f} s, no warm-up):")
+        print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {', '.join(again)}")
     client_pages = notebooks * ways["nbgrader cpu"]
     print(
         f"  the other way to the pages, nbgrader on the client: {client_pages:.0f} s of its CPU for {notebooks} pages "
