@@ -698,6 +698,39 @@ def test_every_image_of_a_feedback_page_has_alternative_text():
     )
 
 
+def test_the_feedback_exporter_writes_the_page_nbconverts_html_exporter_writes():
+    """Catches the feedback exporter (nbconvert's HTML exporter without its BeautifulSoup pass, with remembered
+    highlighting) writing another page than nbconvert's own exporter, same configuration, filters, preprocessors
+    and resources: once through BeautifulSoup as nbconvert's last pass does, ours is nbconvert's page exactly."""
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    from int8lab.grading import course, pages
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    name = "02_activations"
+    assignment = course.load_assignments(SOURCES[name].parents[1], [name])[name]
+    assignment.release = released(name)
+    graded = sanitize_notebook(submission(name))
+    plot = next(c for c in graded.cells if c.cell_type == "code")
+    plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": PNG})]  # no alt text of its own
+    verdicts = {}
+    ours = pages.render_page(graded, Job("ann", name, None), assignment, verdicts)
+    feedback = pages._exporter()
+    plain = HTMLExporter(parent=feedback.parent, config=feedback.config)
+    for preprocessor in feedback._preprocessors:
+        plain.register_preprocessor(preprocessor)
+    original = pages._exporter
+    pages._exporter = lambda: plain
+    try:
+        theirs = pages.render_page(graded, Job("ann", name, None), assignment, verdicts)
+    finally:
+        pages._exporter = original
+    assert type(feedback) is not type(plain) and "No description has been provided" in theirs
+    assert ours != theirs  # bs4's serialisation differs: the comparison below is not of a page with itself
+    assert str(BeautifulSoup(ours, features="html.parser")) == theirs
+
+
 def test_a_remembered_markdown_cell_is_the_one_with_its_own_attachments():
     """Catches the sanitizer's memory of rendered markdown keyed on the text alone: two cells with the same text,
     one with a PNG attachment and one without, must each show their own (an image, then none)."""
