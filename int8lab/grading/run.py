@@ -132,7 +132,7 @@ def _kernel_spec(
     launcher += ["--records", str(job_dir / "records.jsonl")]
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
-    launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
+    launcher += ["--quota", str(limits.disk_bytes), "--shm", str(limits.shm_bytes), "--file-size", str(MAX_FILE_BYTES)]
     for layer in limits.required_layers:
         launcher += ["--require", str(layer)]
     if cgroup:
