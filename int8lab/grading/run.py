@@ -236,7 +236,10 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
     if run.status is not Status.TIMEOUT and not run.server_lost and not refused and _disk_full(run):
         run.status = Status.DISK_QUOTA
-        run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
+        run.reason = (
+            f"the notebook wrote more than its {limits.disk_bytes} bytes of disk "
+            f"(or more than {limits.shm_bytes} bytes to /dev/shm)"
+        )
     run.records_text = _records_text(job_dir / "records.jsonl")
     run.records = read_records(run.records_text)
     return run
