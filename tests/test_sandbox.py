@@ -151,7 +151,7 @@ def test_the_report_names_every_layer(tmp_path):
     done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path, Limits())
     text = "; ".join(done.sandbox["enforced"] + done.sandbox["missing"])
     namespaces = ("user and network namespaces", "mount namespace", "PID namespace", "IPC namespace")
-    for layer in (*namespaces, "tmpfs", "landlock", "memory", "keyring", "seccomp filter"):
+    for layer in (*namespaces, "tmpfs", "/dev/shm", "landlock", "memory", "keyring", "seccomp filter"):
         assert layer in text.lower() or layer in text, layer
     summary = report.summary([], done.sandbox, 1.0, tmp_path, []).splitlines()
     # On this machine every isolation layer holds, so grading requires each of them of every kernel: a layer whose
@@ -695,6 +695,81 @@ def test_system_v_objects_one_kernel_leaves_are_gone_for_the_next(tmp_path):
         for identifier, remove in ((libc.shmget(key, 0, 0), libc.shmctl), (libc.msgget(key, 0), libc.msgctl)):
             if identifier >= 0:
                 remove(identifier, 0, None)  # IPC_RMID
+
+
+#: Kernel A of the /dev/shm test: leaves a file there (never removed), then fills a second one until /dev/shm is
+#: full, or 48 MiB at most (the host's, on an unprotected run: it is removed again).
+SHARED_MEMORY_WRITER = """
+import json, os
+outcome = {{}}
+try:
+    with open("/dev/shm/{marker}", "w") as left:
+        left.write("kernel A")
+    outcome["marker"] = "written"
+except OSError as error:
+    outcome["marker"] = error.errno
+written = 0
+try:
+    with open("/dev/shm/{marker}-filler", "wb") as filler:
+        for _ in range(48):
+            filler.write(bytes(1 << 20))
+            filler.flush()
+            written += 1
+except OSError as error:
+    outcome["filler errno"] = error.errno
+outcome["filler MiB"] = written
+if os.path.exists("/dev/shm/{marker}-filler"):
+    os.remove("/dev/shm/{marker}-filler")
+print(json.dumps(outcome))
+"""
+
+
+def test_each_kernel_has_a_dev_shm_of_its_own_and_of_bounded_size(tmp_path):
+    """Catches kernels given the host's /dev/shm, or one they share: a file kernel A leaves in its /dev/shm is
+    not in kernel B's, nor in the host's afterwards; and A's /dev/shm holds no more than ``Limits.shm_bytes``."""
+    import uuid
+
+    import nbformat
+
+    from int8lab.grading import run
+    from int8lab.grading.model import Limits
+
+    marker = f"int8lab-test-{uuid.uuid4().hex}"
+    limits = Limits(shm_bytes=16 << 20)
+
+    def printed(job: str, code: str):
+        done = run.execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), tmp_path / job, limits)
+        texts = [o.get("text", "") for o in done.executed.cells[0].outputs]
+        assert done.status.value == "ok" and texts, (done.reason, done.executed.cells[0].outputs)
+        return json.loads(texts[-1])
+
+    try:
+        written = printed("a", SHARED_MEMORY_WRITER.format(marker=marker))
+        seen = printed("b", f"import json, os\nprint(json.dumps(os.path.exists('/dev/shm/{marker}')))")
+        on_the_host = os.path.exists(f"/dev/shm/{marker}")
+    finally:  # what an unprotected run left on the host
+        Path(f"/dev/shm/{marker}").unlink(missing_ok=True)
+    filled = written.pop("filler MiB")
+    assert written.pop("marker") == "written"
+    assert (seen, on_the_host) == (False, False)
+    assert written == {"filler errno": 28}  # ENOSPC
+    assert 15 <= filled <= 16  # its 16 MiB, less the page the marker holds (48 on an unbounded one)
+
+
+@pytest.mark.skipif(landlock.landlock_abi() < 1, reason="this kernel has no Landlock")
+def test_without_a_private_root_the_hosts_dev_shm_stays_closed_and_the_report_says_why(tmp_path):
+    """Catches a sandbox that, where it cannot build a private /dev/shm, opens the host's to the kernel (shared
+    with every other kernel and the grader), or refuses it without a word: the summary must say why a Pool or
+    DataLoader workers fail there."""
+    marker = f"/dev/shm/int8lab-test-{os.getpid()}"
+    code = f"import os\ntry:\n    os.close(os.open({marker!r}, os.O_CREAT | os.O_WRONLY))\n    print('written')\n"
+    code += "except OSError as error:\n    print(error.errno)"
+    try:
+        printed, report = _sandboxed(tmp_path, code)
+    finally:
+        Path(marker).unlink(missing_ok=True)
+    assert printed.strip() == "13"  # EACCES: Landlock
+    assert any(item.startswith("/dev/shm: ") and "DataLoader" in item for item in report["missing"]), report
 
 
 def test_a_kernel_that_cannot_get_a_required_layer_never_runs(tmp_path):

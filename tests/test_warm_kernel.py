@@ -150,6 +150,35 @@ def test_a_warm_kernel_enters_every_layer_a_fresh_one_does(tmp_path, server):
     assert warm["hash"] == fresh["hash"]  # one string hashing, whichever kernel grades
 
 
+#: What a student's laptop runs: a Pool of two processes and a DataLoader with two worker processes. Both need
+#: POSIX shared memory in /dev/shm (multiprocessing's locks are named semaphores; a worker hands each batch over
+#: as a tensor in shared memory). Each error is printed, so that a failure names it.
+WORKER_PROCESSES = """
+import json, multiprocessing, torch
+from torch.utils.data import DataLoader, TensorDataset
+outcome = {}
+try:
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        outcome["pool"] = pool.map(abs, [-1, -2])
+except Exception as error:
+    outcome["pool"] = repr(error)
+try:
+    loader = DataLoader(TensorDataset(torch.arange(8.0)), batch_size=4, num_workers=2)
+    outcome["loader"] = [batch.tolist() for (batch,) in loader]
+except Exception as error:
+    outcome["loader"] = repr(error)
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
+def test_a_pool_and_dataloader_workers_run_in_a_graded_kernel(tmp_path, server, warm):
+    """Catches a kernel without a writable /dev/shm: a multiprocessing Pool and a DataLoader with num_workers=2,
+    which work on a student's laptop, raised PermissionError 13 in grading, and the answer lost its points."""
+    outcome, _ = _printed(WORKER_PROCESSES, tmp_path / "job", server if warm else None)
+    assert outcome == {"pool": [1, 2], "loader": [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]}
+
+
 def test_a_process_the_server_forked_gets_nothing_from_it(tmp_path, server):
     """Catches a server that serves its own descendants: a kernel whose PID namespace could not be made is the
     server's child, and its parent's parent is the grading process (here, this test), as a fork client's is;

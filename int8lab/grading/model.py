@@ -40,6 +40,10 @@ class Limits:
     notebook_timeout: int = 600
     memory_bytes: int = 6 << 30
     disk_bytes: int = 512 << 20
+    #: The kernel's /dev/shm, a tmpfs of its own (multiprocessing's semaphores, DataLoader workers' batches): room for
+    #: all of the lab's data at once (CIFAR-10's two sets in float32, 703 MiB), as a student's laptop gives; its pages
+    #: count in the kernel's memory cgroup like any other.
+    shm_bytes: int = 1 << 30
     processes: int = 128
     #: Run the release's demonstration cells (plots, studies) so that the feedback shows their output;
     #: when False they are skipped for speed and the feedback shows their source with a note.

@@ -8,7 +8,9 @@ then builds, in a new tmpfs, a root holding only what the kernel needs:
     its working folder: a fresh tmpfs of ``quota`` bytes (the job's whole disk);
     its socket folder: a tmpfs of its own, 1 MiB and 64 inodes (room for sockets, not for data;
     the grader reaches it through ``/proc/PID/root``), where no link is followed;
-    /proc of its own PID namespace; /dev/null, zero, random, urandom; a small /dev/shm.
+    /proc of its own PID namespace; /dev/null, zero, random, urandom;
+    /dev/shm: a tmpfs of its own, ``shm_bytes`` at most (POSIX shared memory: multiprocessing's
+    semaphores, the tensors DataLoader workers hand over), never the host's, never another kernel's.
 
 Nothing else of the machine is visible: not /tmp, not other kernels' sockets, not their
 processes. Finally a nested user namespace takes away the power to change these mounts.
@@ -29,6 +31,7 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155
 DEVICES = ("null", "zero", "random", "urandom")
 SOCKETS_TMPFS = "size=1m,nr_inodes=64,mode=0700"
+SHARED_MEMORY = "/dev/shm"
 
 
 def _check(result: int, what: str) -> None:
@@ -84,8 +87,11 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
 
 
-def private_root(root: str, read_only: list[str], workdir: str, quota: int, sockets: str) -> str:
-    """Build the kernel's filesystem in ``root`` (an empty folder) and move into it (pivot_root)."""
+def private_root(root: str, read_only: list[str], workdir: str, quota: int, sockets: str, shm_bytes: int) -> str:
+    """Build the kernel's filesystem in ``root`` (an empty folder) and move into it (pivot_root).
+
+    ``quota`` and ``shm_bytes``: the sizes in bytes of the working folder's tmpfs and of /dev/shm's.
+    """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     special = {"/proc", "/dev", "/sys"}
@@ -97,8 +103,9 @@ def private_root(root: str, read_only: list[str], workdir: str, quota: int, sock
         _bind(path, root + path, read_only=True)
     for device in DEVICES:
         _bind(f"/dev/{device}", f"{root}/dev/{device}", read_only=False)
-    os.makedirs(f"{root}/dev/shm")
-    _mount("tmpfs", f"{root}/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+    # Its own, as the working folder is: the host's /dev/shm is every process's (the grader's, other kernels').
+    os.makedirs(root + SHARED_MEMORY)
+    _mount("tmpfs", root + SHARED_MEMORY, "tmpfs", MS_NOSUID | MS_NODEV, f"size={shm_bytes},mode=1777")
     os.makedirs(f"{root}/proc")
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + workdir)
@@ -116,7 +123,8 @@ def private_root(root: str, read_only: list[str], workdir: str, quota: int, sock
     os.chdir(workdir)
     return (
         f"private root: {len(read_only)} folders read-only, working folder on a tmpfs of {quota} bytes, "
-        f"socket folder on a tmpfs of its own ({SOCKETS_TMPFS.rsplit(',', 1)[0]}, links not followed)"
+        f"socket folder on a tmpfs of its own ({SOCKETS_TMPFS.rsplit(',', 1)[0]}, links not followed), "
+        f"{SHARED_MEMORY} on a tmpfs of its own of {shm_bytes} bytes"
     )
 
 

@@ -132,7 +132,7 @@ def _kernel_spec(
     launcher += ["--records", str(job_dir / "records.jsonl")]
     (job_dir / "root").mkdir(exist_ok=True)
     launcher += ["--isolate", str(job_dir / "root"), "--workdir", str(kernel_dir), "--sockets", str(sockets)]
-    launcher += ["--quota", str(limits.disk_bytes), "--file-size", str(MAX_FILE_BYTES)]
+    launcher += ["--quota", str(limits.disk_bytes), "--shm", str(limits.shm_bytes), "--file-size", str(MAX_FILE_BYTES)]
     for layer in limits.required_layers:
         launcher += ["--require", str(layer)]
     if cgroup:
@@ -236,7 +236,10 @@ def execute(notebook, job_dir: Path, limits: Limits, cgroups=None, server=None) 
         run.status, run.reason = Status.ERROR, "a cell ran out of memory (the sandbox's memory limit)"
     if run.status is not Status.TIMEOUT and not run.server_lost and not refused and _disk_full(run):
         run.status = Status.DISK_QUOTA
-        run.reason = f"the notebook wrote more than its {limits.disk_bytes} bytes of disk"
+        run.reason = (
+            f"the notebook wrote more than its {limits.disk_bytes} bytes of disk "
+            f"(or more than {limits.shm_bytes} bytes to /dev/shm)"
+        )
     run.records_text = _records_text(job_dir / "records.jsonl")
     run.records = read_records(run.records_text)
     return run

@@ -1,7 +1,7 @@
 """Start a command (the grading kernel) inside the limits this machine can enforce.
 
     python -m int8lab.grading.sandbox --ro DIR ... --rw DIR ... [--isolate ROOT --workdir DIR
-        --sockets DIR --quota BYTES] [--records FILE] --memory BYTES --processes N
+        --sockets DIR --quota BYTES --shm BYTES] [--records FILE] --memory BYTES --processes N
         --report FILE -- COMMAND ...
 
 Layers, each applied when the machine supports it and named in the report either way:
@@ -10,8 +10,10 @@ Layers, each applied when the machine supports it and named in the report either
     RLIMIT_AS per process (with the process limit), and the report says so;
   - user and network namespaces: no network; an IPC namespace: no System V object of another kernel;
   - with --isolate: mount and PID namespaces and a private root (``namespaces.py``): the
-    kernel sees only the read-only folders, its socket folder, and a working folder on a
-    tmpfs of --quota bytes, its whole disk; its /proc shows only its own processes;
+    kernel sees only the read-only folders, its socket folder, a working folder on a tmpfs of
+    --quota bytes, its whole disk, and a /dev/shm of its own of --shm bytes (multiprocessing and
+    DataLoader workers need one); its /proc shows only its own processes. Without a private root the
+    host's /dev/shm stays closed (Landlock) and the report says what fails for it;
   - resource limits: address space, file size, no core dumps;
   - Landlock (``landlock.py``): the same folders again, enforced by another mechanism;
   - a new, empty session keyring, and a seccomp filter (``seccomp.py``): no socket family the
@@ -46,6 +48,11 @@ PR_SET_PDEATHSIG = 1
 #: The exit status of a sandbox that could not enforce a ``--require``d layer (the command never ran).
 REFUSED = 3
 KEYCTL_JOIN_SESSION_KEYRING = 1
+#: What the report says when the kernel has no /dev/shm of its own (no private root could be built).
+NO_SHARED_MEMORY = (
+    "/dev/shm: none of the kernel's own without a private root, and the host's is not opened to it, so "
+    "multiprocessing (Pool, Queue, Lock) and DataLoader(num_workers>0) fail with PermissionError"
+)
 
 
 def join_cgroup(folder: str) -> str:
@@ -75,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", help="with --isolate: the working folder, a fresh tmpfs of --quota bytes")
     parser.add_argument("--sockets", help="with --isolate: the socket folder, the one shared with the grader")
     parser.add_argument("--quota", type=int, default=512 << 20, help="bytes the working folder may hold")
+    parser.add_argument("--shm", type=int, default=1 << 30, help="with --isolate: bytes its own /dev/shm may hold")
     parser.add_argument("--records", help="file the command appends its probe records to, by descriptor")
     parser.add_argument("--memory", type=int, default=0, help="address-space limit in bytes (0: none)")
     parser.add_argument("--processes", type=int, default=0, help="process and thread limit (0: none)")
@@ -133,14 +141,18 @@ def main(argv=None, start=None) -> None:
     if layers.attempt("namespaces", lambda: namespaces.enter(isolate=bool(args.isolate))):
         if "IPC namespace" not in layers.enforced:
             layers.missing.append("IPC namespace: refused (System V objects shared with the machine's other processes)")
+    private = False
     if args.isolate:
         if "PID namespace" in layers.enforced:
             _become_pid_one()
-            layers.attempt("private root", lambda: _private_root(args))
+            private = layers.attempt("private root", lambda: _private_root(args))
         else:
             layers.missing.append("mount and PID namespaces: this machine refused them (kernel sees /proc, /tmp)")
+    if not private:  # the host's /dev/shm is the grader's and every kernel's: it is not opened for writing
+        layers.missing.append(NO_SHARED_MEMORY)
     _limits(args, layers)
     read_write = args.rw + ([args.workdir, args.sockets] if args.isolate else [])
+    read_write += [namespaces.SHARED_MEMORY] if private else []
     layers.attempt("filesystem", lambda: landlock.restrict_filesystem(args.ro, [p for p in read_write if p]))
     layers.attempt("keyring", _new_session_keyring)  # before the filter, which refuses keyctl
     layers.attempt("seccomp filter", seccomp.install)
@@ -246,7 +258,7 @@ def _die_with_the_grader() -> None:
 
 
 def _private_root(args) -> list[str]:
-    built = namespaces.private_root(args.isolate, args.ro, args.workdir, args.quota, args.sockets)
+    built = namespaces.private_root(args.isolate, args.ro, args.workdir, args.quota, args.sockets, args.shm)
     namespaces.drop_mount_powers()
     return [built, "no power over its mounts (nested user namespace)"]
 
