@@ -947,3 +947,18 @@ def test_a_batchs_new_submissions_inserted_at_once_are_those_nbgraders_orm_makes
         assert bulk[part] == orm[part], name
     assert sum(len(orm[3][table]) for table in ("grade", "comment")) > 50  # the comparison saw the rows
     assert [row["manual_score"] for row in orm[3]["grade"] if row["manual_score"] is not None] == [2.5]  # kept
+
+
+def test_grader_processes_do_not_build_the_rfc3987_grammar():
+    """Catches the grader importing rfc3987_syntax through jsonschema (a lark grammar built at import: 1-1.8 s per
+    grader process): the grader's package keeps it out, and nbformat still validates notebooks without it."""
+    import subprocess
+    import sys
+
+    check = (
+        "import int8lab.grading, jsonschema, nbformat, sys; "
+        "nbformat.validate(nbformat.v4.new_notebook()); "
+        "print(sys.modules.get('rfc3987_syntax') is None)"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
