@@ -140,3 +140,88 @@ def test_a_solved_page_is_the_same_as_the_whole_page_read_at_once(assignment):
         [(new, old)] = pages_both_ways(nb)
         assert new == old
     assert new.count("<math ") > 10
+
+
+def _output(kind: str, data: str):
+    return nbformat.v4.new_output("display_data", data={kind: data, "text/plain": "x"})
+
+
+def hostile_notebook():
+    """Math where a student or an instructor can put it: markdown cells (with dollars in code), outputs of every
+    kind, comments; and what must stay TeX (code, a stream)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(
+            "Inline $a_1$ and $$b_2$$ and `$HOME $x$`\n\n```\n$y_1$ \\(z\\)\n```\n\n\\$5 or $6"
+        ),
+        nbformat.v4.new_markdown_cell("<pre>$c_3$</pre> <code>$d_4$</code> after $e_5$ and a lone $"),
+        nbformat.v4.new_markdown_cell("Half an expression $f_6"),
+        nbformat.v4.new_markdown_cell("closed here$ by the next cell? $g_7$"),
+        nbformat.v4.new_code_cell('print("$h_8$")  # \\(i_9\\)'),
+    ]
+    nb.cells[-1].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="$j$ \\(k\\)\n"),
+        _output("text/html", "<p>Output \\(c_3\\) and \\[d_4\\] and $l$</p><pre>$m$</pre>"),
+        _output("text/latex", "$n_1 + n_2$"),
+        _output("text/markdown", "Markdown output $o_1$ and `$p$`"),
+        nbformat.v4.new_output("error", ename="E", evalue="$q$", traceback=["$r$ \\[s\\]"]),
+    ]
+    answer = nbformat.v4.new_markdown_cell("My answer: $t = u^2$ " + " ".join(f"$v_{{{i}}}$" for i in range(12)))
+    answer.metadata["nbgrader"] = {
+        "solution": True,
+        "grade": True,
+        "grade_id": "answer",
+        "points": 2,
+        "schema_version": 3,
+    }
+    nb.cells.append(answer)
+    return nb
+
+
+@pytest.mark.parametrize("budget", [3000, 7, 1], ids=["whole_budget", "budget_ends_in_a_cell", "one_expression"])
+def test_hostile_cells_outputs_and_comments_are_typeset_as_before(budget, monkeypatch):
+    """Every place math can be, a comment with math in it, and a page budget that runs out in the middle."""
+    monkeypatch.setattr(mathml, "MAX_EXPRESSIONS", budget)
+    for _ in range(2):  # read alone the first time, remembered the second
+        [(new, old)] = pages_both_ways(hostile_notebook(), comment="Well done: $w^2$, not \\$3.")
+        assert new == old
+    if budget == 3000:
+        # 2 + 1 + 1 in markdown cells, 3 + 1 + 1 in outputs, 13 in the answer, 1 in its comment
+        assert new.count("<math ") == 23, new.count("<math ")
+        assert "<msup><mi>w</mi><mn>2</mn></msup>" in new and "not $3." in new
+        assert "<pre>$c_3$</pre>" in new and "<code>$d_4$</code>" in new and "$y_1$ \\(z\\)" in new
+
+
+#: Pages with marks that reading a fragment alone would get wrong: each must come out as the whole page read
+#: at once (``typeset`` sees it and reads the page whole).
+MISLEADING = {
+    "fragment_inside_pre": "<pre>" + mathml.fragment("<p>$a$</p>") + "</pre><p>$b$</p>",
+    "fragment_opens_pre": mathml.fragment("<p>a</p><pre>") + "<p>$b$</p></pre><p>$c$</p>",
+    "fragment_ends_inside_a_tag": mathml.fragment('<p>a</p><a title="x') + '<p>$b$</p>">y</a><p>$c$</p>',
+    "fragment_opens_script": mathml.fragment("<p>$a$</p><script>") + "<p>$b$</p></script><p>$c$</p>",
+    "text_beside_a_fragment": "<p>$a" + mathml.fragment("b$ and $c$</p>"),
+    "fragment_text_before_text": "<p>" + mathml.fragment("$a") + "b$</p>",
+    "end_mark_first": mathml._END + "<p>$a$</p>" + mathml._START + "<p>$b$</p>",
+    "end_mark_left_over": mathml.fragment("<p>$a$</p>") + "<p>$b$</p>" + mathml._END,
+    "nested_marks": mathml._START + mathml.fragment("<p>$a$</p>") + "<p>$b$</p>" + mathml._END,
+    "looks_highlighted": '<div class="x"><pre>$a$</pre></div>$b$',
+}
+
+
+@pytest.mark.parametrize("page", MISLEADING.values(), ids=MISLEADING.keys())
+def test_a_fragment_that_reads_otherwise_alone_is_read_with_the_page(page):
+    for _ in range(2):
+        assert mathml.typeset(page) == old_typeset(mathml.unmarked(page))
+    assert mathml.typeset(mathml.fragment(page)) == old_typeset(mathml.unmarked(page))
+
+
+def test_the_page_budget_counts_remembered_fragments(monkeypatch):
+    """A remembered fragment is used only while the page's budget outlasts it: past it, TeX and \\$ stay."""
+    cells = [mathml.fragment("<p>$a$</p>"), mathml.fragment("<p>$b$ \\$</p>"), mathml.fragment("<p>$c$</p>")]
+    page = "\n".join(cells)
+    mathml.typeset(page)  # remembered with the whole budget
+    monkeypatch.setattr(mathml, "MAX_EXPRESSIONS", 2)
+    assert mathml.typeset(page) == old_typeset(mathml.unmarked(page))
+    assert mathml.typeset(page).count("<math ") == 2 and "\\$</p>" in mathml.typeset(page)
+    monkeypatch.setattr(mathml, "MAX_TEX", 0)  # the limits key what is remembered
+    assert mathml.typeset(page) == old_typeset(mathml.unmarked(page)) and "<math " not in mathml.typeset(page)

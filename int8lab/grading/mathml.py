@@ -66,6 +66,11 @@ _START, _END = f"<!--math {_SECRET}-->", f"<!--/math {_SECRET}-->"
 _SLOT = f"<!--slot {_SECRET}-->"
 #: Fragments longer than this (an answer with pasted images) are read alone but not remembered.
 MAX_REMEMBERED = 100_000
+#: Code as Pygments highlights it: a <div>, and in its <pre> only <span>s and text without < or >. All its text is
+#: in the <pre>, so no math, and it leaves the parser as it found it: a student's code need not be parsed.
+_HIGHLIGHTED = re.compile(
+    r'<div class="[^"<>&]*+"><pre>(?:[^<>]++|<span(?: class="[^"<>&]*+")?>|</span>)*+</pre></div>\s*+'
+)
 
 
 def fragment(piece: str) -> str:
@@ -178,7 +183,10 @@ def _typeset_runs(piece: str, runs: list[tuple[int, int]], budget: list[int]) ->
 def _fragment_runs(piece: str) -> list[tuple[int, int]] | None:
     """The text runs of ``piece`` read alone, if it leaves the parser as it found it (nothing skipped open, no
     script or style, no tag or comment cut off at its end); else None."""
+    if _HIGHLIGHTED.fullmatch(piece):
+        return []
     scanner = _Scanner(piece, close=False)
+    # (A script or style left open is an open skipped element already; its CDATA mode is checked all the same.)
     if scanner.cdata_elem is not None or scanner._open_skips or "<" in scanner.rawdata:
         return None
     scanner.close()
