@@ -75,11 +75,11 @@ def median_ms(page: str, repeat: int, before=lambda: None) -> float:
 
 def forget_all():
     mathml.to_mathml.cache_clear()
-    mathml._remembered.cache_clear()
+    mathml.forget()
 
 
 def remember_only(page: str):
-    mathml._remembered.cache_clear()
+    mathml.forget()
     mathml.typeset(page)
 
 

@@ -134,7 +134,7 @@ def pages_both_ways(nb, comment: str | None = "No response.") -> list[tuple[str,
 
 @pytest.mark.parametrize("assignment", sorted(ASSIGNMENTS))
 def test_a_solved_page_is_the_same_as_the_whole_page_read_at_once(assignment):
-    mathml._remembered.cache_clear()
+    mathml.forget()
     nb = submission(assignment)
     for _ in range(2):  # read alone the first time, remembered the second
         [(new, old)] = pages_both_ways(nb)
@@ -225,3 +225,15 @@ def test_the_page_budget_counts_remembered_fragments(monkeypatch):
     assert mathml.typeset(page).count("<math ") == 2 and "\\$</p>" in mathml.typeset(page)
     monkeypatch.setattr(mathml, "MAX_TEX", 0)  # the limits key what is remembered
     assert mathml.typeset(page) == old_typeset(mathml.unmarked(page)) and "<math " not in mathml.typeset(page)
+
+
+def test_what_is_remembered_is_bounded(monkeypatch):
+    """A student's many long answers cannot fill the grader's memory: the oldest fragments go, the newest stay."""
+    mathml.forget()
+    monkeypatch.setattr(mathml, "MAX_REMEMBERED_TOTAL", 10_000)
+    cells = [mathml.fragment(f"<p>{i} $x_{{{i}}}$ {'y' * 900}</p>") for i in range(40)]
+    page = "\n".join(cells)
+    assert mathml.typeset(page) == old_typeset(mathml.unmarked(page))
+    assert 0 < mathml._remembered_total <= 10_000 and len(mathml._REMEMBERED) < 10
+    assert next(reversed(mathml._REMEMBERED))[0] == cells[-1][len(mathml._START) : -len(mathml._END)]
+    mathml.forget()

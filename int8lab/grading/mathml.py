@@ -24,10 +24,12 @@ budget of expressions outlasts it. Otherwise the whole page, its marks removed, 
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import re
 import secrets
+import threading
 from html.parser import HTMLParser
 
 from latex2mathml import commands as latex_commands
@@ -64,8 +66,11 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _SECRET = secrets.token_hex(16)
 _START, _END = f"<!--math {_SECRET}-->", f"<!--/math {_SECRET}-->"
 _SLOT = f"<!--slot {_SECRET}-->"
-#: Fragments longer than this (an answer with pasted images) are read alone but not remembered.
+#: Fragments longer than this (an answer with pasted images) are read alone but not remembered; and the
+#: fragments remembered hold this many characters at most (the least recently used go first). A release's
+#: fragments are some 0.5 million characters; a student's own answers, which never recur, push each other out.
 MAX_REMEMBERED = 100_000
+MAX_REMEMBERED_TOTAL = 8_000_000
 #: Code as Pygments highlights it: a <div>, and in its <pre> only <span>s and text without < or >. All its text is
 #: in the <pre>, so no math, and it leaves the parser as it found it: a student's code need not be parsed.
 _HIGHLIGHTED = re.compile(
@@ -158,16 +163,43 @@ def _typeset_fragment(piece: str, budget: list[int]) -> str | None:
     return None if runs is None else _typeset_runs(piece, runs, budget)
 
 
-@functools.lru_cache(maxsize=2048)  # a release's cells recur on every student's page
+_REMEMBERED: collections.OrderedDict[tuple[str, int, int], tuple[bool, str, int]] = collections.OrderedDict()
+_REMEMBERED_LOCK = threading.Lock()  # a Dask worker may write pages in several threads
+_remembered_total = 0
+
+
 def _remembered(piece: str, max_tex: int, max_expressions: int) -> tuple[bool, str, int]:
     """(whether ``piece`` reads alone as in a page, its typeset text, the expressions it used) with a whole
-    budget; ``max_tex`` and ``max_expressions`` key the module's limits."""
+    budget, remembered (``MAX_REMEMBERED_TOTAL``); ``max_tex`` and ``max_expressions`` key the module's limits."""
+    global _remembered_total
+    key = (piece, max_tex, max_expressions)
+    with _REMEMBERED_LOCK:
+        if key in _REMEMBERED:
+            _REMEMBERED.move_to_end(key)
+            return _REMEMBERED[key]
     runs = _fragment_runs(piece)
     if runs is None:
-        return False, "", 0
-    budget = [max_expressions]
-    typeset_piece = _typeset_runs(piece, runs, budget)
-    return True, typeset_piece, max_expressions - budget[0]
+        value = (False, "", 0)
+    else:
+        budget = [max_expressions]
+        typeset_piece = _typeset_runs(piece, runs, budget)
+        value = (True, typeset_piece, max_expressions - budget[0])
+    with _REMEMBERED_LOCK:
+        if key not in _REMEMBERED:
+            _REMEMBERED[key] = value
+            _remembered_total += len(piece) + len(value[1])
+        while _remembered_total > MAX_REMEMBERED_TOTAL:
+            (old_piece, _, _), (_, old_typeset, _) = _REMEMBERED.popitem(last=False)
+            _remembered_total -= len(old_piece) + len(old_typeset)
+    return value
+
+
+def forget() -> None:
+    """Forget the fragments remembered (``_remembered``); latex2mathml's results (``to_mathml``) stay."""
+    global _remembered_total
+    with _REMEMBERED_LOCK:
+        _REMEMBERED.clear()
+        _remembered_total = 0
 
 
 def _typeset_runs(piece: str, runs: list[tuple[int, int]], budget: list[int]) -> str:
