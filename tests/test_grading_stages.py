@@ -457,6 +457,8 @@ def test_the_templates_second_markdown_pass_is_cleaned_too(payload, tmp_path):
     configure(config, tmp_path)
     exporter = HTMLExporter(config=config)
     assert exporter.environment.filters["markdown2html"] is safe_markdown2html
+    feedback_exporter = HTMLExporter(config=Config({"HTMLExporter": config.GenerateFeedback.HTMLExporter}))
+    assert "javascript:" not in feedback_exporter.environment.filters["markdown2html"](once)  # marked for mathml.py
 
 
 def _zip_with_a_bad_crc(path):

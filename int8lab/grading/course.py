@@ -56,7 +56,7 @@ def configure(c, root: Path, repository: bool = False) -> None:
     c.HTMLExporter.filters = {"markdown2html": "int8lab.grading.sanitize.safe_markdown2html"}
     # Feedback pages carry their math as MathML, written when they are (int8lab_feedback's typeset_math).
     c.GenerateFeedback.HTMLExporter.filters = {
-        "markdown2html": "int8lab.grading.sanitize.safe_markdown2html",
+        "markdown2html": "int8lab.grading.feedback.markdown2html",  # safe_markdown2html, marked (mathml.fragment)
         "typeset_math": "int8lab.grading.mathml.typeset",
     }
     # Formgrader's submission pages load MathJax from the Jupyter server (jupyter-server-mathjax), not a CDN.

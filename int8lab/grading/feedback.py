@@ -5,6 +5,9 @@ nbgrader renders each graded notebook to OUT/feedback/<student>/<assignment>/<no
 ``templates/int8lab_feedback``, which loads no script: the page's math is MathML, written from its TeX when the
 page is (``mathml.typeset``), so a page fetched alone, offline, shows it typeset. Formgrader's pages, served by
 a Jupyter server, keep the server's MathJax (``templates/int8lab_formgrade``).
+
+Each markdown cell, comment and highlighted code cell of a page is marked (``mathml.fragment``) for
+``mathml.typeset`` to read once per process: most of them are the release's, the same on every student's page.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pathlib import Path
 from nbconvert.exporters import HTMLExporter, TemplateExporter
 from nbconvert.filters.highlight import Highlight2HTML
 from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
+
+from . import mathml
+from .sanitize import safe_markdown2html
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "int8lab_feedback"
@@ -57,13 +63,13 @@ class FeedbackExporter(HTMLExporter):
         # HTMLExporter.from_notebook_node's set-up, as nbconvert 7 does it, then the template alone.
         language = nb.metadata.get("language_info", {})
         lexer = language.get("pygments_lexer", language.get("name", None))
-        highlight_code = self.filters.get("highlight_code") or self._highlighter(lexer)
+        highlight_code = self.filters.get("highlight_code") or self._highlighter(lexer).marked
         resources = self._init_resources(resources)
         data_types = WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources)
         self.register_filter("highlight_code", highlight_code)
         self.register_filter("filter_data_type", data_types)
         html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
-        return _IMAGE_TAG.sub(_with_alt_text, html), resources
+        return _IMAGE_TAG.sub(_with_alt_text, mathml.unmarked(html)), resources
 
     def _highlighter(self, lexer: str | None) -> RememberedHighlight:
         """nbconvert's highlighter for ``lexer``, one per lexer and exporter instead of one per page: a page's code
@@ -88,6 +94,16 @@ class RememberedHighlight(Highlight2HTML):
                 remembered.clear()
             remembered[key] = super().__call__(source, language, metadata)
         return remembered[key]
+
+    def marked(self, source, language=None, metadata=None):
+        """The highlighted code, marked for ``mathml.typeset`` to read once (``mathml.fragment``)."""
+        return mathml.fragment(self(source, language, metadata))
+
+
+def markdown2html(source: str) -> str:
+    """The feedback pages' markdown filter: ``sanitize.safe_markdown2html``, marked for ``mathml.typeset`` to read
+    once (``mathml.fragment``)."""
+    return mathml.fragment(safe_markdown2html(source))
 
 
 def _with_alt_text(tag: re.Match) -> str:
