@@ -193,7 +193,18 @@ def safe_markdown2html(source: str) -> str:
     A function of its text alone, remembered per process: every submission of an assignment holds the
     release's markdown cells (a cell's text is bounded by the notebook's size).
     """
-    return _Sanitizer().sanitize_html_tags(render_markdown(source))
+    return kept_whole(_Sanitizer().sanitize_html_tags(render_markdown(source)))
+
+
+#: A ``<pre>`` element (highlighted code, a code block) in rendered, cleaned HTML.
+_PRE = re.compile(r"<pre\b[^>]*>.*?</pre>", re.DOTALL | re.IGNORECASE)
+
+
+def kept_whole(html: str) -> str:
+    """``html`` with the line breaks inside its ``<pre>`` elements written ``&#10;``: the templates' second markdown
+    pass reads an HTML block only up to a blank line, and the rest of a code block with a blank line in it became
+    markdown there (an indented line a code block of escaped tags, ``*args`` emphasis). The page shows the same."""
+    return _PRE.sub(lambda pre: pre.group(0).replace("\n", "&#10;"), html)
 
 
 def show_source(cell) -> None:
@@ -263,7 +274,7 @@ def sanitize_notebook(nb):
         if cell.cell_type == "markdown":  # rendered, then cleaned as nbconvert's SanitizeHTML cleans markdown
             source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
             if attachments:  # a student's pasted images: never kept in memory (nor do the release's cells have any)
-                cell.source = sanitizer.sanitize_html_tags(render_markdown(source, attachments))
+                cell.source = kept_whole(sanitizer.sanitize_html_tags(render_markdown(source, attachments)))
             else:
                 cell.source = safe_markdown2html(source)
         else:
