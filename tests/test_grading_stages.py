@@ -153,6 +153,16 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
     assert jobs["new\nline"].status is Status.INVALID_STUDENT_ID
 
 
+@pytest.mark.parametrize(
+    "nested", [b"[" * 100_000 + b"]" * 100_000, b'{"cells": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"]
+)
+def test_a_file_nested_beyond_what_json_reads_is_an_invalid_notebook(nested):
+    """Catches a submission nested 100,000 deep raising RecursionError out of intake, which the pool and the Dask
+    worker report as a grader fault: it is the student's file that is no notebook."""
+    with pytest.raises(intake.InvalidNotebook, match="nested deeper"):
+        intake.parse_notebook(nested)
+
+
 def test_intake_gives_every_submitted_folder_a_row(tmp_path):
     """A hidden student or assignment folder is reported, never skipped in silence; what an archiver or Jupyter
     leaves behind (__MACOSX, ._ files, .ipynb_checkpoints) is not a submission."""

@@ -129,6 +129,8 @@ def parse_notebook(data: bytes):
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidNotebook(f"not valid JSON ({exc.__class__.__name__}: {exc})") from None
+    except RecursionError:  # the student's file, never the grader's fault
+        raise InvalidNotebook("JSON nested deeper than a notebook can be read") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         raise InvalidNotebook("JSON without a list of cells: not a Jupyter notebook")
     try:
