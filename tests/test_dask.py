@@ -321,14 +321,15 @@ def test_a_worker_keeps_its_judge_processes_for_the_same_assignments_only(monkey
 
     from sample_submissions import released
 
-    from int8lab.grading import cluster_worker, course
+    from int8lab.grading import cluster_worker, course, judging
 
     monkeypatch.setattr(cluster_worker, "_judges", None)
     assignments = course.load_assignments(course.find_solutions(ROOT / "solutions"), ["01_weights"])
     assignments["01_weights"].release = released("01_weights")
-    cluster_worker.ShipAssignments(assignments).setup(None)
+    cluster_worker.ShipAssignments(assignments, "digits", "cache-a").setup(None)
     first = cluster_worker._judges
-    cluster_worker.ShipAssignments(copy.deepcopy(assignments)).setup(None)  # the next grading: equal, not the same
+    # The next grading: equal, not the same objects.
+    cluster_worker.ShipAssignments(copy.deepcopy(assignments), "digits", "cache-a").setup(None)
     assert cluster_worker._judges is first
     changed = copy.deepcopy(assignments)
     cell = next(c for c in changed["01_weights"].source.cells if "BEGIN HIDDEN TESTS" in c.source)
@@ -337,6 +338,16 @@ def test_a_worker_keeps_its_judge_processes_for_the_same_assignments_only(monkey
     assert cluster_worker._judges is not first and cluster_worker._judges.assignments["01_weights"].source == (
         changed["01_weights"].source
     )
+    # Another dataset or other checkpoints: the judges' self-check and hidden tests load them, so new judges.
+    for dataset, cache in (("cifar10", "cache-a"), ("digits", "cache-b")):
+        before = cluster_worker._judges
+        cluster_worker.ShipAssignments(assignments, dataset, cache).setup(None)
+        assert cluster_worker._judges is not before and cluster_worker._judges.dataset == dataset
+    # ... and a judge process starts with the grading's dataset, whatever this process's environment says.
+    started = []
+    monkeypatch.setattr(judging.subprocess, "Popen", lambda *args, **kwargs: started.append(kwargs) or None)
+    judging.JudgeProcess("cifar10")
+    assert started[0]["env"]["INT8LAB_DATASET"] == "cifar10"
     cluster_worker._judges.close()
 
 

@@ -159,8 +159,36 @@ def test_intake_refuses_links_fifos_and_bad_ids(tmp_path):
 def test_a_file_nested_beyond_what_json_reads_is_an_invalid_notebook(nested):
     """Catches a submission nested 100,000 deep raising RecursionError out of intake, which the pool and the Dask
     worker report as a grader fault: it is the student's file that is no notebook."""
-    with pytest.raises(intake.InvalidNotebook, match="nested deeper"):
+    with pytest.raises(intake.InvalidNotebook, match=r"nested 10000\d deep, more than the 100"):
         intake.parse_notebook(nested)
+
+
+def test_how_deep_a_notebook_may_nest_does_not_depend_on_the_callers_stack():
+    """Catches a verdict that depends on the reader's stack (a Dask task's thread is deeper than a pool worker's):
+    metadata nested 150 deep is refused and 90 deep is read, whether 0 or 600 frames are below the call."""
+
+    def nested_notebook(depth: int) -> bytes:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+        nb.metadata["deep"] = json.loads("[" * depth + "]" * depth)
+        return nbformat.writes(nb).encode()
+
+    def verdict(data: bytes, frames: int) -> str:
+        if frames:
+            return verdict(data, frames - 1)
+        try:
+            intake.parse_notebook(data)
+        except intake.InvalidNotebook as exc:
+            return str(exc)
+        return "read"
+
+    for frames in (0, 600):
+        assert verdict(nested_notebook(90), frames) == "read"
+        assert "more than the 100" in verdict(nested_notebook(150), frames)
+    # A bracket inside a string is text, not nesting.
+    assert (
+        verdict(nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("[" * 500)])).encode(), 0)
+        == "read"
+    )
 
 
 def test_intake_gives_every_submitted_folder_a_row(tmp_path):

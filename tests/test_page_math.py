@@ -230,10 +230,15 @@ def test_the_page_budget_counts_remembered_fragments(monkeypatch):
 def test_what_is_remembered_is_bounded(monkeypatch):
     """A student's many long answers cannot fill the grader's memory: the oldest fragments go, the newest stay."""
     mathml.forget()
-    monkeypatch.setattr(mathml, "MAX_REMEMBERED_TOTAL", 10_000)
+    monkeypatch.setattr(mathml, "MAX_REMEMBERED_TOTAL", 40_000)
     cells = [mathml.fragment(f"<p>{i} $x_{{{i}}}$ {'y' * 900}</p>") for i in range(40)]
     page = "\n".join(cells)
     assert mathml.typeset(page) == old_typeset(mathml.unmarked(page))
-    assert 0 < mathml._remembered_total <= 10_000 and len(mathml._REMEMBERED) < 10
+    assert 0 < mathml._remembered_total <= 40_000 and len(mathml._REMEMBERED) < 40
     assert next(reversed(mathml._REMEMBERED))[0] == cells[-1][len(mathml._START) : -len(mathml._END)]
+    # One fragment larger than a tenth of it is not remembered: it would push out every other.
+    kept = dict(mathml._REMEMBERED)
+    huge = mathml.fragment(f"<p>$z$ {'y' * 5_000}</p>")
+    assert mathml.typeset(huge) == old_typeset(mathml.unmarked(huge))
+    assert dict(mathml._REMEMBERED) == kept
     mathml.forget()

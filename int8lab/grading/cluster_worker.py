@@ -101,19 +101,23 @@ class ShipAssignments(WorkerPlugin):
     ``assignments``: ``{name: course.Assignment}``; each worker's judge processes run their own self-check.
     """
 
-    def __init__(self, assignments: dict):
+    def __init__(self, assignments: dict, dataset: str | None = None, model_cache: str = ""):
         self.assignments = {name: replace(a, expected=None, _judge=None) for name, a in assignments.items()}
+        self.dataset, self.model_cache = dataset, model_cache
 
     def setup(self, worker) -> None:
         global _judges, _assignments
-        digest = assignments_digest(self.assignments)
+        # What a judge process judges against: the assignments, and the dataset and checkpoints its self-check and
+        # hidden tests load (a process keeps the ones it loaded first).
+        digest = assignments_digest(self.assignments) + f"/{self.dataset}/{self.model_cache}"
         if _judges is None or _judges.digest != digest:
             if _judges is not None:
                 _judges.close()
-            _judges = JudgePool(self.assignments)
+            _judges = JudgePool(self.assignments, self.dataset)
             _judges.digest = digest
-        # else: the same assignments as the last grading on this worker: its judge processes, self-checked on
-        # exactly these and warm (imports, pages), judge this one too; they never loaded student code.
+        # else: the same assignments, dataset and model cache as the last grading on this worker: its judge
+        # processes, self-checked on exactly these and warm (imports, pages), judge this one too; they never loaded
+        # student code.
         _assignments = self.assignments  # the rebuilds' (prepare): releases and test cells, no reference run here
         _worker_ready.cache_clear()
 
@@ -323,7 +327,8 @@ def grade_on_worker(submitted: bytes, limits: dict, wanted: dict, job, page: boo
         limits = {**limits, "required_layers": list(_fork_server.get("required", ()))}
     # run.execute stops a notebook at its time limit; if the run or its judging hangs past it, this worker dies
     # and the scheduler gives the job to another one (then KilledWorker): the client never waits forever.
-    deadline = Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
+    # run_probe may run the notebook up to three times (a lost fork server, then a refused kernel): each its own time.
+    deadline = 3 * Limits(**limits).notebook_timeout + JOB_GRACE_SECONDS
     watchdog = threading.Timer(deadline, os.kill, (os.getpid(), signal.SIGKILL))
     watchdog.daemon = True
     scratch = Path(tempfile.mkdtemp(prefix="int8lab-job-"))

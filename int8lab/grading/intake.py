@@ -123,14 +123,32 @@ def read_notebook(path: Path):
     return parse_notebook(read_regular_file(path, MAX_NOTEBOOK_BYTES))
 
 
+#: The deepest nesting of arrays and objects a submitted notebook may have (a notebook's own is under 20, a
+#: widget's state a few more). A limit of the file's, not of the reader's stack: parsing and validating a file
+#: nested some hundreds deep fails or not by how deep the caller's stack already is (a Dask task's thread is
+#: deeper than a pool worker), and the same file must be the same verdict everywhere.
+MAX_JSON_DEPTH = 100
+#: A JSON string (skipped whole: its brackets are text) or one bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
 def parse_notebook(data: bytes):
     """``data`` (a submitted file's bytes, ``read_regular_file``'s) as a v4 notebook, or ``InvalidNotebook``."""
     try:
-        raw = json.loads(data)
+        text = data.decode(json.detect_encoding(data))
+        depth = deepest = 0
+        for token in _JSON_TOKEN.finditer(text):
+            bracket = token.group(0)
+            if bracket in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif bracket in "]}":
+                depth -= 1
+        if deepest > MAX_JSON_DEPTH:
+            raise InvalidNotebook(f"JSON nested {deepest} deep, more than the {MAX_JSON_DEPTH} a notebook may be")
+        raw = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidNotebook(f"not valid JSON ({exc.__class__.__name__}: {exc})") from None
-    except RecursionError:  # the student's file, never the grader's fault
-        raise InvalidNotebook("JSON nested deeper than a notebook can be read") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         raise InvalidNotebook("JSON without a list of cells: not a Jupyter notebook")
     try:

@@ -31,12 +31,18 @@ class JudgeProcessDied(RuntimeError):
 class JudgeProcess:
     """One ``python -m int8lab.grading.judging`` child; ``call`` sends one request and waits for its answer."""
 
-    def __init__(self):
+    def __init__(self, dataset: str | None = None):
+        """``dataset``: the grading's (``data.DATASET_ENV``), which the reference self-check and the hidden tests
+        load; None keeps this process's."""
+        from ..data import DATASET_ENV
+
+        env = {**os.environ, DATASET_ENV: dataset} if dataset else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "int8lab.grading.judging"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
 
     def call(self, name: str, *args):
@@ -65,8 +71,8 @@ class JudgePool:
     Every new process first loads the shipped assignments, running the reference self-check on each (``load``).
     """
 
-    def __init__(self, assignments: dict):
-        self.assignments = assignments
+    def __init__(self, assignments: dict, dataset: str | None = None):
+        self.assignments, self.dataset = assignments, dataset
         self.digest = ""  # what they are (cluster_worker.assignments_digest), when a worker may keep the pool
         self.idle: list[JudgeProcess] = []
         self.lock = threading.Lock()
@@ -75,7 +81,7 @@ class JudgePool:
         with self.lock:
             process = self.idle.pop() if self.idle else None
         if process is None or not process.alive():
-            process = JudgeProcess()
+            process = JudgeProcess(self.dataset)
             problems = process.call("load", self.assignments)
             if problems:
                 process.close()

@@ -185,7 +185,8 @@ def _remembered(piece: str, max_tex: int, max_expressions: int) -> tuple[bool, s
         typeset_piece = _typeset_runs(piece, runs, budget)
         value = (True, typeset_piece, max_expressions - budget[0])
     with _REMEMBERED_LOCK:
-        if key not in _REMEMBERED:
+        # One piece whose MathML alone would fill a tenth of the memory is not kept: it would push out every other.
+        if key not in _REMEMBERED and len(piece) + len(value[1]) <= MAX_REMEMBERED_TOTAL // 10:
             _REMEMBERED[key] = value
             _remembered_total += len(piece) + len(value[1])
         while _remembered_total > MAX_REMEMBERED_TOTAL:
