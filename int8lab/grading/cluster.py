@@ -15,7 +15,6 @@ status is ``error``, the class goes on. A worker whose int8lab, torch, cache or 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -27,13 +26,14 @@ from .cluster_worker import (
     ShipAssignments,
     ShipModelCache,
     WorkerMismatch,
+    cache_digest,
     cache_files,
     check_worker,
     expected_worker,
     grade_on_worker,
 )
 from .judge import Verdict
-from .merge import _released_answers
+from .merge import released_answers
 from .model import GradingError, Job, Limits, Result, Status
 from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES
 
@@ -59,8 +59,9 @@ def grade_on_dask(client, jobs, assignments, limits: Limits, progress: bool, on_
     wanted = expected_worker()
     files = cache_files(wanted["dataset"])
     client.register_plugin(ShipModelCache(wanted, files), name="int8lab-cache")
-    model_cache = hashlib.sha256(b"".join(hashlib.sha256(files[name]).digest() for name in sorted(files))).hexdigest()
-    client.register_plugin(ShipAssignments(assignments, wanted["dataset"], model_cache), name="int8lab-assignments")
+    client.register_plugin(
+        ShipAssignments(assignments, wanted["dataset"], cache_digest(files)), name="int8lab-assignments"
+    )
     problems = _check_every_worker(client, wanted)
     if problems:
         raise GradingError(_mismatch_message(problems))
@@ -245,7 +246,7 @@ def accept(job: Job, assignment, answer: dict, preparing: float = 0.0) -> Result
         if graded is not None and (not isinstance(graded, bytes) or len(graded) > MAX_EXECUTED_BYTES):
             raise ValueError("the graded notebook is too large")
         unchanged = frozenset(answer["unchanged"])
-        known = _released_answers(assignment.release).keys() if assignment.release is not None else set()
+        known = released_answers(assignment.release).keys() if assignment.release is not None else set()
         if not unchanged <= known:
             raise ValueError("an unknown answer cell")
         page = answer.get("page")

@@ -65,6 +65,11 @@ except ImportError:  # the local pool needs no Dask; --dask says what to install
     WorkerPlugin = object
 
 
+def cache_digest(files: dict[str, bytes]) -> str:
+    """sha256 of ``cache_files()``: what a judge process's checkpoints and data are (``ShipAssignments``)."""
+    return _sha256(b"".join(bytes.fromhex(_sha256(files[name])) for name in sorted(files)))
+
+
 class ShipModelCache(WorkerPlugin):
     """Writes the client's model cache into each worker's own cache (now, and on workers that join later).
 

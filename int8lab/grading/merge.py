@@ -315,7 +315,7 @@ def _commit(commit, out: Path, written: list[Result], assignments: dict) -> None
 _RELEASED: dict[int, tuple] = {}
 
 
-def _released_answers(release) -> dict[str, str]:
+def released_answers(release) -> dict[str, str]:
     kept = _RELEASED.get(id(release))
     if kept is None or kept[0] is not release:  # the release is kept with it: its id cannot be reused meanwhile
         answers = [copy.deepcopy(c) for c in release.cells if nbgrader_meta(c).get("solution")]
@@ -334,7 +334,7 @@ def unchanged_answers(graded, release) -> set[str]:
     ``graded`` went through ``sanitize_notebook``, which renders markdown cells to HTML: the release's
     answers are rendered the same way before they are compared, or no markdown answer would ever match.
     """
-    released = _released_answers(release)
+    released = released_answers(release)
     return {
         nbgrader_meta(c)["grade_id"]
         for c in graded.cells

@@ -166,7 +166,7 @@ class _MergeWhileGrading:
 
     def __init__(self, out: Path, assignments: dict, course_folder):
         self.out, self.assignments, self.course_folder = out, assignments, course_folder
-        self.thread, self.pending, self.merged = ThreadPoolExecutor(1), [], []
+        self.thread, self.pending, self.merging = ThreadPoolExecutor(1), [], None  # merging: the last batch's
         self.late: list = []
         self.rendered: set = set()
         self.error: BaseException | None = None
@@ -177,14 +177,13 @@ class _MergeWhileGrading:
         if result.graded_file is None:
             return
         self.pending.append(result)
-        if len(self.pending) >= merge.MERGE_BATCH or not self.merged or self.merged[-1].done():
+        if len(self.pending) >= merge.MERGE_BATCH or self.merging is None or self.merging.done():
             self._flush()
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         if batch:
-            self.merged = [f for f in self.merged if not f.done()]  # a class's thousands of futures need not stay
-            self.merged.append(self.thread.submit(self._merge, batch))
+            self.merging = self.thread.submit(self._merge, batch)
 
     def _merge(self, batch: list[Result]) -> None:
         if self.error is not None:

@@ -104,22 +104,28 @@ def run_probe(probe: bytes, limits: dict, job_dir: Path, cgroups, server=None) -
     Returns ``{"status": str, "reason": str, "executed": bytes (notebook JSON), "records": str (JSON lines),
     "sandbox": dict | None, "stderr": str, "cut_short": bool}``.
     """
-    done = run.execute(nbformat.from_dict(json.loads(probe)), job_dir, Limits(**limits), cgroups, server)
-    if done.server_lost:  # the server's fault, never the student's: run it again in a kernel started from nothing
-        lost, cold = done.server_lost, job_dir / f"{job_dir.name}-cold"  # a unique name: cgroups are named after it
-        if (job_dir / "worker").exists():  # the pool's watchdog gives the second run its own time
+
+    def execute(folder: Path):
+        return run.execute(nbformat.from_dict(json.loads(probe)), folder, Limits(**limits), cgroups, server)
+
+    def again(suffix: str):
+        """The notebook once more, in a folder of its own (a unique name: cgroups are named after it), with its own
+        time on the pool's watchdog."""
+        if (job_dir / "worker").exists():
             _note_start(job_dir)
-        done = run.execute(nbformat.from_dict(json.loads(probe)), cold, Limits(**limits), cgroups, None)
+        return execute(job_dir / f"{job_dir.name}-{suffix}")
+
+    done = execute(job_dir)
+    if done.server_lost:  # the server's fault, never the student's: run it again in a kernel started from nothing
+        lost, server = done.server_lost, None  # and so does a retry below: that server is gone
+        done = again("cold")
         done.reason = "; ".join(filter(None, [done.reason, f"run again in a fresh kernel: {lost}"]))
     if done.refused:
         # A layer this machine had a moment ago (namespaces another program of the grading user used up, say):
         # nothing of the submission ran, so it runs once more, a little later, rather than fail for the grader.
         time.sleep(REFUSED_RETRY_SECONDS)
-        if (job_dir / "worker").exists():
-            _note_start(job_dir)
         refused = done.reason
-        again = job_dir / f"{job_dir.name}-again"  # a unique name: cgroups are named after it
-        done = run.execute(nbformat.from_dict(json.loads(probe)), again, Limits(**limits), cgroups, server)
+        done = again("again")
         if done.refused:
             done.reason = f"{done.reason} (refused twice, {REFUSED_RETRY_SECONDS} s apart)"
         else:
