@@ -322,10 +322,14 @@ def matching_misconception(got, candidates, rtol: float = 1e-5, atol: float = 1e
     """The key of the candidate wrong answer equal to ``got``, or None.
 
     ``candidates`` maps keys of ``MISCONCEPTIONS`` to wrong answers, as a dict or as a list of
-    ``(key, wrong answer)`` pairs when one misconception has several forms. When the wrong answers of
-    several misconceptions are all equal to ``got``, the value cannot tell them apart: the keys are
-    joined with ``|``, and ``explain`` names each.
+    ``(key, wrong answer)`` pairs when one misconception has several forms, or is a function of no
+    arguments that returns them (``known_mistakes``: a hidden test whose wrong answers each cost a
+    forward pass computes them only for a value that fails). When the wrong answers of several
+    misconceptions are all equal to ``got``, the value cannot tell them apart: the keys are joined
+    with ``|``, and ``explain`` names each.
     """
+    if callable(candidates):
+        candidates = candidates()
     got_array = _as_array(got)
     pairs = candidates.items() if isinstance(candidates, dict) else (candidates or [])
     matched = []
@@ -356,7 +360,8 @@ def check_close(
         what: the call being checked, as the student should read it, e.g. ``"quantized_weights(w)[1]"``.
         got, expected: numbers, numpy arrays or tensors.
         misconceptions: ``{key of MISCONCEPTIONS: the wrong answer that misconception gives}``,
-            or a list of such ``(key, wrong answer)`` pairs.
+            or a list of such ``(key, wrong answer)`` pairs, or a function of no arguments that returns
+            them: called only when ``got`` fails (``matching_misconception``).
         inputs: the input value behind each expected value (same shape), shown for the first difference.
         diagnose: False names only ``misconceptions``, never a rounding or clamping mistake read from how the
             values differ (``_diagnose_integers``).
@@ -462,10 +467,15 @@ def check_scale(what: str, got, expected: float, misconceptions=None, rtol: floa
     raise CheckFailed(f"{what}: expected a scale of {expected:.8g}, got {value:.8g}{explain(key)}")
 
 
-def check_true(condition: bool, message: str, misconception: str | None = None) -> None:
-    """Raise ``CheckFailed`` with ``message`` (and the named misconception) unless ``condition``."""
+def check_true(condition: bool, message: str, misconception=None) -> None:
+    """Raise ``CheckFailed`` with ``message`` (and the named misconception) unless ``condition``.
+
+    ``misconception``: a key of ``MISCONCEPTIONS`` (or keys joined with ``|``), None, or a function of no
+    arguments that returns one, called only when ``condition`` is false (``lambda: matching_misconception(...)``
+    computes the wrong answers only for a value that fails).
+    """
     if not condition:
-        raise CheckFailed(message + explain(misconception))
+        raise CheckFailed(message + explain(misconception() if callable(misconception) else misconception))
 
 
 def check_choice(what: str, got, expected: str, wrong: dict[str, str] | None = None) -> None:

@@ -13,6 +13,7 @@ from int8lab.checks import (
     check_close,
     check_codes,
     check_scale,
+    check_true,
     matching_misconception,
 )
 
@@ -114,6 +115,23 @@ def test_candidates_accept_several_forms_of_one_misconception():
     candidates = [("relu_misplaced", [0.0, 1.0]), ("relu_misplaced", [2.0, 1.0])]
     assert matching_misconception([2.0, 1.0], candidates) == "relu_misplaced"
     assert matching_misconception([5.0, 1.0], candidates) is None
+
+
+def test_wrong_answers_given_as_a_function_are_computed_only_for_a_value_that_fails():
+    calls = []
+
+    def known_mistakes():
+        calls.append(1)
+        return [("relu_misplaced", [0.0, 1.0])]
+
+    check_close("f(x)", [2.0, 1.0], [2.0, 1.0], known_mistakes)
+    check_true(True, "f(x) is wrong", lambda: matching_misconception([2.0, 1.0], known_mistakes))
+    assert calls == []
+    with pytest.raises(CheckFailed, match=MISCONCEPTIONS["relu_misplaced"][:40]):
+        check_close("f(x)", [0.0, 1.0], [2.0, 1.0], known_mistakes)
+    with pytest.raises(CheckFailed, match=MISCONCEPTIONS["relu_misplaced"][:40]):
+        check_true(False, "f(x) is wrong", lambda: matching_misconception([0.0, 1.0], known_mistakes))
+    assert calls == [1, 1]
 
 
 @pytest.mark.parametrize("got", ["b", "B", " b ", "(b)", "b)", "B."])
