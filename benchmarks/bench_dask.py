@@ -226,7 +226,8 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
                     return original(*args, **kwargs)
                 finally:
                     after = resource.getrusage(resource.RUSAGE_SELF)
-                    window[prefix + "wall"] = time.perf_counter() - started
+                    window[prefix + "ended"] = time.perf_counter()
+                    window[prefix + "wall"] = window[prefix + "ended"] - started
                     window[prefix + "cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
             setattr(module, name, timed)
@@ -236,14 +237,31 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
         # the jobs), and its jobs alone (cluster._grade: from the first job sent to the last answer merged).
         whole, jobs = measured(pipeline, "grade_on_dask", ""), measured(cluster, "_grade", "jobs ")
         check = measured(cluster, "_check_every_worker", "check ")
+        # The merging thread's own CPU: at this class's few results a second it merges them in small batches; the
+        # model puts in their place the batches that gather at its rate (``extrapolate``).
+        merges, merge_original = [], pipeline._MergeWhileGrading._merge
+
+        def merge_timed(self, batch):
+            started, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return merge_original(self, batch)
+            finally:
+                merges.append((started, len(batch), time.thread_time() - cpu))
+
+        pipeline._MergeWhileGrading._merge = merge_timed
         try:
             total, results = grade(submitted, out, workers, limits, address)
+            # The merges within the jobs' window (the last ones come after it, when the grading finishes).
+            inside = [(size, cpu) for started, size, cpu in merges if started <= window["jobs ended"]]
+            window["merge cpu"] = sum(cpu for _, cpu in inside)
+            window["merge batches"] = [size for size, _ in inside]
             first_check = window["check wall"]
             # The same class again on the same workers (a re-grade): their fork servers and judge processes stay.
             window["again total"], _ = grade(submitted, out.with_name(out.name + "-again"), workers, limits, address)
             window["again check"], window["check wall"] = window["check wall"], first_check
         finally:
             pipeline.grade_on_dask, cluster._grade, cluster._check_every_worker = whole, jobs, check
+            pipeline._MergeWhileGrading._merge = merge_original
         window["total"], window["notebooks"] = total, sum(1 for r in results if r.worker)
         return window
     finally:
@@ -322,37 +340,61 @@ def extrapolate(args, figures, merging, ways, real=None):
     the check of every worker that starts each grading (its judge processes' start and self-check, its fork
     server and check kernels; counted too, as measured here, all workers at once). The client, one process,
     reads each submitted file, accepts its answer, merges it and writes its page while the runs go on. Its
-    merging thread takes, whenever it is free, everything that came meanwhile as one transaction: with results
-    coming at r a second, a transaction's fixed cost F and c per submission, its batches settle at
-    k = r F / (1 - r c) (at most merge.MERGE_BATCH; all of them when r c >= 1, the client then being the limit).
-    After the last run come the last batch's merge (F + k c) and the reports."""
+    merging thread lets results gather for G = pipeline.GATHER_SECONDS, merges them as one transaction and
+    gathers again: with results coming at r a second, a transaction's fixed cost F and c per submission, its
+    batches settle at k = r (G + F) / (1 - r c) (at most merge.MERGE_BATCH; all of them when r c >= 1, the
+    client then being the limit), and a result costs the client c + F / k. After the last run come the last
+    batch's merge (F + k c, without waiting) and the reports."""
     notebooks = 1000 * args.assignments
     run = figures["worker run, steady"]
     worker_each = run + figures["worker judge+page, steady"]
     warm_up = figures["worker warm-up"]  # each worker process once, all of them at the same time
     check = figures["check the workers"]  # once per grading, before any job
-    merge_each = merging["one per batch cpu"]
-    client_each = figures["read"] + figures["accept"] + figures["write pages"] + merge_each
-    if real:  # everything the client process did while the jobs ran (Dask's threads too), per notebook
-        client_each = max(client_each, real["jobs cpu"] / max(1, real["notebooks"]))
+    merge_each = merging["one per batch cpu"]  # c
     fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
+    # The client's work on a result besides its merge: read, accept, pages; or, measured under a real scheduler,
+    # everything its process did while the jobs ran (Dask's threads too) but the merging thread's batches, whose
+    # size depends on the rate.
+    other_each = figures["read"] + figures["accept"] + figures["write pages"]
+    if real:
+        other_each = max(other_each, (real["jobs cpu"] - real["merge cpu"]) / max(1, real["notebooks"]))
+
+    def merge_batch(rate: float) -> float:
+        if rate * merge_each >= 1:
+            return merge.MERGE_BATCH
+        return min(merge.MERGE_BATCH, max(1.0, rate * (pipeline.GATHER_SECONDS + fixed) / (1 - rate * merge_each)))
+
+    def client_time(rate: float) -> float:
+        return notebooks * (other_each + merge_each + fixed / merge_batch(rate))
+
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(
         f"per notebook: workers {worker_each:.2f} s (run {run:.2f} s, steady: a worker's first notebook of each "
-        f"assignment left out), client {client_each * 1000:.1f} ms; each worker's warm-up {warm_up:.1f} s once, "
-        f"after the check of the workers, {check:.1f} s"
+        f"assignment left out), client {other_each * 1000:.1f} ms + its merge ({merge_each * 1000:.2f} ms + "
+        f"{fixed * 1000:.1f} ms a transaction); each worker's warm-up {warm_up:.1f} s once, after the check of the "
+        f"workers, {check:.1f} s"
     )
+    if real:
+        batches = real["merge batches"]
+        print(
+            f"  (under the real scheduler, {len(batches)} merges of {sum(batches) / max(1, len(batches)):.1f} results "
+            f"on average, the merging thread's CPU {real['merge cpu'] / max(1, sum(batches)) * 1000:.1f} ms a result)"
+        )
     print("  machines   runs alone   workers' work   client in flight   after the runs    total   /runs   /work")
     worst, worst_work, worst_unchecked = 0.0, 0.0, 0.0
+
+    def total_time(work: float) -> tuple[float, float, float]:
+        client = client_time(notebooks / work)
+        if client > work:  # the client is the limit: results come at its pace
+            client = client_time(notebooks / client)
+        batch = merge_batch(notebooks / max(work, client))
+        after = fixed + batch * merge_each + notebooks * merging["reports"]
+        return max(work, client) + after, client, after
+
     for machines in (1, 2, 4, 8, 16, 32, 64):
         alone = notebooks * run / (machines * args.cores)
         work = check + notebooks * worker_each / (machines * args.cores) + warm_up
-        client = notebooks * client_each
-        rate = notebooks / max(work, client)
-        batch = merge.MERGE_BATCH if rate * merge_each >= 1 else rate * fixed / (1 - rate * merge_each)
-        batch = min(merge.MERGE_BATCH, max(1.0, batch))
-        after = fixed + batch * merge_each + notebooks * merging["reports"]
-        total = max(work, client) + after
+        total, client, after = total_time(work)
         if machines <= 16:
             worst, worst_work = max(worst, total / alone), max(worst_work, total / work)
             worst_unchecked = max(worst_unchecked, (total - check) / alone)
@@ -369,8 +411,8 @@ def extrapolate(args, figures, merging, ways, real=None):
         again = []
         for machines in (1, 2, 4, 8, 16):
             alone = notebooks * run / (machines * args.cores)
-            work = real["again check"] + notebooks * worker_each / (machines * args.cores)
-            again.append(f"{machines}: {(max(work, notebooks * client_each) + fixed) / alone:.2f}x")
+            total, _, _ = total_time(real["again check"] + notebooks * worker_each / (machines * args.cores))
+            again.append(f"{machines}: {total / alone:.2f}x")
         check_again = real["again check"]
         print(f"  a re-grade on workers that graded this course before (check {check_again:.1f} s, no warm-up):")
         print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {', '.join(again)}")

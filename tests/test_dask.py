@@ -490,6 +490,40 @@ def test_what_the_client_accepts_of_a_workers_answer_has_the_shape_of_a_judgemen
         assert not result.verdicts
 
 
+def test_results_that_come_close_together_are_merged_in_one_transaction_and_none_waits_for_the_end(monkeypatch):
+    """Catches a transaction per result (the merging thread taking each one the moment it is free: ~3 ms of the
+    client's CPU a result instead of ~0.65 ms) and results held until the grading ends."""
+    from int8lab.grading import pipeline
+    from int8lab.grading.model import Job, Result, Status
+
+    batches = []
+
+    class CountingMerger:
+        def __init__(self, *args):
+            pass
+
+        def merge(self, batch):
+            batches.append(len(batch))
+            return []
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pipeline.merge, "Merger", CountingMerger)
+    monkeypatch.setattr(pipeline.course, "due_dates", lambda *args: {})
+    monkeypatch.setattr(pipeline.feedback_pages, "write_pages", lambda out, batch: set())
+    results = [Result(Job(f"s{i}", "01_weights", None), Status.OK, graded_file=b"{}") for i in range(6)]
+    merging = pipeline._MergeWhileGrading(Path("/nonexistent"), {}, None)
+    for result in results[:5]:
+        merging.add(result)
+        time.sleep(0.01)
+    time.sleep(pipeline.GATHER_SECONDS + 0.5)
+    assert batches == [5], batches  # merged while the grading goes on, together
+    merging.add(results[5])
+    merging.finish()
+    assert batches == [5, 1], batches
+
+
 def test_a_gradebook_that_fails_while_the_cluster_grades_is_said_once_and_nothing_is_lost(tmp_path):
     """Catches a merge error lost in the merging thread (the class would seem merged) or raised through the
     grading: a course folder whose gradebook lacks the assignment is a gradebook problem, said after grading."""
