@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_grading import make_class  # noqa: E402
 
 from int8lab import trained_model  # noqa: E402
-from int8lab.grading import cluster, course, merge, pages, pipeline, report  # noqa: E402
+from int8lab.grading import cluster, course, merge, pages, pipeline, preload, report  # noqa: E402
 from int8lab.grading.model import Limits  # noqa: E402
 
 
@@ -210,11 +210,18 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
     try:
         for index in range(workers):
             command = [dask, "worker", address, "--nthreads", "1", "--name", f"w{index}", *host]
+            command += ["--preload", "int8lab.grading.preload"]
             processes.append(subprocess.Popen(command, stdout=logs[index + 1], stderr=subprocess.STDOUT))
         from distributed import Client
 
         with Client(address, timeout=60) as waiting:
             waiting.wait_for_workers(workers, timeout=120)
+            # Workers started with the preload (as the README says to) start their fork servers and judge
+            # processes when they start; the grading is timed once they have.
+            for _ in range(240):
+                if all(waiting.run(preload.ready).values()):
+                    break
+                time.sleep(0.5)
         window = {}
 
         def measured(module, name, prefix):
@@ -249,12 +256,23 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
                 merges.append((started, len(batch), time.thread_time() - cpu))
 
         pipeline._MergeWhileGrading._merge = merge_timed
+        # What the merging thread's CPU goes to: opening the gradebook (once), merging, writing the pages.
+        parts = {
+            "open": Timer(merge.Merger, "__init__"),
+            "merge": Timer(merge.Merger, "merge"),
+            "pages": Timer(pages, "write_pages"),
+        }
         try:
             total, results = grade(submitted, out, workers, limits, address)
             # The merges within the jobs' window (the last ones come after it, when the grading finishes).
             inside = [(size, cpu) for started, size, cpu in merges if started <= window["jobs ended"]]
             window["merge cpu"] = sum(cpu for _, cpu in inside)
             window["merge batches"] = [size for size, _ in inside]
+            merged = max(1, sum(size for _, size, _ in merges))
+            window["merge parts"] = {name: timer.seconds for name, timer in parts.items()}
+            window["merge parts"]["merged"] = merged
+            for timer in parts.values():
+                timer.restore()
             first_check = window["check wall"]
             # The same class again on the same workers (a re-grade): their fork servers and judge processes stay.
             window["again total"], _ = grade(submitted, out.with_name(out.name + "-again"), workers, limits, address)
@@ -355,9 +373,12 @@ def extrapolate(args, figures, merging, ways, real=None):
     # The client's work on a result besides its merge: read, accept, pages; or, measured under a real scheduler,
     # everything its process did while the jobs ran (Dask's threads too) but the merging thread's batches, whose
     # size depends on the rate.
-    other_each = figures["read"] + figures["accept"] + figures["write pages"]
-    if real:
-        other_each = max(other_each, (real["jobs cpu"] - real["merge cpu"]) / max(1, real["notebooks"]))
+    other_each, once = figures["read"] + figures["accept"] + figures["write pages"], 0.0
+    if real:  # the merging thread writes the pages too; it opens the gradebook once
+        parts = real["merge parts"]
+        pages_each = parts["pages"] / parts["merged"]
+        other_each = max(other_each, (real["jobs cpu"] - real["merge cpu"]) / max(1, real["notebooks"]) + pages_each)
+        once = parts["open"]
 
     def merge_batch(rate: float) -> float:
         if rate * merge_each >= 1:
@@ -365,7 +386,7 @@ def extrapolate(args, figures, merging, ways, real=None):
         return min(merge.MERGE_BATCH, max(1.0, rate * (pipeline.GATHER_SECONDS + fixed) / (1 - rate * merge_each)))
 
     def client_time(rate: float) -> float:
-        return notebooks * (other_each + merge_each + fixed / merge_batch(rate))
+        return once + notebooks * (other_each + merge_each + fixed / merge_batch(rate))
 
     print(f"\n1,000 students x {args.assignments} notebooks = {notebooks}; machines of {args.cores} cores;")
     print(
@@ -376,9 +397,13 @@ def extrapolate(args, figures, merging, ways, real=None):
     )
     if real:
         batches = real["merge batches"]
+        parts = real["merge parts"]
         print(
             f"  (under the real scheduler, {len(batches)} merges of {sum(batches) / max(1, len(batches)):.1f} results "
-            f"on average, the merging thread's CPU {real['merge cpu'] / max(1, sum(batches)) * 1000:.1f} ms a result)"
+            f"on average, the merging thread's CPU {real['merge cpu'] / max(1, sum(batches)) * 1000:.1f} ms a result: "
+            f"opening the gradebook {parts['open']:.2f} s once, merging "
+            f"{parts['merge'] / parts['merged'] * 1000:.1f} ms and writing the page "
+            f"{parts['pages'] / parts['merged'] * 1000:.1f} ms a result)"
         )
     print("  machines   runs alone   workers' work   client in flight   after the runs    total   /runs   /work")
     worst, worst_work, worst_unchecked = 0.0, 0.0, 0.0

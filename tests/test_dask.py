@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -349,6 +350,60 @@ def test_a_worker_keeps_its_judge_processes_for_the_same_assignments_only(monkey
     judging.JudgeProcess("cifar10")
     assert started[0]["env"]["INT8LAB_DATASET"] == "cifar10"
     cluster_worker._judges.close()
+
+
+class _FakeJudgeProcess:
+    """A judge process that answers from a script: what a pool sent it, and whether it was asked to load."""
+
+    def __init__(self, *args):
+        self.sent, self.answers = [], [{}, "judged"]
+
+    def begin(self, name, *args):
+        self.sent.append((name, args))
+
+    def end(self):
+        return self.answers.pop(0)
+
+    def call(self, name, *args):
+        self.begin(name, *args)
+        return self.end()
+
+    def alive(self):
+        return True
+
+    def close(self):
+        pass
+
+
+def test_a_preloaded_worker_starts_its_judge_and_fork_server_before_any_grading_and_self_checks_at_once(
+    monkeypatch,
+):
+    """Catches a worker whose first grading starts its judge process (imports, first page) and fork server, or
+    whose judge process waits for the check to ask before it self-checks: the preload starts both when the worker
+    starts, and the shipped assignments go to that judge process at once, with the grading's dataset."""
+    from int8lab.grading import cluster_worker, judging, preload
+
+    warmed = []
+    monkeypatch.setattr(cluster_worker, "_spare_judge", [])
+    monkeypatch.setattr(cluster_worker, "JudgeProcess", _FakeJudgeProcess)
+    monkeypatch.setattr(cluster_worker, "_warm_kernels", lambda: warmed.append("fork server"))
+    monkeypatch.setattr(preload, "_ready", threading.Event())
+    preload.dask_setup(None)
+    assert preload.ready(30) and warmed == ["fork server"] and len(cluster_worker._spare_judge) == 1
+    spare = cluster_worker._spare_judge[0]
+
+    monkeypatch.setattr(cluster_worker, "_judges", None)
+    assignments = {"limits": _assignment_of(_limits_source())}
+    cluster_worker.ShipAssignments(assignments, "cifar10", "cache-a").setup(None)
+    pool = cluster_worker._judges
+    assert spare.sent == [("load", (pool.assignments, "cifar10"))] and pool.loading == [spare]
+    assert cluster_worker._spare_judge == []
+    # The first call reads that self-check's answer; no other process is started.
+    monkeypatch.setattr(judging, "JudgeProcess", lambda *args: pytest.fail("a second judge process was started"))
+    assert pool.call("judge", "job") == "judged" and pool.idle == [spare] and not pool.loading
+    # In the judge process, load makes the grading's dataset the one its self-check and hidden tests read.
+    monkeypatch.setenv("INT8LAB_DATASET", "digits")
+    assert judging.load({}, "cifar10") == {} and os.environ["INT8LAB_DATASET"] == "cifar10"
 
 
 def test_a_workers_judge_process_judges_under_the_judges_cpu_and_memory_limits():

@@ -87,6 +87,7 @@ def connect(address: str, workers: int):
             n_workers=max(1, workers),
             threads_per_worker=1,
             processes=True,
+            preload=["int8lab.grading.preload"],  # fork servers and judges start while the client reads the course
             dashboard_address=None,
             silence_logs=logging.ERROR,
         )

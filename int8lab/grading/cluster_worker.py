@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 
-from .judging import GraderFault, JudgePool, JudgeProcessDied, SelfCheckFailed
+from .judging import GraderFault, JudgePool, JudgeProcess, JudgeProcessDied, SelfCheckFailed
 from .judging import answer as plain_answer
 from .model import Limits
 from .workers import JOB_GRACE_SECONDS, prepare, run_probe
@@ -118,7 +118,10 @@ class ShipAssignments(WorkerPlugin):
         if _judges is None or _judges.digest != digest:
             if _judges is not None:
                 _judges.close()
-            _judges = JudgePool(self.assignments, self.dataset)
+            # Its first judge process loads the assignments now (the one the preload started, or a new one): its
+            # self-check runs while check_worker checks the rest (the cache, the fork server and its kernel).
+            first = take_spare_judge() or JudgeProcess(self.dataset)
+            _judges = JudgePool(self.assignments, self.dataset, first=first)
             _judges.digest = digest
         # else: the same assignments, dataset and model cache as the last grading on this worker: its judge
         # processes, self-checked on exactly these and warm (imports, pages), judge this one too; they never loaded
@@ -140,6 +143,20 @@ def assignments_digest(assignments: dict) -> str:
 #: This worker process's judge processes and assignments (``ShipAssignments``), None until the assignments came.
 _judges: JudgePool | None = None
 _assignments: dict | None = None
+#: A judge process started before any grading (``preload.py``), importing and warming up, no assignments yet.
+_spare_judge: list[JudgeProcess] = []
+
+
+def start_spare_judge() -> None:
+    """Start a judge process for this worker's first grading, which loads its assignments into it."""
+    if not _spare_judge:
+        _spare_judge.append(JudgeProcess())
+
+
+def take_spare_judge() -> JudgeProcess | None:
+    """The spare judge process, if it is still alive (then no longer spare), else None."""
+    spare = _spare_judge.pop() if _spare_judge else None
+    return spare if spare is not None and spare.alive() else None
 
 
 SHIPPING_FAILED = ""  # the key under which _shipped_digests holds why shipping failed
@@ -168,10 +185,10 @@ def check_worker(wanted: dict, start_kernel: bool = False) -> str:
         import torch  # noqa: F401 (the kernels')
     except ImportError as exc:
         return f"cannot import {exc.name}: install int8lab's requirements on the worker"
-    problem = _cache_problem(wanted["dataset"]) or _judge_problem()
-    if problem or not start_kernel:
-        return problem
-    return _kernel_problem(wanted["dataset"])
+    problem = _cache_problem(wanted["dataset"])
+    if not problem and start_kernel:  # while the judge process runs its self-check (ShipAssignments started it)
+        problem = _kernel_problem(wanted["dataset"])
+    return problem or _judge_problem()
 
 
 def _judge_problem() -> str:

@@ -46,8 +46,28 @@ class JudgeProcess:
         )
 
     def call(self, name: str, *args):
+        self.begin(name, *args)
+        return self.end()
+
+    def begin(self, name: str, *args) -> None:
+        """Send one request, in a thread of its own: a process still importing reads nothing yet, and a request
+        larger than a pipe holds (the assignments) would block the caller (a Dask worker's event loop) until then.
+        ``end`` waits for its answer."""
+        self.sending, self.send_error = threading.Thread(target=self._send, args=((name, args),), daemon=True), None
+        self.sending.start()
+
+    def _send(self, request) -> None:
         try:
-            _write_frame(self.process.stdin, (name, args))
+            _write_frame(self.process.stdin, request)
+        except OSError as exc:
+            self.send_error = exc
+
+    def end(self):
+        """The answer to the request ``begin`` sent: its value, ``GraderFault`` if it raised there."""
+        self.sending.join()
+        try:
+            if self.send_error is not None:
+                raise self.send_error
             ok, value = _read_frame(self.process.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.close()
@@ -69,20 +89,36 @@ class JudgePool:
     """Judge processes of this worker process, one per task thread at most, started when first needed.
 
     Every new process first loads the shipped assignments, running the reference self-check on each (``load``).
+    ``first``: a process to load them into at once (``JudgeProcess``, still importing perhaps): its self-check
+    then runs while the worker does the rest of its check (the fork server, the smoke kernel).
     """
 
-    def __init__(self, assignments: dict, dataset: str | None = None):
+    def __init__(self, assignments: dict, dataset: str | None = None, first: JudgeProcess | None = None):
         self.assignments, self.dataset = assignments, dataset
         self.digest = ""  # what they are (cluster_worker.assignments_digest), when a worker may keep the pool
         self.idle: list[JudgeProcess] = []
+        self.loading: list[JudgeProcess] = []  # sent the assignments, their self-check's answer not read yet
         self.lock = threading.Lock()
+        if first is not None:
+            first.begin("load", self.assignments, self.dataset)
+            self.loading.append(first)
 
     def call(self, name: str, *args):
         with self.lock:
             process = self.idle.pop() if self.idle else None
-        if process is None or not process.alive():
+            loading = process is None and bool(self.loading)
+            if loading:
+                process = self.loading.pop()
+        if process is None or not (process.alive() or loading):
             process = JudgeProcess(self.dataset)
-            problems = process.call("load", self.assignments)
+            process.begin("load", self.assignments, self.dataset)
+            loading = True
+        if loading:
+            try:
+                problems = process.end()
+            except JudgeProcessDied:  # before it answered (a spare that died while the worker waited): once more
+                process = JudgeProcess(self.dataset)
+                problems = process.call("load", self.assignments, self.dataset)
             if problems:
                 process.close()
                 raise SelfCheckFailed("; ".join(problems[name] for name in sorted(problems)))
@@ -93,9 +129,10 @@ class JudgePool:
 
     def close(self) -> None:
         with self.lock:
-            for process in self.idle:
+            for process in self.idle + self.loading:
                 process.close()
             self.idle.clear()
+            self.loading.clear()
 
 
 class GraderFault(RuntimeError):
@@ -110,16 +147,23 @@ class SelfCheckFailed(RuntimeError):
 _assignments: dict = {}
 
 
-def load(assignments: dict) -> dict[str, str]:
+def load(assignments: dict, dataset: str | None = None) -> dict[str, str]:
     """Keep ``assignments`` ({name: course.Assignment}) here, each with the reference shapes of its own
-    self-check (never the client's); ``{name: what the reference fails}`` for those that fail it."""
+    self-check (never the client's); ``{name: what the reference fails}`` for those that fail it.
+    ``dataset``: the grading's (``data.DATASET_ENV``), which the self-check and the hidden tests load; a process
+    started before the grading was known (``cluster_worker.start_spare_judge``) has loaded no data before this."""
+    from ..data import DATASET_ENV
     from . import selfcheck
+    from .judge import Judge
 
+    if dataset:
+        os.environ[DATASET_ENV] = dataset
     problems = {}
     for name, assignment in assignments.items():
         try:
             assignment.expected = selfcheck.check_reference(name, assignment.source)
-            assignment._judge = None
+            # Built now, with these shapes: the first submission does not pay for it.
+            assignment._judge = Judge.from_source(assignment.source, assignment.expected)
         except AssertionError as exc:
             problems[name] = f"on this worker, {exc}"
             continue
@@ -193,6 +237,9 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     _warm_worker()
+    from .pages import warm
+
+    warm()  # nbgrader's imports and the templates' compilation, before the first page, not in it
     while True:
         try:
             name, args = _read_frame(requests)

@@ -63,6 +63,21 @@ def _exporter():
     return exporter
 
 
+def warm() -> None:
+    """Render a small page, so that the first page of a grading does not pay nbgrader's imports, the templates'
+    compilation and the highlighter's start (about a second): a judge process does this when it starts."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("A *page* with $x^2$."), nbformat.v4.new_code_cell("print(1)")]
+    )
+    nbgrader = {"student": "", "assignment": "", "notebook": "warm", "grades": {}, "comments": {}}
+    resources = {"metadata": {"name": "warm"}, "unique_key": "warm", "output_files_dir": "warm_files"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _exporter().from_notebook_node(notebook, {**resources, "nbgrader": {**nbgrader, "score": 0, "max_score": 0}})
+
+
 def render_page(graded, job, assignment, verdicts: dict) -> str:
     """The HTML of ``job``'s feedback page. ``graded``: its notebook as merge.py writes it into OUT/autograded;
     ``assignment``: its course.Assignment (with its release); ``verdicts``: {grade_id: judge.Verdict}."""
