@@ -370,6 +370,9 @@ def extrapolate(args, figures, merging, ways, real=None):
     check = figures["check the workers"]  # once per grading, before any job
     merge_each = merging["one per batch cpu"]  # c
     fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
+    if real and real["merge batches"]:  # F as the merging thread paid it under the real scheduler, if more
+        batches = real["merge batches"]
+        fixed = max(fixed, (real["merge cpu"] - merge_each * sum(batches)) / len(batches))
     # The client's work on a result besides its merge: read, accept, pages; or, measured under a real scheduler,
     # everything its process did while the jobs ran (Dask's threads too) but the merging thread's batches, whose
     # size depends on the rate.

@@ -775,6 +775,29 @@ def test_the_feedback_exporter_writes_the_page_nbconverts_html_exporter_writes()
     assert str(BeautifulSoup(ours, features="html.parser")) == theirs
 
 
+def test_remembered_highlighting_ignores_execution_times_and_keeps_the_magics_language(monkeypatch):
+    """Catches a highlighting memory keyed on a cell's whole metadata (nbclient's execution times differ on every
+    page: nothing was ever remembered, 60 % of a page's time) and one keyed on less than what nbconvert reads of
+    it (``magics_language``: a %%bash cell highlighted as Python)."""
+    from nbconvert.filters import highlight
+    from nbconvert.filters.highlight import Highlight2HTML
+
+    from int8lab.grading.feedback import RememberedHighlight
+
+    calls = []
+    pygmentize = highlight._pygments_highlight
+    monkeypatch.setattr(highlight, "_pygments_highlight", lambda *a, **kw: calls.append(1) or pygmentize(*a, **kw))
+    remembered, plain = RememberedHighlight(pygments_lexer="ipython3"), Highlight2HTML(pygments_lexer="ipython3")
+    source = "%%bash\nfor f in *.ipynb; do echo $f; done"
+    times = [{"execution": {"iopub.execute_input": f"2026-12-01T05:0{i}:00Z"}, "tags": []} for i in range(3)]
+    pages = [remembered(source, "ipython3", metadata) for metadata in times]
+    assert len(calls) == 1 and pages == [plain(source, "ipython3", times[0])] * 3
+    bash = {"magics_language": "bash", **times[0]}
+    assert remembered(source, "ipython3", bash) == plain(source, "ipython3", bash) != pages[0]
+    for metadata in ({}, None, {"magics_language": None}):
+        assert remembered(source, "ipython3", metadata) == plain(source, "ipython3", metadata)
+
+
 def test_a_remembered_markdown_cell_is_the_one_with_its_own_attachments():
     """Catches the sanitizer's memory of rendered markdown keyed on the text alone: two cells with the same text,
     one with a PNG attachment and one without, must each show their own (an image, then none)."""

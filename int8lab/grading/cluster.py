@@ -107,7 +107,7 @@ def connect(address: str, workers: int):
         client.close()
         raise GradingError(
             f"the Dask scheduler at {address} has no worker after {WORKER_WAIT_SECONDS} s: "
-            f"start some with `dask worker {address} --nthreads 1`"
+            f"start some with `dask worker {address} --nthreads 1 --preload int8lab.grading.preload`"
         ) from None
     return client, None
 
