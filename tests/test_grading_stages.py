@@ -556,7 +556,7 @@ def test_the_kernel_check_has_its_own_time_limits(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run, "execute", execute)
     monkeypatch.setattr(int8lab.training, "trained_model", lambda **kwargs: None)
-    monkeypatch.setattr(selfcheck, "check_reference", lambda name, source: None)
+    monkeypatch.setattr(selfcheck, "checked_reference", lambda name, source: None)
     assignments = course.load_assignments(SOURCES["01_weights"].parents[1], ["01_weights"])
     students = Limits(cell_timeout=1, notebook_timeout=5, memory_bytes=1 << 30)
     pipeline._check_the_grader(assignments, tmp_path, students, None, progress=False)
@@ -1042,3 +1042,42 @@ def test_a_code_block_with_a_blank_line_shows_whole_on_the_page(tmp_path):
     assert "&lt;span" not in page and "<em>" not in page, page[page.find("Code:") :][:1500]
     assert page.count('<span class="nb">print</span>') == 1
     assert safe_markdown2html(clean.cells[0].source).strip() == clean.cells[0].source.strip()  # a second pass: same
+
+
+def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_only(tmp_path, monkeypatch):
+    """Catches a remembered self-check read back with other shapes than it computed (the judge would then check a
+    correct student's values against wrong shapes), read for another source or environment, kept after a failure,
+    or trusted when damaged: each of those runs the check again."""
+    from int8lab.grading import selfcheck
+    from notebook_harness import read_source
+
+    monkeypatch.setattr(selfcheck, "_remembered_folder", lambda: tmp_path)
+    source = read_source("01_weights")
+    computed = selfcheck.check_reference("01_weights", source)
+    ran = []
+    check = selfcheck.check_reference
+    monkeypatch.setattr(selfcheck, "check_reference", lambda *args: ran.append(1) or check(*args))
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 1
+    assert selfcheck.checked_reference("01_weights", copy.deepcopy(source)) == computed and len(ran) == 1
+    (kept,) = tmp_path.glob("*.json")
+    other = copy.deepcopy(source)
+    other.cells[-1].source += "\n"  # another source: checked, kept beside
+    assert selfcheck.checked_reference("01_weights", other) == computed and len(ran) == 2
+    machine = selfcheck._machine_digest()
+    monkeypatch.setattr(selfcheck, "_machine_digest", lambda: machine + "another torch")
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 3
+    monkeypatch.setattr(selfcheck, "_machine_digest", lambda: machine)
+    kept.write_text('[["a cell", "not a statement", {}]]')
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 4
+    kept.write_text("{")
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 5
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 5
+    # A reference that fails its own tests: an AssertionError each time, nothing kept.
+    broken = copy.deepcopy(source)
+    solution = next(c for c in broken.cells if nbgrader_meta(c).get("solution") and c.cell_type == "code")
+    solution.source += "\n\ndef quantized_weights(weights):\n    raise ValueError('broken')\n"
+    before = sorted(tmp_path.glob("*.json"))
+    for _attempt in range(2):
+        with pytest.raises(AssertionError, match="judge fails the reference solution of 01_weights"):
+            selfcheck.checked_reference("01_weights", broken)
+    assert sorted(tmp_path.glob("*.json")) == before

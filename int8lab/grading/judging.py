@@ -161,7 +161,7 @@ def load(assignments: dict, dataset: str | None = None) -> dict[str, str]:
     problems = {}
     for name, assignment in assignments.items():
         try:
-            assignment.expected = selfcheck.check_reference(name, assignment.source)
+            assignment.expected = selfcheck.checked_reference(name, assignment.source)
             # Built now, with these shapes: the first submission does not pay for it.
             assignment._judge = Judge.from_source(assignment.source, assignment.expected)
         except AssertionError as exc:

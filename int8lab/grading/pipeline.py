@@ -315,7 +315,7 @@ def _check_the_grader(assignments, work: Path, limits: Limits, cgroups, progress
     trained_model(batch_norm=True, progress=progress)  # notebook 7's NetBN
     for name, assignment in assignments.items():
         try:
-            assignment.expected = selfcheck.check_reference(name, assignment.source)
+            assignment.expected = selfcheck.checked_reference(name, assignment.source)
         except AssertionError as exc:
             raise GradingError(str(exc)) from None
     if not kernel:
