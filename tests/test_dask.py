@@ -260,6 +260,22 @@ def test_a_worker_that_cannot_hold_the_model_cache_stops_the_run_before_any_grad
     assert not (tmp_path / "out" / "int8lab-grades.csv").exists()
 
 
+def test_the_client_ships_every_checkpoint_a_kernel_reads():
+    """Catches a worker left to train notebook 7's NetBN itself (seconds of its judge's self-check, and kernels
+    running another network than the client's when its machine trains differently)."""
+    from int8lab import trained_model
+    from int8lab.grading import cluster_worker
+
+    for options in ({}, {"bias": True}, {"batch_norm": True}):
+        trained_model("digits", progress=False, **options)
+    shipped = cluster_worker.cache_files("digits")
+    assert sorted(Path(path).name.split("-")[0] for path in shipped if path.endswith(".pt")) == [
+        "Net",
+        "NetBN",
+        "NetWithBias",
+    ]
+
+
 def test_a_worker_with_other_code_is_named_as_such():
     from int8lab.grading.cluster_worker import check_worker, expected_worker
 

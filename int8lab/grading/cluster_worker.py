@@ -48,12 +48,15 @@ def code_digest() -> str:
 
 
 def cache_files(dataset: str) -> dict[str, bytes]:
-    """``{path relative to the cache: bytes}``: the two checkpoints the kernels read, and the digits data."""
+    """``{path relative to the cache: bytes}``: the three checkpoints the kernels read (notebook 7's NetBN too: a
+    worker would otherwise train its own in its judge's self-check, seconds, and its kernels would run another
+    network than the client's), and the digits data."""
     from ..data import DIGITS_CACHE_VERSION, cache_dir
-    from ..models import Net, NetWithBias
+    from ..models import Net, NetBN, NetWithBias
     from ..training import DEFAULT_SETTINGS, checkpoint_path
 
-    paths = [checkpoint_path(dataset, model, DEFAULT_SETTINGS[dataset]) for model in (Net, NetWithBias)]
+    models = (Net, NetWithBias, NetBN)
+    paths = [checkpoint_path(dataset, model, DEFAULT_SETTINGS[dataset]) for model in models]
     if dataset == "digits":
         paths.append(cache_dir() / "data" / f"digits-32x32-v{DIGITS_CACHE_VERSION}.npz")
     return {str(p.relative_to(cache_dir())): p.read_bytes() for p in paths if p.is_file()}
