@@ -1072,6 +1072,9 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
     kept.write_text("{")
     assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 5
     assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 5
+    monkeypatch.setenv("INT8LAB_RECHECK", "1")  # the instructor's way to check again
+    assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 6
+    monkeypatch.delenv("INT8LAB_RECHECK")
     # A reference that fails its own tests: an AssertionError each time, nothing kept.
     broken = copy.deepcopy(source)
     solution = next(c for c in broken.cells if nbgrader_meta(c).get("solution") and c.cell_type == "code")
