@@ -23,6 +23,7 @@ values they claim for the student's code (see the README's "What the grader prot
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import resource
@@ -188,7 +189,7 @@ class Judge:
     @staticmethod
     def _run(source: str, label: str, namespace: dict) -> None:
         try:
-            exec(compile(source, f"<{label}>", "exec"), namespace)
+            exec(_compiled(source, f"<{label}>"), namespace)
         except Exception as exc:
             raise JudgeFault(f"cell {label} of the source notebook failed in the judge: {exc!r}") from exc
 
@@ -208,8 +209,8 @@ class Judge:
                         continue
                     if statement.role is Role.PROBE:
                         _require_plain(statement, namespace)
-                    exec(compile(statement.source, f"<{test.grade_id}>", "exec"), namespace)
-                exec(compile(test.hidden, f"<{test.grade_id}>", "exec"), namespace)
+                    exec(_compiled(statement.source, f"<{test.grade_id}>"), namespace)
+                exec(_compiled(test.hidden, f"<{test.grade_id}>"), namespace)
         except JudgeFault:
             raise
         except NotRecorded:
@@ -222,6 +223,13 @@ class Judge:
         if reshaped:
             return Verdict(test.grade_id, 0.0, test.points, failure_message(StudentError("Incomplete", reshaped[0])))
         return Verdict(test.grade_id, test.points, test.points, "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str, filename: str):
+    """The code of a source notebook's statement (the grader's own, never a student's), compiled once per process:
+    a code object is immutable, and each judgement runs it in a namespace of its own."""
+    return compile(source, filename, "exec")
 
 
 def _recomputed(tests: list[TestCell], expected: dict) -> frozenset:
