@@ -20,6 +20,7 @@ The machine may be shared: every figure is one noisy run.
 """
 
 import argparse
+import contextlib
 import copy
 import os
 import resource
@@ -203,11 +204,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> dict:
-    """The client process's CPU seconds per wall second while a real scheduler and ``workers`` workers grade."""
+@contextlib.contextmanager
+def real_cluster(workers: int, base: Path, name: str):
+    """A `dask scheduler` and ``workers`` workers started with the preload, as the README says; yields the
+    scheduler's address once every worker's preload is done (its fork server and judge process started)."""
     dask = str(Path(sys.executable).with_name("dask"))
     address = f"tcp://127.0.0.1:{_free_port()}"
-    logs = [open(base / f"dask-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 (closed below)
+    logs = [open(base / f"{name}-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 (closed below)
     host = ["--host", "127.0.0.1", "--no-dashboard"]
     processes = [subprocess.Popen([dask, "scheduler", *host, "--port", address.rsplit(":", 1)[1]], stdout=logs[0])]
     try:
@@ -219,12 +222,37 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
 
         with Client(address, timeout=60) as waiting:
             waiting.wait_for_workers(workers, timeout=120)
-            # Workers started with the preload (as the README says to) start their fork servers and judge
-            # processes when they start; the grading is timed once they have.
             for _ in range(240):
                 if all(waiting.run(preload.ready).values()):
                     break
                 time.sleep(0.5)
+        yield address
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for log in logs:
+            log.close()
+
+
+def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> float:
+    """Seconds of the check of ``workers`` fresh workers (preloaded, one per core), on a machine whose self-checks
+    of these assignments are remembered, grading one student's notebooks."""
+    one = base / "one-student"
+    first = sorted(path for path in submitted.iterdir() if path.is_dir())[0]
+    shutil.copytree(first, one / first.name)
+    check = WallTimer(cluster, "_check_every_worker")
+    try:
+        with real_cluster(workers, base, "fresh") as address:
+            grade(one, out, workers, limits, address)
+    finally:
+        check.restore()
+    return check.seconds
+
+
+def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> dict:
+    """The client process's CPU seconds per wall second while a real scheduler and ``workers`` workers grade."""
+    with real_cluster(workers, base, "dask") as address:
         window = {}
 
         def measured(module, name, prefix):
@@ -285,12 +313,6 @@ def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: P
             pipeline._MergeWhileGrading._merge = merge_original
         window["total"], window["notebooks"] = total, sum(1 for r in results if r.worker)
         return window
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
-        for log in logs:
-            log.close()
 
 
 def main():
@@ -353,6 +375,11 @@ def main():
                 f"{real['jobs cpu'] / max(1, real['notebooks']) * 1000:.1f} ms a notebook; the check of the workers "
                 f"{real['check wall']:.1f} s. The same class again on the same workers: {real['again total']:.1f} s, "
                 f"of which the check {real['again check']:.1f} s"
+            )
+            real["fresh check"] = fresh_check(submitted, scratch / "fresh", args.workers, limits, scratch)
+            print(
+                f"the check of {args.workers} fresh workers started with the preload (one a core), their machine's "
+                f"self-checks remembered: {real['fresh check']:.1f} s"
             )
     extrapolate(args, figures, merging, ways, real)
 
@@ -453,11 +480,13 @@ def extrapolate(args, figures, merging, ways, real=None):
     if real and "again check" in real:
         # Fresh workers (started with the preload) on machines that checked these assignments before: their judges
         # read the remembered self-check (selfcheck.checked_reference). Measured with 4 workers on 2 cores.
+        fresh = real.get("fresh check", real["check wall"])
         print(
-            f"  a grading on fresh workers of machines that checked these assignments before (check "
-            f"{real['check wall']:.1f} s with 4 workers on this machine's 2 cores, warm-up {warm_up:.1f} s):"
+            f"  a grading on fresh workers (started with the preload) of machines that checked these assignments "
+            f"before (check {fresh:.1f} s, a worker a core; {real['check wall']:.1f} s with 4 workers on 2 cores; "
+            f"warm-up {warm_up:.1f} s):"
         )
-        print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {ratios(real['check wall'] + warm_up)}")
+        print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {ratios(fresh + warm_up)}")
         # Workers that graded this course before keep their fork servers and judge processes.
         check_again = real["again check"]
         print(f"  a re-grade on workers that graded this course before (check {check_again:.1f} s, no warm-up):")
