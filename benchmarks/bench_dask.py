@@ -98,7 +98,9 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     """Seconds per notebook of each stage, from a Dask LocalCluster grading of the class."""
     timers = {
         "read": Timer(cluster, "_read"),
-        "accept": Timer(cluster, "accept", keep=lambda job, assignment, answer, *rest: (job.assignment, answer)),
+        "accept": Timer(
+            cluster, "accept", keep=lambda job, assignment, answer, *rest: (job.assignment, job.student, answer)
+        ),
         "merge": Timer(merge.Merger, "merge"),
         "reports": Timer(pipeline.report, "write_reports"),
         "write pages": Timer(pages, "write_pages"),
@@ -112,8 +114,8 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
         del os.environ[selfcheck.RECHECK_ENV]
         for timer in timers.values():
             timer.restore()
-    kept = [(name, a) for name, a in timers["accept"].kept if "seconds" in a and "fault" not in a]
-    answers = [a for _, a in kept]
+    kept = [(name, who, a) for name, who, a in timers["accept"].kept if "seconds" in a and "fault" not in a]
+    answers = [a for _, _, a in kept]
     count = max(1, len(answers))
     figures = {name: timer.seconds / count for name, timer in timers.items()}
     figures["worker judge+page"] = sum(a["judge_seconds"] for a in answers) / count
@@ -121,28 +123,42 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
     # A worker's first notebook of each assignment also pays what a worker pays once: its fork server's start and
     # warm check (the first run), the page template's compilation and the caches of its judge process (the first
     # judge of each assignment). For 1,000 students that is amortised; the model counts it once per worker.
-    seen, steady = set(), []
-    for name, answer in kept:
+    seen, steady, first = set(), [], []
+    for name, who, answer in kept:
         key = (answer.get("worker"), name)
-        if key in seen:
-            steady.append(answer)
+        (steady if key in seen else first).append((name, who, answer))
         seen.add(key)
-    steady = steady or answers
-    figures["worker run, steady"] = sum(a["seconds"] - a["judge_seconds"] for a in steady) / len(steady)
-    figures["worker judge+page, steady"] = sum(a["judge_seconds"] for a in steady) / len(steady)
+    steady = steady or kept
+    figures["worker run, steady"] = sum(a["seconds"] - a["judge_seconds"] for _, _, a in steady) / len(steady)
+    figures["worker judge+page, steady"] = sum(a["judge_seconds"] for _, _, a in steady) / len(steady)
     # The judge process's own CPU: what judge+page costs where a worker has a core of its own (this machine's
     # workers share two cores with the client, the scheduler and each other's kernels).
     for part in ("judge", "page"):
-        cpu = [a["judge_cpu"][part] for a in steady if isinstance(a.get("judge_cpu"), dict)]
+        cpu = [a["judge_cpu"][part] for _, _, a in steady if isinstance(a.get("judge_cpu"), dict)]
         figures[f"worker {part} CPU, steady"] = sum(cpu) / max(1, len(cpu))
     workers_seen = max(1, len({a.get("worker") for a in answers}))
-    steady_each = figures["worker run, steady"] + figures["worker judge+page, steady"]
-    figures["worker warm-up"] = (sum(a["seconds"] for a in answers) - steady_each * len(answers)) / workers_seen
+    # The warm-up: each first notebook against the steady ones of its own assignment and kind (make_class leaves
+    # one student in four unsolved, whose notebooks cost less; the first ones of each worker are solved ones).
+    by_kind: dict = {}
+    for name, who, answer in steady:
+        by_kind.setdefault((name, _unsolved(who)), []).append(answer["seconds"])
+    overall = sum(a["seconds"] for _, _, a in steady) / len(steady)
+    extra = 0.0
+    for name, who, answer in first:
+        same = by_kind.get((name, _unsolved(who)))
+        extra += answer["seconds"] - (sum(same) / len(same) if same else overall)
+    figures["worker warm-up"] = max(0.0, extra) / workers_seen
     figures["wall"], figures["notebooks"] = wall, len(answers)
     # Once per grading, all workers at once: each judge process's start and self-check, the fork server's start
     # and its check kernels (cluster_worker.check_worker).
     figures["check the workers"] = timers["check the workers"].seconds
     return figures, results, timers["merge"].last_args[0].assignments
+
+
+def _unsolved(student: str) -> bool:
+    """Whether ``make_class`` left this student's notebooks unsolved (one student in four)."""
+    digits = "".join(ch for ch in student if ch.isdigit())
+    return bool(digits) and int(digits) % 4 == 3
 
 
 def page_ways(out: Path, results, assignments) -> dict:
