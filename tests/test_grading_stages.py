@@ -1063,10 +1063,10 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
     other = copy.deepcopy(source)
     other.cells[-1].source += "\n"  # another source: checked, kept beside
     assert selfcheck.checked_reference("01_weights", other) == computed and len(ran) == 2
-    machine = selfcheck._machine_digest()
-    monkeypatch.setattr(selfcheck, "_machine_digest", lambda: machine + "another torch")
+    machine = selfcheck.machine_digest()
+    monkeypatch.setattr(selfcheck, "machine_digest", lambda: machine + "another torch")
     assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 3
-    monkeypatch.setattr(selfcheck, "_machine_digest", lambda: machine)
+    monkeypatch.setattr(selfcheck, "machine_digest", lambda: machine)
     kept.write_text('[["a cell", "not a statement", {}]]')
     assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 4
     kept.write_text("{")

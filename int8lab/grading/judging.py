@@ -238,8 +238,10 @@ def main() -> None:
     sys.stdout = sys.stderr
     _warm_worker()
     from .pages import warm
+    from .selfcheck import machine_digest
 
     warm()  # nbgrader's imports and the templates' compilation, before the first page, not in it
+    machine_digest()  # what a remembered self-check is keyed on (installed packages...), before the first load
     while True:
         try:
             name, args = _read_frame(requests)

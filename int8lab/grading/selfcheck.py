@@ -182,12 +182,13 @@ def environment_digest() -> str:
         if path.is_file() and relative.parts[0] != "selfcheck" and path.suffix not in (".lock", ".part"):
             stat = path.stat()
             listing.append((str(relative), stat.st_size, stat.st_mtime_ns))
-    parts = [_machine_digest(), dataset_name(), _cache_digest(str(root), tuple(listing))]
+    parts = [machine_digest(), dataset_name(), _cache_digest(str(root), tuple(listing))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 @functools.cache
-def _machine_digest() -> str:
+def machine_digest() -> str:
+    """The part of ``environment_digest`` that a process computes once (half a second: every installed package)."""
     import importlib.metadata
     import platform
     import socket
