@@ -498,9 +498,10 @@ def extrapolate(args, figures, merging, ways, real=None):
         # read the remembered self-check (selfcheck.checked_reference). Measured with 4 workers on 2 cores.
         fresh = real.get("fresh check", real["check wall"])
         print(
-            f"  a grading on fresh workers (started with the preload) of machines that checked these assignments "
-            f"before (check {fresh:.1f} s, a worker a core; {real['check wall']:.1f} s with 4 workers on 2 cores; "
-            f"warm-up {warm_up:.1f} s):"
+            f"  a grading on fresh workers started with the preload before it (their preload done: fork server and "
+            f"judge process started) on machines that checked these assignments before, the same hostname, code, "
+            f"packages and cache (check {fresh:.1f} s, a worker a core; {real['check wall']:.1f} s with 4 workers on "
+            f"2 cores; warm-up {warm_up:.1f} s):"
         )
         print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {ratios(fresh + warm_up)}")
         # Workers that graded this course before keep their fork servers and judge processes.

@@ -1075,6 +1075,20 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
     monkeypatch.setenv("INT8LAB_RECHECK", "1")  # the instructor's way to check again
     assert selfcheck.checked_reference("01_weights", source) == computed and len(ran) == 6
     monkeypatch.delenv("INT8LAB_RECHECK")
+    # A check that changed what its key says (it wrote the model cache) keeps nothing.
+    from int8lab.data import cache_dir
+
+    written = cache_dir() / "written-by-the-check.bin"
+    monkeypatch.setattr(selfcheck, "check_reference", lambda *args: written.write_bytes(b"x") and computed)
+    changed = copy.deepcopy(source)
+    changed.cells[-1].source += "\n\n"
+    kept_before = sorted(tmp_path.glob("*.json"))
+    try:
+        assert selfcheck.checked_reference("01_weights", changed) == computed
+    finally:
+        written.unlink()
+    assert sorted(tmp_path.glob("*.json")) == kept_before
+    monkeypatch.setattr(selfcheck, "check_reference", check)
     # A reference that fails its own tests: an AssertionError each time, nothing kept.
     broken = copy.deepcopy(source)
     solution = next(c for c in broken.cells if nbgrader_meta(c).get("solution") and c.cell_type == "code")
@@ -1084,3 +1098,21 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
         with pytest.raises(AssertionError, match="judge fails the reference solution of 01_weights"):
             selfcheck.checked_reference("01_weights", broken)
     assert sorted(tmp_path.glob("*.json")) == before
+
+
+def test_a_remembered_self_check_is_kept_where_no_kernel_can_reach_it(tmp_path, monkeypatch):
+    """Catches remembered self-checks kept in the model cache, which every kernel reads: a kernel could hold their
+    lock (every judge on the machine waiting) and, where nothing keeps it from writing, plant shapes that every
+    later grading would take; so none is kept on a machine without Landlock."""
+    from int8lab.grading import landlock, run, selfcheck
+
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path / "cache"))
+    folder = selfcheck._remembered_folder()
+    if landlock.landlock_abi() == 0:
+        assert folder is None
+    else:
+        assert folder is not None and folder.is_dir()
+        for readable in run._readable_paths():
+            assert not folder.resolve().is_relative_to(Path(readable).resolve()), readable
+    monkeypatch.setattr(landlock, "landlock_abi", lambda: 0)
+    assert selfcheck._remembered_folder() is None

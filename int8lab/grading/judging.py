@@ -59,12 +59,14 @@ class JudgeProcess:
     def _send(self, request) -> None:
         try:
             _write_frame(self.process.stdin, request)
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 (raised again by end(), in the caller's thread)
             self.send_error = exc
 
     def end(self):
         """The answer to the request ``begin`` sent: its value, ``GraderFault`` if it raised there."""
         self.sending.join()
+        if self.send_error is not None and not isinstance(self.send_error, OSError):
+            raise self.send_error  # the request could not be pickled: the caller's fault, the process is fine
         try:
             if self.send_error is not None:
                 raise self.send_error
@@ -240,8 +242,11 @@ def main() -> None:
     from .pages import warm
     from .selfcheck import machine_digest
 
-    warm()  # nbgrader's imports and the templates' compilation, before the first page, not in it
-    machine_digest()  # what a remembered self-check is keyed on (installed packages...), before the first load
+    try:
+        warm()  # nbgrader's imports and the templates' compilation, before the first page, not in it
+        machine_digest()  # what a remembered self-check is keyed on (installed packages...), before the first load
+    except Exception:  # noqa: BLE001 (a head start only: the first page and load do the same, and say what fails)
+        pass
     while True:
         try:
             name, args = _read_frame(requests)

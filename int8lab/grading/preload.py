@@ -25,6 +25,9 @@ def _warm() -> None:
     from . import cluster_worker
 
     try:
+        # The code this worker runs, read now: the check compares it with the client's, and an int8lab installed
+        # anew after the worker started must not pass for the one it runs.
+        cluster_worker.code_digest()
         cluster_worker.start_spare_judge()  # a process of its own: it imports while the fork server starts here
         cluster_worker._warm_kernels()  # never raises: a worker without warm kernels starts them from nothing
     finally:

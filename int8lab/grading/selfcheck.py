@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import time
 
 import nbformat
 
@@ -109,32 +110,54 @@ RECHECK_ENV = "INT8LAB_RECHECK"
 
 
 def checked_reference(name: str, source_nb) -> dict:
-    """``check_reference``, remembered on this machine: the shapes of a passed self-check are kept in the model
-    cache (``selfcheck/``), under the sha256 of the source notebook and of everything the check's outcome depends
-    on (``environment_digest``), and read there by the next check of the same: a grading's start, each judge
-    process of each Dask worker. A failed check is never kept; a cache that cannot be written keeps nothing.
-    Several processes of one machine checking at once wait for the first one's outcome (a file lock); with
+    """``check_reference``, remembered on this machine: the shapes of a passed self-check are kept beside the model
+    cache (``_remembered_folder``), under the sha256 of the source notebook and of everything the check's outcome
+    depends on (``environment_digest``, read before and after the check: a check that changed it keeps nothing),
+    and read there by the next check of the same: a grading's start, each judge process of each Dask worker. A
+    failed check is never kept; where nothing can be kept safely, nothing is. Several processes of one machine
+    checking at once wait for the first one's outcome (a file lock, ``LOCK_WAIT_SECONDS`` at most); with
     ``RECHECK_ENV`` set, each runs its own check at once."""
     folder = _remembered_folder()
     if folder is None:
         return check_reference(name, source_nb)
-    key = hashlib.sha256((environment_digest() + nbformat.writes(source_nb)).encode()).hexdigest()
+    source = nbformat.writes(source_nb)
+    key = hashlib.sha256((environment_digest() + source).encode()).hexdigest()
     path = folder / f"{key}.json"
     if os.environ.get(RECHECK_ENV):
         shapes = check_reference(name, source_nb)
-        _keep_shapes(path, shapes)
+        _keep_shapes(path, shapes, key, source)
         return shapes
     with open(folder / f"{key}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock)
         shapes = _read_shapes(path)
         if shapes is None:
             shapes = check_reference(name, source_nb)  # AssertionError: nothing kept
-            _keep_shapes(path, shapes)
+            _keep_shapes(path, shapes, key, source)
     return shapes
 
 
-def _keep_shapes(path, shapes: dict) -> None:
-    """Written whole or not at all (a reader never sees half a file)."""
+#: How long a check waits for another process's check of the same (then it runs its own).
+LOCK_WAIT_SECONDS = 300
+
+
+def _lock(handle) -> bool:
+    """An exclusive lock on ``handle`` within ``LOCK_WAIT_SECONDS``; False (and no lock) after that."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _keep_shapes(path, shapes: dict, key: str, source: str) -> None:
+    """Written whole or not at all (a reader never sees half a file), and only if the check left the environment
+    as its key says (it may write the model cache: a checkpoint, the digits data)."""
+    if hashlib.sha256((environment_digest() + source).encode()).hexdigest() != key:
+        return
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
         partial.write_text(json.dumps([[cell, step, names] for (cell, step), names in shapes.items()]))
@@ -144,11 +167,19 @@ def _keep_shapes(path, shapes: dict) -> None:
 
 
 def _remembered_folder():
+    """``<cache>-selfcheck`` beside the model cache, or None. Beside it, not in it: a kernel may read the model
+    cache (its checkpoints), and could hold a lock on what it can open; this folder is in no kernel's sandbox.
+    None where Landlock cannot keep the kernels from it (without Landlock a kernel could write a remembered
+    check: every later grading would take its shapes), or where it cannot be written."""
     from ..data import cache_dir
+    from .landlock import landlock_abi
 
-    folder = cache_dir() / "selfcheck"
+    if landlock_abi() == 0:
+        return None
+    cache = cache_dir()
+    folder = cache.parent / f"{cache.name}-selfcheck"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None
     return folder if os.access(folder, os.W_OK) else None
@@ -173,17 +204,26 @@ def environment_digest() -> str:
     distribution and its version, Python, this machine (its name and CPU flags: kernels' arithmetic differs
     with them), torch's thread count, the dataset, and the model cache's files (checkpoints and data; CIFAR-10's
     by size and time)."""
+    import torch
+
     from ..data import cache_dir, dataset_name
 
     root = cache_dir()
     listing = []
     for path in sorted(root.rglob("*")) if root.is_dir() else []:
         relative = path.relative_to(root)
-        if path.is_file() and relative.parts[0] != "selfcheck" and path.suffix not in (".lock", ".part"):
+        if path.is_file() and path.suffix not in (".lock", ".part"):
             stat = path.stat()
-            listing.append((str(relative), stat.st_size, stat.st_mtime_ns))
+            listing.append((str(relative), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
     parts = [machine_digest(), dataset_name(), _cache_digest(str(root), tuple(listing))]
+    parts.append(str(torch.get_num_threads()))  # read now: a notebook's setup may change it in this process
+    # The variables that choose torch's kernels, its threads and the libraries it loads.
+    parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(ARITHMETIC_ENV) or k in LOADING_ENV)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+ARITHMETIC_ENV = ("ATEN_", "ONEDNN_", "DNNL_", "MKL_", "OMP_", "KMP_", "OPENBLAS_", "TORCH_", "GOMP_")
+LOADING_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH")
 
 
 @functools.cache
@@ -197,7 +237,7 @@ def machine_digest() -> str:
 
     from .cluster_worker import code_digest
 
-    parts = [code_digest(), sys.version, platform.platform(), socket.gethostname(), str(torch.get_num_threads())]
+    parts = [code_digest(), sys.version, platform.platform(), socket.gethostname(), torch.__config__.show()]
     parts += sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -212,7 +252,7 @@ def _cache_digest(root: str, listing: tuple) -> str:
     """The model cache's files by content (CIFAR-10's, large, by size and time); ``listing``: their names, sizes
     and times, so that a file written since is read again."""
     parts = []
-    for relative, size, mtime in listing:
+    for relative, size, mtime, _inode, _changed in listing:
         if relative.startswith("cifar10"):
             parts.append(f"{relative} {size} {mtime}")
         else:
