@@ -68,9 +68,9 @@ class JudgeProcess:
         if self.send_error is not None and not isinstance(self.send_error, OSError):
             raise self.send_error  # the request could not be pickled: the caller's fault, the process is fine
         try:
+            ok, value = _read_frame(self.process.stdout) if self.send_error is None else (None, None)
             if self.send_error is not None:
-                raise self.send_error
-            ok, value = _read_frame(self.process.stdout)
+                raise self.send_error  # the pipe broke: the process is gone
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.close()
             raise JudgeProcessDied(f"the judge process ended while judging ({type(exc).__name__})") from None

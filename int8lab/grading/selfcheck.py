@@ -121,7 +121,7 @@ def checked_reference(name: str, source_nb) -> dict:
     if folder is None:
         return check_reference(name, source_nb)
     source = nbformat.writes(source_nb)
-    key = hashlib.sha256((environment_digest() + source).encode()).hexdigest()
+    key = _key(source)
     path = folder / f"{key}.json"
     if os.environ.get(RECHECK_ENV):
         shapes = check_reference(name, source_nb)
@@ -134,6 +134,10 @@ def checked_reference(name: str, source_nb) -> dict:
             shapes = check_reference(name, source_nb)  # AssertionError: nothing kept
             _keep_shapes(path, shapes, key, source)
     return shapes
+
+
+def _key(source: str) -> str:
+    return hashlib.sha256((environment_digest() + source).encode()).hexdigest()
 
 
 #: How long a check waits for another process's check of the same (then it runs its own).
@@ -156,7 +160,7 @@ def _lock(handle) -> bool:
 def _keep_shapes(path, shapes: dict, key: str, source: str) -> None:
     """Written whole or not at all (a reader never sees half a file), and only if the check left the environment
     as its key says (it may write the model cache: a checkpoint, the digits data)."""
-    if hashlib.sha256((environment_digest() + source).encode()).hexdigest() != key:
+    if _key(source) != key:
         return
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
