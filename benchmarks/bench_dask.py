@@ -221,9 +221,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def real_cluster(workers: int, base: Path, name: str):
+def real_cluster(workers: int, base: Path, name: str, env: dict | None = None):
     """A `dask scheduler` and ``workers`` workers started with the preload, as the README says; yields the
-    scheduler's address once every worker's preload is done (its fork server and judge process started)."""
+    scheduler's address once every worker's preload is done (its fork server and judge process started).
+    ``env``: more environment variables for the workers."""
     dask = str(Path(sys.executable).with_name("dask"))
     address = f"tcp://127.0.0.1:{_free_port()}"
     logs = [open(base / f"{name}-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 (closed below)
@@ -233,7 +234,11 @@ def real_cluster(workers: int, base: Path, name: str):
         for index in range(workers):
             command = [dask, "worker", address, "--nthreads", "1", "--name", f"w{index}", *host]
             command += ["--preload", "int8lab.grading.preload"]
-            processes.append(subprocess.Popen(command, stdout=logs[index + 1], stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    command, stdout=logs[index + 1], stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                )
+            )
         from distributed import Client
 
         with Client(address, timeout=60) as waiting:
@@ -251,15 +256,20 @@ def real_cluster(workers: int, base: Path, name: str):
             log.close()
 
 
-def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> float:
-    """Seconds of the check of ``workers`` fresh workers (preloaded, one per core), on a machine whose self-checks
-    of these assignments are remembered, grading one student's notebooks."""
+def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: Path, checked: bool) -> float:
+    """Seconds of the check of ``workers`` fresh workers (preloaded, one per core), grading one student's
+    notebooks: on a machine whose self-checks of these assignments are remembered (``checked``), or on one that
+    never checked them: the workers then have a model cache of their own, empty (the client ships its files), and
+    so no remembered self-check (the client's, beside its own cache, is another machine's)."""
     one = base / "one-student"
-    first = sorted(path for path in submitted.iterdir() if path.is_dir())[0]
-    shutil.copytree(first, one / first.name)
+    if not one.exists():
+        first = sorted(path for path in submitted.iterdir() if path.is_dir())[0]
+        shutil.copytree(first, one / first.name)
+    name = "fresh" if checked else "never-checked"
+    env = {} if checked else {"INT8LAB_CACHE": str(base / f"{name}-cache")}
     check = WallTimer(cluster, "_check_every_worker")
     try:
-        with real_cluster(workers, base, "fresh") as address:
+        with real_cluster(workers, base, name, env) as address:
             grade(one, out, workers, limits, address)
     finally:
         check.restore()
@@ -392,10 +402,12 @@ def main():
                 f"{real['check wall']:.1f} s. The same class again on the same workers: {real['again total']:.1f} s, "
                 f"of which the check {real['again check']:.1f} s"
             )
-            real["fresh check"] = fresh_check(submitted, scratch / "fresh", args.workers, limits, scratch)
+            real["fresh check"] = fresh_check(submitted, scratch / "fresh", args.workers, limits, scratch, True)
+            real["never checked"] = fresh_check(submitted, scratch / "never", args.workers, limits, scratch, False)
             print(
-                f"the check of {args.workers} fresh workers started with the preload (one a core), their machine's "
-                f"self-checks remembered: {real['fresh check']:.1f} s"
+                f"the check of {args.workers} fresh workers started with the preload (one a core): "
+                f"{real['never checked']:.1f} s on a machine that never checked these assignments (the workers "
+                f"share its self-checks out), {real['fresh check']:.1f} s where its self-checks are remembered"
             )
     extrapolate(args, figures, merging, ways, real)
 
@@ -416,7 +428,10 @@ def extrapolate(args, figures, merging, ways, real=None):
     run = figures["worker run, steady"]
     worker_each = run + figures["worker judge+page, steady"]
     warm_up = figures["worker warm-up"]  # each worker process once, all of them at the same time
-    check = figures["check the workers"]  # once per grading, before any job
+    # Once per grading, before any job: the check of fresh workers (started with the preload before the grading,
+    # as a cluster's are) on machines that never checked these assignments; without a real scheduler, the check of
+    # a LocalCluster that the grading starts, each worker checking alone.
+    check = (real or {}).get("never checked", figures["check the workers"])
     merge_each = merging["one per batch cpu"]  # c
     fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
     if real and real["merge batches"]:  # F as the merging thread paid it under the real scheduler, if more
@@ -446,6 +461,7 @@ def extrapolate(args, figures, merging, ways, real=None):
         f"assignment left out), client {other_each * 1000:.1f} ms + its merge ({merge_each * 1000:.2f} ms + "
         f"{fixed * 1000:.1f} ms a transaction); each worker's warm-up {warm_up:.1f} s once, after the check of the "
         f"workers, {check:.1f} s"
+        + (" (fresh preloaded workers, machines that never checked these assignments)" if real else "")
     )
     if real:
         batches = real["merge batches"]
@@ -493,6 +509,13 @@ def extrapolate(args, figures, merging, ways, real=None):
             shown.append(f"{machines}: {total / alone:.2f}x")
         return ", ".join(shown)
 
+    if real:
+        started = figures["check the workers"]
+        print(
+            f"  the same with workers that the grading starts (a LocalCluster: their preload runs during the check, "
+            f"each checks every assignment alone, {selfcheck.RECHECK_ENV}=1; check {started:.1f} s):"
+        )
+        print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {ratios(started + warm_up)}")
     if real and "again check" in real:
         # Fresh workers (started with the preload) on machines that checked these assignments before: their judges
         # read the remembered self-check (selfcheck.checked_reference). Measured with 4 workers on 2 cores.

@@ -2,29 +2,44 @@
 
 Infrastructure only (data, models, training cache, profiling, guards, plots): the functions
 students implement live in the notebooks, never here.
+
+The names below are imported when first used (``from int8lab import trained_model`` as ever): importing
+``int8lab.grading``'s light modules must not import torch (a Dask scheduler imports the modules of the tasks
+it is sent: ``int8lab/grading/tasks.py``).
 """
 
-from .data import DatasetUnavailableError, cache_dir, dataset_name, load_data
-from .guards import Int8RangeError, check_int_range, install_int8_guards
-from .models import LAYER_NAMES, Net, NetBN, NetWithBias
-from .profiling import profile_activations
-from .training import CacheReadOnlyError, CorruptCheckpointError, evaluate, trained_model
+from importlib import import_module
 
-__all__ = [
-    "LAYER_NAMES",
-    "CacheReadOnlyError",
-    "CorruptCheckpointError",
-    "DatasetUnavailableError",
-    "Int8RangeError",
-    "Net",
-    "NetBN",
-    "NetWithBias",
-    "cache_dir",
-    "dataset_name",
-    "check_int_range",
-    "evaluate",
-    "install_int8_guards",
-    "load_data",
-    "profile_activations",
-    "trained_model",
-]
+#: Each public name and the module that defines it.
+_WHERE = {
+    "DatasetUnavailableError": "data",
+    "cache_dir": "data",
+    "dataset_name": "data",
+    "load_data": "data",
+    "Int8RangeError": "guards",
+    "check_int_range": "guards",
+    "install_int8_guards": "guards",
+    "LAYER_NAMES": "models",
+    "Net": "models",
+    "NetBN": "models",
+    "NetWithBias": "models",
+    "profile_activations": "profiling",
+    "CacheReadOnlyError": "training",
+    "CorruptCheckpointError": "training",
+    "evaluate": "training",
+    "trained_model": "training",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'int8lab' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

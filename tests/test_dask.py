@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -274,6 +275,27 @@ def test_the_client_ships_every_checkpoint_a_kernel_reads():
         "NetBN",
         "NetWithBias",
     ]
+
+
+def test_a_scheduler_reads_a_grading_task_without_importing_torch_or_nbconvert():
+    """Catches a task function whose module imports the lab's heavy libraries: a Dask scheduler unpickles every
+    graph a client sends (Scheduler.update_graph), importing each task's module on its event loop; with
+    cluster_worker's own functions its first grading spent 1.5-2 s importing torch there, handing no worker a task
+    (the check of fresh workers waited for it)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from int8lab.grading import cluster
+    from int8lab.grading.model import Job, Limits
+
+    tasks = [cluster.check_worker, cluster.grade_on_worker, Job("ann", "01_weights", None), asdict(Limits())]
+    heavy = ("torch", "numpy", "nbformat", "nbconvert", "nbclient", "bleach", "pygments", "matplotlib", "sklearn")
+    read = (
+        f"import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    imported = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(tasks), capture_output=True, check=True)
+    assert imported.stdout.decode().strip() == "[]"
 
 
 def test_a_worker_with_other_code_is_named_as_such():

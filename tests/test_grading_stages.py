@@ -1100,6 +1100,52 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
     assert sorted(tmp_path.glob("*.json")) == before
 
 
+def test_processes_checking_together_share_the_self_checks_out(tmp_path, monkeypatch):
+    """Catches a judge process that waits in line behind another one checking the same first source (a Dask
+    machine's workers all start with the first assignment): it checks the next sources first, then takes the
+    first's outcome once the other process keeps it, without checking it again; and a source whose reference fails
+    is reported by name (``judging.load``'s problems), the others loaded."""
+    import fcntl
+    import threading
+    import time
+
+    from int8lab.grading import course, judging, selfcheck
+    from notebook_harness import read_source
+
+    monkeypatch.setattr(selfcheck, "_remembered_folder", lambda: tmp_path)
+    sources = {name: read_source(name) for name in ("01_weights", "03_biases")}
+    computed = {name: selfcheck.check_reference(name, source) for name, source in sources.items()}
+    checked = []
+    monkeypatch.setattr(selfcheck, "check_reference", lambda name, source: checked.append(name) or computed[name])
+    first = nbformat.writes(sources["01_weights"])
+    key = selfcheck._key(first)
+    outcomes = {}
+    sharing = threading.Thread(target=lambda: outcomes.update(selfcheck.checked_references(sources)))
+    with open(tmp_path / f"{key}.lock", "a") as held:  # another process is checking 01_weights
+        fcntl.flock(held, fcntl.LOCK_EX)
+        sharing.start()
+        deadline = time.monotonic() + 30
+        while checked != ["03_biases"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert checked == ["03_biases"] and sharing.is_alive()  # the next source checked, the first awaited
+        selfcheck._keep_shapes(tmp_path / f"{key}.json", computed["01_weights"], key, first)
+    sharing.join(30)
+    assert checked == ["03_biases"] and outcomes == computed and list(outcomes) == list(sources)
+
+    broken = copy.deepcopy(sources["03_biases"])
+    broken.cells[-1].source += "\n"  # another source: not remembered
+    monkeypatch.setattr(
+        selfcheck, "check_reference", lambda name, source: (_ for _ in ()).throw(AssertionError(f"{name} fails"))
+    )
+    assignments = {
+        "01_weights": course.Assignment("01_weights", "01_weights.ipynb", sources["01_weights"]),
+        "03_biases": course.Assignment("03_biases", "03_biases.ipynb", broken),
+    }
+    monkeypatch.setattr(judging, "_assignments", {})
+    assert judging.load(assignments) == {"03_biases": "on this worker, 03_biases fails"}
+    assert "01_weights" in judging._assignments and "03_biases" not in judging._assignments
+
+
 def test_a_remembered_self_check_is_kept_where_no_kernel_can_reach_it(tmp_path, monkeypatch):
     """Catches remembered self-checks kept in the model cache, which every kernel reads: a kernel could hold their
     lock (every judge on the machine waiting) and, where nothing keeps it from writing, plant shapes that every

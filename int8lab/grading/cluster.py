@@ -28,13 +28,12 @@ from .cluster_worker import (
     WorkerMismatch,
     cache_digest,
     cache_files,
-    check_worker,
     expected_worker,
-    grade_on_worker,
 )
 from .judge import Verdict
 from .merge import released_answers
 from .model import GradingError, Job, Limits, Result, Status
+from .tasks import check_worker, grade_on_worker
 from .workers import JOB_GRACE_SECONDS, MAX_EXECUTED_BYTES
 
 #: Seconds the client waits for the scheduler to answer, and then for a first worker.

@@ -109,14 +109,35 @@ def check_reference(name: str, source_nb) -> dict:
 RECHECK_ENV = "INT8LAB_RECHECK"
 
 
-def checked_reference(name: str, source_nb) -> dict:
+def checked_references(sources: dict) -> dict:
+    """``checked_reference`` of each of ``{name: source notebook}``: ``{name: its shapes, or its AssertionError}``,
+    in the same order. A source that another process of this machine is checking at this moment comes last, when
+    its outcome is kept: processes that start together (a Dask machine's workers, each with its judge process)
+    share the checks out between them instead of all waiting behind the one that checks the first source."""
+    outcomes, busy = {}, []
+    for name, source in sources.items():
+        try:
+            outcomes[name] = checked_reference(name, source, wait=False)
+        except AssertionError as exc:
+            outcomes[name] = exc
+        if outcomes[name] is None:
+            busy.append(name)
+    for name in busy:
+        try:
+            outcomes[name] = checked_reference(name, sources[name])
+        except AssertionError as exc:
+            outcomes[name] = exc
+    return {name: outcomes[name] for name in sources}
+
+
+def checked_reference(name: str, source_nb, wait: bool = True) -> dict | None:
     """``check_reference``, remembered on this machine: the shapes of a passed self-check are kept beside the model
     cache (``_remembered_folder``), under the sha256 of the source notebook and of everything the check's outcome
     depends on (``environment_digest``, read before and after the check: a check that changed it keeps nothing),
     and read there by the next check of the same: a grading's start, each judge process of each Dask worker. A
     failed check is never kept; where nothing can be kept safely, nothing is. Several processes of one machine
-    checking at once wait for the first one's outcome (a file lock, ``LOCK_WAIT_SECONDS`` at most); with
-    ``RECHECK_ENV`` set, each runs its own check at once."""
+    checking the same at once wait for the first one's outcome (a file lock, ``LOCK_WAIT_SECONDS`` at most), or
+    without ``wait`` get None at once; with ``RECHECK_ENV`` set, each runs its own check at once."""
     folder = _remembered_folder()
     if folder is None:
         return check_reference(name, source_nb)
@@ -128,7 +149,8 @@ def checked_reference(name: str, source_nb) -> dict:
         _keep_shapes(path, shapes, key, source)
         return shapes
     with open(folder / f"{key}.lock", "a") as lock:
-        _lock(lock)
+        if not _lock(lock, LOCK_WAIT_SECONDS if wait else 0) and not wait:
+            return None  # another process checks it now
         shapes = _read_shapes(path)
         if shapes is None:
             shapes = check_reference(name, source_nb)  # AssertionError: nothing kept
@@ -144,15 +166,15 @@ def _key(source: str) -> str:
 LOCK_WAIT_SECONDS = 300
 
 
-def _lock(handle) -> bool:
-    """An exclusive lock on ``handle`` within ``LOCK_WAIT_SECONDS``; False (and no lock) after that."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+def _lock(handle, seconds: float) -> bool:
+    """An exclusive lock on ``handle`` within ``seconds``; False (and no lock) after that."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
 
