@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 from pathlib import Path
 
 import nbformat
@@ -276,6 +277,18 @@ def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: 
     return check.seconds
 
 
+def self_check_cpu(assignments: dict) -> dict[str, float]:
+    """CPU seconds of each assignment's self-check (``selfcheck.check_reference``), in this process as in a judge
+    process: the share of a machine's first check that its workers split between them."""
+    import_module("int8lab.plots")  # a judge process imports it before its self-checks (judging.main)
+    seconds = {}
+    for name, assignment in assignments.items():
+        started = time.process_time()
+        selfcheck.check_reference(name, assignment.source)
+        seconds[name] = time.process_time() - started
+    return seconds
+
+
 def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> dict:
     """The client process's CPU seconds per wall second while a real scheduler and ``workers`` workers grade."""
     with real_cluster(workers, base, "dask") as address:
@@ -404,12 +417,25 @@ def main():
             )
             real["fresh check"] = fresh_check(submitted, scratch / "fresh", args.workers, limits, scratch, True)
             real["never checked"] = fresh_check(submitted, scratch / "never", args.workers, limits, scratch, False)
+            real["self-checks"] = self_check_cpu(assignments)
             print(
                 f"the check of {args.workers} fresh workers started with the preload (one a core): "
                 f"{real['never checked']:.1f} s on a machine that never checked these assignments (the workers "
-                f"share its self-checks out), {real['fresh check']:.1f} s where its self-checks are remembered"
+                f"share its self-checks out), {real['fresh check']:.1f} s where its self-checks are remembered; "
+                f"the self-checks' CPU: "
+                + ", ".join(f"{name[:2]} {cpu:.2f} s" for name, cpu in real["self-checks"].items())
             )
     extrapolate(args, figures, merging, ways, real)
+
+
+def machine_check(real: dict, cores: int) -> float:
+    """Seconds of the check of a machine's fresh workers (one a core) that never checked these assignments: what
+    each worker does as where the self-checks are remembered (measured: its smoke kernel, its judge reading them,
+    Dask's round trips), then the machine's self-checks, which its judge processes share out
+    (``selfcheck.checked_references``): their CPU spread over its cores, or the longest one if more. The second
+    part is not overlapped with the first, though it runs beside the smoke kernels: the sum is an upper bound."""
+    spread = sum(real["self-checks"].values()) / cores
+    return real["fresh check"] + max(spread, max(real["self-checks"].values()))
 
 
 def extrapolate(args, figures, merging, ways, real=None):
@@ -431,7 +457,9 @@ def extrapolate(args, figures, merging, ways, real=None):
     # Once per grading, before any job: the check of fresh workers (started with the preload before the grading,
     # as a cluster's are) on machines that never checked these assignments; without a real scheduler, the check of
     # a LocalCluster that the grading starts, each worker checking alone.
-    check = (real or {}).get("never checked", figures["check the workers"])
+    check = figures["check the workers"]
+    if real:
+        check = machine_check(real, args.cores)
     merge_each = merging["one per batch cpu"]  # c
     fixed = max(0.0, merging["a transaction each cpu"] - merge_each)  # F: a commit and its fsync
     if real and real["merge batches"]:  # F as the merging thread paid it under the real scheduler, if more
@@ -461,7 +489,14 @@ def extrapolate(args, figures, merging, ways, real=None):
         f"assignment left out), client {other_each * 1000:.1f} ms + its merge ({merge_each * 1000:.2f} ms + "
         f"{fixed * 1000:.1f} ms a transaction); each worker's warm-up {warm_up:.1f} s once, after the check of the "
         f"workers, {check:.1f} s"
-        + (" (fresh preloaded workers, machines that never checked these assignments)" if real else "")
+        + (
+            f" (fresh preloaded workers of machines that never checked these assignments: {real['fresh check']:.1f} s "
+            f"as where the self-checks are remembered, plus the machine's self-checks, "
+            f"{sum(real['self-checks'].values()):.1f} s of CPU spread over its {args.cores} workers, or the longest "
+            f"one, {max(real['self-checks'].values()):.2f} s, if more)"
+            if real
+            else ""
+        )
     )
     if real:
         batches = real["merge batches"]
@@ -510,6 +545,13 @@ def extrapolate(args, figures, merging, ways, real=None):
         return ", ".join(shown)
 
     if real:
+        measured = real["never checked"]
+        print(
+            f"  the same with the check as measured here, {args.workers} workers sharing the self-checks out on "
+            f"{args.workers} cores ({measured:.1f} s; the check's model gives "
+            f"{machine_check(real, args.workers):.1f} s for {args.workers} cores):"
+        )
+        print(f"  total / runs alone on 1, 2, 4, 8, 16 machines = {ratios(measured + warm_up)}")
         started = figures["check the workers"]
         print(
             f"  the same with workers that the grading starts (a LocalCluster: their preload runs during the check, "

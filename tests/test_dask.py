@@ -423,6 +423,7 @@ def test_a_preloaded_worker_starts_its_judge_and_fork_server_before_any_grading_
 
     warmed = []
     monkeypatch.setattr(cluster_worker, "_spare_judge", [])
+    monkeypatch.setattr(cluster_worker, "_assignments_came", threading.Event())
     monkeypatch.setattr(cluster_worker, "JudgeProcess", _FakeJudgeProcess)
     monkeypatch.setattr(cluster_worker, "_warm_kernels", lambda: warmed.append("fork server"))
     monkeypatch.setattr(preload, "_ready", threading.Event())
@@ -435,6 +436,8 @@ def test_a_preloaded_worker_starts_its_judge_and_fork_server_before_any_grading_
     cluster_worker.ShipAssignments(assignments, "cifar10", "cache-a").setup(None)
     pool = cluster_worker._judges
     assert spare.sent == [("load", (pool.assignments, "cifar10"))] and pool.loading == [spare]
+    assert cluster_worker._spare_judge == []
+    cluster_worker.start_spare_judge()  # a preload thread that comes late: the grading has its judge already
     assert cluster_worker._spare_judge == []
     # The first call reads that self-check's answer; no other process is started.
     monkeypatch.setattr(judging, "JudgeProcess", lambda *args: pytest.fail("a second judge process was started"))

@@ -148,17 +148,25 @@ _judges: JudgePool | None = None
 _assignments: dict | None = None
 #: A judge process started before any grading (``preload.py``), importing and warming up, no assignments yet.
 _spare_judge: list[JudgeProcess] = []
+#: Set once assignments came (``take_spare_judge``): a spare started after that would idle until the next grading,
+#: holding its memory (torch, nbgrader: some 500 MB a worker).
+_assignments_came = threading.Event()
+_spare_lock = threading.Lock()
 
 
 def start_spare_judge() -> None:
-    """Start a judge process for this worker's first grading, which loads its assignments into it."""
-    if not _spare_judge:
-        _spare_judge.append(JudgeProcess())
+    """Start a judge process for this worker's first grading, which loads its assignments into it; none if they
+    came first (the preload's thread was late): the grading then started its own."""
+    with _spare_lock:
+        if not _spare_judge and not _assignments_came.is_set():
+            _spare_judge.append(JudgeProcess())
 
 
 def take_spare_judge() -> JudgeProcess | None:
     """The spare judge process, if it is still alive (then no longer spare), else None."""
-    spare = _spare_judge.pop() if _spare_judge else None
+    with _spare_lock:
+        _assignments_came.set()
+        spare = _spare_judge.pop() if _spare_judge else None
     return spare if spare is not None and spare.alive() else None
 
 
