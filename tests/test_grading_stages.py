@@ -1146,6 +1146,51 @@ def test_processes_checking_together_share_the_self_checks_out(tmp_path, monkeyp
     assert "01_weights" in judging._assignments and "03_biases" not in judging._assignments
 
 
+def test_a_releases_page_fragments_kept_by_one_process_serve_another_and_change_no_page(tmp_path, monkeypatch):
+    """Catches kept page fragments that change a page (a page rendered with the fragments another process kept
+    differs from one rendered without any), fragments that serve nothing (the release's markdown sanitized again
+    on the first page), a student's own code kept, and a damaged file trusted."""
+    from int8lab.grading import course, fragments, selfcheck
+    from int8lab.grading.model import Job
+    from int8lab.grading.pages import render_page
+    from int8lab.grading.rebuild import graded_notebook
+    from int8lab.grading.sanitize import sanitize_notebook
+
+    monkeypatch.setattr(selfcheck, "_remembered_folder", lambda: tmp_path)
+    name = "04_integer_only"
+    assignment = course.load_assignments(SOURCES[name].parents[1], [name])[name]
+    assignment.release = released(name)
+    student = copy.deepcopy(assignment.source)  # a student who wrote the reference's code
+    student.metadata["language_info"] = dict(fragments.KERNEL_LANGUAGE)
+
+    def page() -> str:
+        graded = sanitize_notebook(graded_notebook(copy.deepcopy(student), assignment.judge.tests, {}))
+        return render_page(graded, Job("ann", name, None), assignment, {})
+
+    fragments.forget()
+    with fragments.recording() as cold:
+        alone = page()
+    fragments.forget()
+    fragments.share({name: assignment})  # the first process: renders the release, keeps what that computed
+    (kept,) = tmp_path.glob("*.fragments.json")
+    fragments.forget()
+    fragments.share({name: assignment})  # another process: reads them
+    with fragments.recording() as warm:
+        shared = page()
+    assert shared == alone
+    answers = [c for c in student.cells if c.cell_type == "markdown" and nbgrader_meta(c).get("solution")]
+    assert len([entry for entry in warm if entry[0] == "markdown"]) <= 2 * len(answers) < len(cold)
+    assert len(warm) < len(cold) / 2, (len(warm), len(cold))
+    code = next(c.source for c in student.cells if c.cell_type == "code" and nbgrader_meta(c).get("solution"))
+    written = max(code.splitlines(), key=len)
+    assert written.strip() and json.dumps(written)[1:-1] not in kept.read_text()
+    kept.write_text('[["markdown", "a text", 3]]')  # damaged: not adopted, rendered and kept again
+    fragments.forget()
+    fragments.share({name: assignment})
+    assert page() == alone and ["markdown", "a text", 3] not in json.loads(kept.read_text())
+    fragments.forget()
+
+
 def test_a_remembered_self_check_is_kept_where_no_kernel_can_reach_it(tmp_path, monkeypatch):
     """Catches remembered self-checks kept in the model cache, which every kernel reads: a kernel could hold their
     lock (every judge on the machine waiting) and, where nothing keeps it from writing, plant shapes that every

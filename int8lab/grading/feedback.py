@@ -21,7 +21,7 @@ from nbconvert.exporters import HTMLExporter, TemplateExporter
 from nbconvert.filters.highlight import Highlight2HTML
 from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
 
-from . import mathml
+from . import fragments, mathml
 from .sanitize import safe_markdown2html
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -84,6 +84,15 @@ class FeedbackExporter(HTMLExporter):
 
 
 _NO_MAGICS = object()  # a cell whose metadata names no magics_language (or that has no metadata)
+#: ``RememberedHighlight``'s cells: (lexer, source, language, its magics_language as JSON or None) -> HTML
+_HIGHLIGHTED: dict[tuple, str] = {}
+
+
+def remember_highlighted(key: tuple, html: str) -> None:
+    """The highlighter of ``key[0]`` highlights ``key[1:]`` as ``html`` (this process's, or one ``fragments`` kept)."""
+    if len(_HIGHLIGHTED) >= 2048:
+        _HIGHLIGHTED.clear()
+    _HIGHLIGHTED[key] = html
 
 
 class RememberedHighlight(Highlight2HTML):
@@ -95,14 +104,14 @@ class RememberedHighlight(Highlight2HTML):
     """
 
     def __call__(self, source, language=None, metadata=None):
-        remembered = self.__dict__.setdefault("_remembered", {})
         magics = metadata["magics_language"] if metadata and "magics_language" in metadata else _NO_MAGICS
-        key = (source, language, magics if magics is _NO_MAGICS else json.dumps(magics, sort_keys=True, default=str))
-        if key not in remembered:
-            if len(remembered) >= 2048:
-                remembered.clear()
-            remembered[key] = super().__call__(source, language, metadata)
-        return remembered[key]
+        magics = None if magics is _NO_MAGICS else json.dumps(magics, sort_keys=True, default=str)
+        key = (self.pygments_lexer, source, language, magics)
+        if key not in _HIGHLIGHTED:
+            highlighted = super().__call__(source, language, metadata)
+            remember_highlighted(key, highlighted)
+            fragments.computed("highlight", list(key), highlighted)
+        return _HIGHLIGHTED[key]
 
     def marked(self, source, language=None, metadata=None):
         """The highlighted code, marked for ``mathml.typeset`` to read once (``mathml.fragment``)."""

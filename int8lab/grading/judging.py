@@ -156,7 +156,7 @@ def load(assignments: dict, dataset: str | None = None) -> dict[str, str]:
     ``dataset``: the grading's (``data.DATASET_ENV``), which the self-check and the hidden tests load; a process
     started before the grading was known (``cluster_worker.start_spare_judge``) has loaded no data before this."""
     from ..data import DATASET_ENV
-    from . import selfcheck
+    from . import fragments, selfcheck
     from .judge import Judge
 
     if dataset:
@@ -171,6 +171,10 @@ def load(assignments: dict, dataset: str | None = None) -> dict[str, str]:
         # Built now, with these shapes: the first submission does not pay for it.
         assignment._judge = Judge.from_source(assignment.source, assignment.expected)
         _assignments[name] = assignment
+    try:  # the releases' page fragments, shared out like the self-checks: not paid by each first page
+        fragments.share({name: _assignments[name] for name in assignments if name in _assignments})
+    except Exception:  # noqa: BLE001 (a head start only: a page that cannot render says so when it is asked for)
+        pass
     return problems
 
 

@@ -35,6 +35,7 @@ from html.parser import HTMLParser
 from latex2mathml import commands as latex_commands
 from latex2mathml.converter import convert_to_element
 
+from . import fragments
 from .sanitize import clean_mathml
 
 #: Elements whose text is never math (MathJax 2's skipTags, and MathML already there).
@@ -171,7 +172,6 @@ _remembered_total = 0
 def _remembered(piece: str, max_tex: int, max_expressions: int) -> tuple[bool, str, int]:
     """(whether ``piece`` reads alone as in a page, its typeset text, the expressions it used) with a whole
     budget, remembered (``MAX_REMEMBERED_TOTAL``); ``max_tex`` and ``max_expressions`` key the module's limits."""
-    global _remembered_total
     key = (piece, max_tex, max_expressions)
     with _REMEMBERED_LOCK:
         if key in _REMEMBERED:
@@ -184,15 +184,22 @@ def _remembered(piece: str, max_tex: int, max_expressions: int) -> tuple[bool, s
         budget = [max_expressions]
         typeset_piece = _typeset_runs(piece, runs, budget)
         value = (True, typeset_piece, max_expressions - budget[0])
+    remember(key, value)
+    fragments.computed("math", list(key), list(value))
+    return value
+
+
+def remember(key: tuple[str, int, int], value: tuple[bool, str, int]) -> None:
+    """``_remembered(*key)`` is ``value`` (this process's, or one that ``fragments`` kept)."""
+    global _remembered_total
     with _REMEMBERED_LOCK:
         # One piece whose MathML alone would fill a tenth of the memory is not kept: it would push out every other.
-        if key not in _REMEMBERED and len(piece) + len(value[1]) <= MAX_REMEMBERED_TOTAL // 10:
+        if key not in _REMEMBERED and len(key[0]) + len(value[1]) <= MAX_REMEMBERED_TOTAL // 10:
             _REMEMBERED[key] = value
-            _remembered_total += len(piece) + len(value[1])
+            _remembered_total += len(key[0]) + len(value[1])
         while _remembered_total > MAX_REMEMBERED_TOTAL:
             (old_piece, _, _), (_, old_typeset, _) = _REMEMBERED.popitem(last=False)
             _remembered_total -= len(old_piece) + len(old_typeset)
-    return value
 
 
 def forget() -> None:

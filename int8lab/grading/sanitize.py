@@ -21,7 +21,6 @@ it is stripped with the rest.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import bleach
@@ -29,6 +28,8 @@ from mistune.renderers.html import HTMLRenderer
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 from nbconvert.preprocessors.sanitize import SanitizeHTML
 from pygments.token import STANDARD_TYPES
+
+from . import fragments
 
 TAGS = [
     "a", "abbr", "b", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i",
@@ -183,17 +184,32 @@ def render_markdown(source: str, attachments: dict | None = None) -> str:
     return MarkdownWithMath(renderer=_Renderer(escape=False, attachments=attachments or {})).render(source)
 
 
-@functools.lru_cache(maxsize=2048)
 def safe_markdown2html(source: str) -> str:
     """nbconvert's markdown filter followed by the same cleaning as ``sanitize_notebook``.
 
     The feedback and formgrader templates render every markdown cell (and comment) a second time.
     Text that the first cleaning left alone as text can become live markdown then (a link inside an
     HTML block, an image), so the course configuration replaces their ``markdown2html`` with this.
-    A function of its text alone, remembered per process: every submission of an assignment holds the
-    release's markdown cells (a cell's text is bounded by the notebook's size).
+    A function of its text alone, remembered per process (``MARKDOWN_REMEMBERED`` texts): every submission of an
+    assignment holds the release's markdown cells (a cell's text is bounded by the notebook's size).
     """
-    return kept_whole(_Sanitizer().sanitize_html_tags(render_markdown(source)))
+    html = _MARKDOWN.get(source)
+    if html is None:
+        html = kept_whole(_Sanitizer().sanitize_html_tags(render_markdown(source)))
+        remember_markdown(source, html)
+        fragments.computed("markdown", source, html)
+    return html
+
+
+MARKDOWN_REMEMBERED = 2048
+_MARKDOWN: dict[str, str] = {}
+
+
+def remember_markdown(source: str, html: str) -> None:
+    """``safe_markdown2html(source)`` is ``html`` (this process's, or one that ``fragments`` kept)."""
+    if len(_MARKDOWN) >= MARKDOWN_REMEMBERED:
+        _MARKDOWN.clear()
+    _MARKDOWN[source] = html
 
 
 #: A ``<pre>`` element (highlighted code, a code block) in rendered, cleaned HTML.
