@@ -42,8 +42,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_grading import make_class  # noqa: E402
 
-from int8lab import trained_model  # noqa: E402
-from int8lab.grading import cluster, course, merge, pages, pipeline, preload, report, selfcheck  # noqa: E402
+from int8lab import cache_dir, trained_model  # noqa: E402
+from int8lab.grading import (  # noqa: E402
+    cluster,
+    course,
+    fragments,
+    judge,
+    merge,
+    pages,
+    pipeline,
+    preload,
+    report,
+    selfcheck,
+)
 from int8lab.grading.model import Limits  # noqa: E402
 
 
@@ -107,12 +118,17 @@ def stages(submitted: Path, out: Path, workers: int, limits: Limits) -> dict:
         "write pages": Timer(pages, "write_pages"),
         "check the workers": WallTimer(cluster, "_check_every_worker"),
     }
-    # The first grading on these machines: every judge process runs its self-check (none is remembered yet).
-    os.environ[selfcheck.RECHECK_ENV] = "1"
+    # The first grading on this machine: every judge process runs its self-check, and nothing is remembered (a
+    # copy of the model cache is another machine's to the remembered self-checks and page fragments).
+    cache = out.with_name(out.name + "-cache")
+    shutil.copytree(cache_dir(), cache)
+    before = dict(os.environ)
+    os.environ.update({selfcheck.RECHECK_ENV: "1", "INT8LAB_CACHE": str(cache)})
     try:
         wall, results = grade(submitted, out, workers, limits, "local")
     finally:
-        del os.environ[selfcheck.RECHECK_ENV]
+        os.environ.clear()
+        os.environ.update(before)
         for timer in timers.values():
             timer.restore()
     kept = [(name, who, a) for name, who, a in timers["accept"].kept if "seconds" in a and "fault" not in a]
@@ -277,15 +293,26 @@ def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: 
     return check.seconds
 
 
-def self_check_cpu(assignments: dict) -> dict[str, float]:
-    """CPU seconds of each assignment's self-check (``selfcheck.check_reference``), in this process as in a judge
-    process: the share of a machine's first check that its workers split between them."""
+def machine_shared_cpu(assignments: dict) -> dict[str, float]:
+    """CPU seconds of what a machine's judge processes share out when they load the assignments, in this process
+    as in a judge process: each assignment's self-check (``selfcheck.check_reference``) and the rendering of its
+    release's page fragments (``fragments.render_release``), each a unit of work that one process does."""
     import_module("int8lab.plots")  # a judge process imports it before its self-checks (judging.main)
+    pages.warm()  # as a judge process has at its start
     seconds = {}
     for name, assignment in assignments.items():
+        # What this process remembers of the grading's own self-check: a judge process has none of it.
+        selfcheck._REFERENCE.clear()
+        judge._compiled.cache_clear()
         started = time.process_time()
         selfcheck.check_reference(name, assignment.source)
-        seconds[name] = time.process_time() - started
+        seconds[f"{name} self-check"] = time.process_time() - started
+        if assignment.release is not None:
+            fragments.forget()
+            started = time.process_time()
+            fragments.render_release(name, assignment)
+            seconds[f"{name} fragments"] = time.process_time() - started
+    fragments.forget()
     return seconds
 
 
@@ -417,13 +444,13 @@ def main():
             )
             real["fresh check"] = fresh_check(submitted, scratch / "fresh", args.workers, limits, scratch, True)
             real["never checked"] = fresh_check(submitted, scratch / "never", args.workers, limits, scratch, False)
-            real["self-checks"] = self_check_cpu(assignments)
+            real["shared"] = machine_shared_cpu(assignments)
             print(
                 f"the check of {args.workers} fresh workers started with the preload (one a core): "
                 f"{real['never checked']:.1f} s on a machine that never checked these assignments (the workers "
                 f"share its self-checks out), {real['fresh check']:.1f} s where its self-checks are remembered; "
-                f"the self-checks' CPU: "
-                + ", ".join(f"{name[:2]} {cpu:.2f} s" for name, cpu in real["self-checks"].items())
+                f"the CPU of what a machine shares out: "
+                + ", ".join(f"{name[:2]}{name[name.index(' ') :]} {cpu:.2f} s" for name, cpu in real["shared"].items())
             )
     extrapolate(args, figures, merging, ways, real)
 
@@ -431,11 +458,12 @@ def main():
 def machine_check(real: dict, cores: int) -> float:
     """Seconds of the check of a machine's fresh workers (one a core) that never checked these assignments: what
     each worker does as where the self-checks are remembered (measured: its smoke kernel, its judge reading them,
-    Dask's round trips), then the machine's self-checks, which its judge processes share out
-    (``selfcheck.checked_references``): their CPU spread over its cores, or the longest one if more. The second
-    part is not overlapped with the first, though it runs beside the smoke kernels: the sum is an upper bound."""
-    spread = sum(real["self-checks"].values()) / cores
-    return real["fresh check"] + max(spread, max(real["self-checks"].values()))
+    Dask's round trips), then the machine's self-checks and release fragments, which its judge processes share
+    out (``selfcheck.checked_references``, ``fragments.share``): their CPU spread over its cores, and the longest
+    one once more (the last one's imbalance: the others may wait for it). The second part is not overlapped with
+    the first, though it runs beside the smoke kernels."""
+    spread = sum(real["shared"].values()) / cores
+    return real["fresh check"] + spread + max(real["shared"].values())
 
 
 def extrapolate(args, figures, merging, ways, real=None):
@@ -491,9 +519,9 @@ def extrapolate(args, figures, merging, ways, real=None):
         f"workers, {check:.1f} s"
         + (
             f" (fresh preloaded workers of machines that never checked these assignments: {real['fresh check']:.1f} s "
-            f"as where the self-checks are remembered, plus the machine's self-checks, "
-            f"{sum(real['self-checks'].values()):.1f} s of CPU spread over its {args.cores} workers, or the longest "
-            f"one, {max(real['self-checks'].values()):.2f} s, if more)"
+            f"as where the self-checks are remembered, plus the machine's self-checks and release fragments, "
+            f"{sum(real['shared'].values()):.1f} s of CPU spread over its {args.cores} workers, and the longest "
+            f"one, {max(real['shared'].values()):.2f} s, once more)"
             if real
             else ""
         )

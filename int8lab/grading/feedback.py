@@ -84,12 +84,14 @@ class FeedbackExporter(HTMLExporter):
 
 
 _NO_MAGICS = object()  # a cell whose metadata names no magics_language (or that has no metadata)
-#: ``RememberedHighlight``'s cells: (lexer, source, language, its magics_language as JSON or None) -> HTML
+#: ``RememberedHighlight``'s cells: (its settings as JSON: lexer, default language, formatter options; the source,
+#: the language, the cell's magics_language as JSON or None) -> HTML
 _HIGHLIGHTED: dict[tuple, str] = {}
 
 
 def remember_highlighted(key: tuple, html: str) -> None:
-    """The highlighter of ``key[0]`` highlights ``key[1:]`` as ``html`` (this process's, or one ``fragments`` kept)."""
+    """A highlighter of the settings ``key[0]`` highlights ``key[1:]`` as ``html`` (this process's, or one that
+    ``fragments`` kept)."""
     if len(_HIGHLIGHTED) >= 2048:
         _HIGHLIGHTED.clear()
     _HIGHLIGHTED[key] = html
@@ -106,12 +108,14 @@ class RememberedHighlight(Highlight2HTML):
     def __call__(self, source, language=None, metadata=None):
         magics = metadata["magics_language"] if metadata and "magics_language" in metadata else _NO_MAGICS
         magics = None if magics is _NO_MAGICS else json.dumps(magics, sort_keys=True, default=str)
-        key = (self.pygments_lexer, source, language, magics)
-        if key not in _HIGHLIGHTED:
+        settings = [self.pygments_lexer, self.default_language, self.extra_formatter_options]
+        key = (json.dumps(settings, sort_keys=True, default=str), source, language, magics)
+        highlighted = _HIGHLIGHTED.get(key)
+        if highlighted is None:
             highlighted = super().__call__(source, language, metadata)
             remember_highlighted(key, highlighted)
             fragments.computed("highlight", list(key), highlighted)
-        return _HIGHLIGHTED[key]
+        return highlighted
 
     def marked(self, source, language=None, metadata=None):
         """The highlighted code, marked for ``mathml.typeset`` to read once (``mathml.fragment``)."""

@@ -62,7 +62,7 @@ def _fragment(entry) -> bool:
     if kind == "markdown":
         return isinstance(key, str) and isinstance(value, str)
     if kind == "highlight":
-        return _strings(key, 4, optional=(0, 2, 3)) and isinstance(value, str)
+        return _strings(key, 4, optional=(2, 3)) and isinstance(value, str)
     return kind == "math" and _math(key, value)
 
 
@@ -102,17 +102,20 @@ KERNEL_LANGUAGE = {"name": "python", "pygments_lexer": "ipython3"}
 
 
 def render_release(name: str, assignment) -> None:
-    """Render the page of ``assignment``'s release as a submission that changed nothing shows it (the release's
-    cells, its test cells as the judge writes them back, no outputs), for the memos to hold its fragments."""
+    """Render the page of ``assignment``'s release as a submission that changed nothing shows it, rebuilt as the
+    grader rebuilds every submission (with its demonstration cells run, and skipped: ``--skip-demos`` shows each
+    under a note), its test cells as the judge writes them back, no outputs: for the memos to hold its fragments."""
     from .model import Job
     from .pages import render_page
-    from .rebuild import graded_notebook
+    from .rebuild import graded_notebook, rebuild_submission
     from .sanitize import sanitize_notebook
 
     release = copy.deepcopy(assignment.release)
     release.metadata["language_info"] = dict(KERNEL_LANGUAGE)
-    graded = sanitize_notebook(graded_notebook(release, assignment.judge.tests, {}))
-    render_page(graded, Job("", name, None), assignment, {})
+    for skip_demos in (False, True):
+        rebuilt, _ = rebuild_submission(release, release, skip_untouched_demos=skip_demos)
+        graded = sanitize_notebook(graded_notebook(rebuilt, assignment.judge.tests, {}))
+        render_page(graded, Job("", name, None), assignment, {})
 
 
 def share(assignments: dict) -> None:
