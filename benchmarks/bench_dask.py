@@ -22,7 +22,9 @@ The machine may be shared: every figure is one noisy run.
 import argparse
 import contextlib
 import copy
+import json
 import os
+import pickle
 import resource
 import shutil
 import socket
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib import import_module
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -46,8 +48,6 @@ from int8lab import cache_dir, trained_model  # noqa: E402
 from int8lab.grading import (  # noqa: E402
     cluster,
     course,
-    fragments,
-    judge,
     merge,
     pages,
     pipeline,
@@ -294,26 +294,33 @@ def fresh_check(submitted: Path, out: Path, workers: int, limits: Limits, base: 
 
 
 def machine_shared_cpu(assignments: dict) -> dict[str, float]:
-    """CPU seconds of what a machine's judge processes share out when they load the assignments, in this process
-    as in a judge process: each assignment's self-check (``selfcheck.check_reference``) and the rendering of its
-    release's page fragments (``fragments.render_release``), each a unit of work that one process does."""
-    import_module("int8lab.plots")  # a judge process imports it before its self-checks (judging.main)
-    pages.warm()  # as a judge process has at its start
-    seconds = {}
-    for name, assignment in assignments.items():
-        # What this process remembers of the grading's own self-check: a judge process has none of it.
-        selfcheck._REFERENCE.clear()
-        judge._compiled.cache_clear()
-        started = time.process_time()
-        selfcheck.check_reference(name, assignment.source)
-        seconds[f"{name} self-check"] = time.process_time() - started
-        if assignment.release is not None:
-            fragments.forget()
-            started = time.process_time()
-            fragments.render_release(name, assignment)
-            seconds[f"{name} fragments"] = time.process_time() - started
-    fragments.forget()
-    return seconds
+    """CPU seconds of what a machine's judge processes share out when they load the assignments, measured in a
+    fresh process started as a judge process starts (``judging.main``'s warm-up): each assignment's self-check
+    (``selfcheck.check_reference``) and the rendering of its release's page fragments
+    (``fragments.render_release``), each a unit of work that one process does. (In this process they would cost
+    less: the grading's own self-check left its records and the models warm here.)"""
+    measure = (
+        "import json, pickle, sys, time\n"
+        "from int8lab.grading.workers import _warm_worker\n"
+        "_warm_worker()\n"
+        "from int8lab.grading import fragments, pages, selfcheck\n"
+        "import int8lab.plots\n"
+        "pages.warm()\n"
+        "selfcheck.machine_digest()\n"
+        "seconds = {}\n"
+        "for name, assignment in pickle.loads(sys.stdin.buffer.read()).items():\n"
+        "    started = time.process_time()\n"
+        "    assignment.expected = selfcheck.check_reference(name, assignment.source)\n"
+        "    seconds[name + ' self-check'] = time.process_time() - started\n"
+        "    if assignment.release is not None:\n"
+        "        started = time.process_time()\n"
+        "        fragments.render_release(name, assignment)\n"
+        "        seconds[name + ' fragments'] = time.process_time() - started\n"
+        "print(json.dumps(seconds))\n"
+    )
+    plain = {name: replace(a, expected=None, _judge=None) for name, a in assignments.items()}
+    done = subprocess.run([sys.executable, "-c", measure], input=pickle.dumps(plain), capture_output=True, check=True)
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
 def client_cpu(submitted: Path, out: Path, workers: int, limits: Limits, base: Path) -> dict:

@@ -8,7 +8,7 @@ The names below are imported when first used (``from int8lab import trained_mode
 it is sent: ``int8lab/grading/tasks.py``).
 """
 
-from importlib import import_module
+from importlib import import_module as _import_module
 
 #: Each public name and the module that defines it.
 _WHERE = {
@@ -33,13 +33,19 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+#: The modules that importing int8lab imported before its names became lazy (``int8lab.data`` and so on).
+_MODULES = frozenset(_WHERE.values())
+
+
 def __getattr__(name: str):
+    if name in _MODULES:
+        return _import_module(f".{name}", __name__)  # the import binds it here
     if name not in _WHERE:
         raise AttributeError(f"module 'int8lab' has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    value = getattr(_import_module(f".{_WHERE[name]}", __name__), name)
     globals()[name] = value  # found directly from now on
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+    return sorted({*globals(), *_WHERE, *_MODULES})

@@ -1174,7 +1174,10 @@ def test_a_releases_page_fragments_kept_by_one_process_serve_another_and_change_
     fragments.share({name: assignment})  # the first process: renders the release, keeps what that computed
     (kept,) = tmp_path.glob("*.fragments.json")
     fragments.forget()
-    fragments.share({name: assignment})  # another process: reads them
+    rendered = fragments.render_release
+    monkeypatch.setattr(fragments, "render_release", lambda *args: pytest.fail("rendered, not read"))
+    assert fragments.share({name: assignment}) == []  # another process: reads them
+    monkeypatch.setattr(fragments, "render_release", rendered)
     with fragments.recording() as warm:
         shared = page()
     assert shared == alone

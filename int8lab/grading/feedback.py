@@ -108,8 +108,12 @@ class RememberedHighlight(Highlight2HTML):
     def __call__(self, source, language=None, metadata=None):
         magics = metadata["magics_language"] if metadata and "magics_language" in metadata else _NO_MAGICS
         magics = None if magics is _NO_MAGICS else json.dumps(magics, sort_keys=True, default=str)
-        settings = [self.pygments_lexer, self.default_language, self.extra_formatter_options]
-        key = (json.dumps(settings, sort_keys=True, default=str), source, language, magics)
+        try:  # settings that are not plain data (a formatter option's object) are no key for another process
+            settings = [self.pygments_lexer, self.default_language, self.extra_formatter_options]
+            settings = json.dumps(settings, sort_keys=True)
+        except TypeError:
+            return super().__call__(source, language, metadata)
+        key = (settings, source, language, magics)
         highlighted = _HIGHLIGHTED.get(key)
         if highlighted is None:
             highlighted = super().__call__(source, language, metadata)

@@ -18,25 +18,28 @@ import contextlib
 import copy
 import json
 import os
+import threading
 
-#: What ``recording`` collects: ``[kind, key, value]`` of each fragment computed meanwhile.
+#: What ``recording`` collects: ``[kind, key, value]`` of each fragment its thread computes meanwhile (only its
+#: thread's: another thread may be rendering a student's page).
 _recording: list | None = None
+_recording_thread: int | None = None
 
 
 def computed(kind: str, key, value) -> None:
     """A memo of ``kind`` ("markdown", "highlight" or "math") computed ``value`` for ``key`` (JSON data)."""
-    if _recording is not None:
+    if _recording is not None and threading.get_ident() == _recording_thread:
         _recording.append([kind, key, value])
 
 
 @contextlib.contextmanager
 def recording():
-    global _recording
-    _recording = []
+    global _recording, _recording_thread
+    _recording, _recording_thread = [], threading.get_ident()
     try:
         yield _recording
     finally:
-        _recording = None
+        _recording, _recording_thread = None, None
 
 
 def adopt(entries: list) -> None:
@@ -118,17 +121,32 @@ def render_release(name: str, assignment) -> None:
         render_page(graded, Job("", name, None), assignment, {})
 
 
-def share(assignments: dict) -> None:
+#: How long a process waits for another one rendering the same release (then renders it too, keeping nothing):
+#: a release takes a fraction of a second, and a first page that renders it costs no more.
+WAIT_SECONDS = 10
+
+
+def share(assignments: dict) -> list[str]:
     """The fragments of each assignment's release in this process's memos: read where another process of this
     machine kept them, else computed (``render_release``) and kept. A release another process is rendering at
-    this moment comes last, as ``selfcheck.checked_references`` does."""
+    this moment comes last, as ``selfcheck.checked_references`` does. Where nothing can be kept safely
+    (``selfcheck._remembered_folder``), nothing is done: each first page renders its own, as before. Returns
+    what failed, ``name: Type: message`` (a page of that assignment then says it when it is asked for)."""
     from . import selfcheck
 
     folder = selfcheck._remembered_folder()
+    if folder is None:
+        return []
     wanted = {name: a for name, a in assignments.items() if a.release is not None}
-    busy = [name for name, assignment in wanted.items() if not _shared(folder, name, assignment, wait=False)]
-    for name in busy:
-        _shared(folder, name, wanted[name], wait=True)
+    failed, busy = [], []
+    for wait, names in ((False, list(wanted)), (True, busy)):
+        for name in names:
+            try:
+                if not _shared(folder, name, wanted[name], wait):
+                    busy.append(name)
+            except Exception as exc:  # noqa: BLE001 (a head start only; the others are shared all the same)
+                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return failed
 
 
 def _shared(folder, name: str, assignment, wait: bool) -> bool:
@@ -137,19 +155,19 @@ def _shared(folder, name: str, assignment, wait: bool) -> bool:
 
     from . import selfcheck
 
-    if folder is None:  # nothing is kept where a kernel could write it: this process renders its own
-        render_release(name, assignment)
-        return True
     content = nbformat.writes(assignment.release) + nbformat.writes(assignment.source) + "\npage fragments"
     key = selfcheck._key(content)
     path = folder / f"{key}.fragments.json"
     with open(folder / f"{key}.lock", "a") as lock:
-        if not selfcheck._lock(lock, selfcheck.LOCK_WAIT_SECONDS if wait else 0) and not wait:
-            return False
+        if not selfcheck._lock(lock, WAIT_SECONDS if wait else 0):
+            if not wait:
+                return False
+            render_release(name, assignment)  # the other process is stuck: this one's own, kept nowhere
+            return True
         try:
             adopt(json.loads(path.read_text()))
             return True
-        except (OSError, ValueError, TypeError):  # none kept yet, or not readable as such: render it here
+        except (OSError, ValueError, TypeError, RecursionError):  # none kept, or not readable as such: render here
             pass
         with recording() as entries:
             render_release(name, assignment)

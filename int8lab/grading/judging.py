@@ -171,10 +171,10 @@ def load(assignments: dict, dataset: str | None = None) -> dict[str, str]:
         # Built now, with these shapes: the first submission does not pay for it.
         assignment._judge = Judge.from_source(assignment.source, assignment.expected)
         _assignments[name] = assignment
-    try:  # the releases' page fragments, shared out like the self-checks: not paid by each first page
-        fragments.share({name: _assignments[name] for name in assignments if name in _assignments})
-    except Exception:  # noqa: BLE001 (a head start only: a page that cannot render says so when it is asked for)
-        pass
+    # The releases' page fragments, shared out like the self-checks: not paid by each first page. A failure is a
+    # head start lost (a page that cannot render says so when it is asked for), said on the judge's stderr.
+    for failure in fragments.share({name: _assignments[name] for name in assignments if name in _assignments}):
+        print(f"int8lab: the page fragments of {failure}", file=sys.stderr)
     return problems
 
 

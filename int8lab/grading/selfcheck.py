@@ -196,7 +196,9 @@ def _remembered_folder():
     """``<cache>-selfcheck`` beside the model cache, or None. Beside it, not in it: a kernel may read the model
     cache (its checkpoints), and could hold a lock on what it can open; this folder is in no kernel's sandbox.
     None where Landlock cannot keep the kernels from it (without Landlock a kernel could write a remembered
-    check: every later grading would take its shapes), or where it cannot be written."""
+    check: every later grading would take its shapes), or where it cannot be written. The release page fragments
+    kept here (``fragments.py``) go into every student's page as they are: this folder must stay out of every
+    kernel's reach (``run._readable_paths``; tests/test_grading_stages.py checks it)."""
     from ..data import cache_dir
     from .landlock import landlock_abi
 
