@@ -43,6 +43,9 @@ WARM_MODULES = (
     "torch",
     "torch.nn",
     "torch.nn.functional",
+    # An optimizer's first step imports torch._dynamo (and sympy...): 0.8 s of CPU in every kernel of notebook 7,
+    # whose tests take an Adam step.
+    "torch._dynamo",
     "matplotlib",
     "matplotlib.pyplot",
     "matplotlib_inline.backend_inline",
@@ -50,7 +53,12 @@ WARM_MODULES = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
     "ipykernel.zmqshell",
-    "int8lab",
+    "int8lab",  # its names import when first used: the modules the setup cells use are listed
+    "int8lab.data",
+    "int8lab.guards",
+    "int8lab.models",
+    "int8lab.profiling",
+    "int8lab.training",
     "int8lab.analysis",
     "int8lab.checks",
     "int8lab.engine",

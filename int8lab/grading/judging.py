@@ -236,6 +236,18 @@ def _read_frame(stream):
     return pickle.loads(data)
 
 
+def warm() -> None:
+    """What a judge process does when it starts, before its first request (for a Dask worker's preloaded spare:
+    before the grading), so that no self-check or page pays it."""
+    from .pages import warm as warm_pages
+    from .selfcheck import machine_digest
+
+    warm_pages()  # nbgrader's imports and the templates' compilation
+    import_module("int8lab.plots")  # the reference solutions import it (matplotlib)
+    import_module("torch._dynamo")  # an optimizer's first step imports it: 0.8 s of notebook 7's self-check
+    machine_digest()  # what a remembered self-check is keyed on (installed packages...)
+
+
 def main() -> None:
     """The judge process's loop; what the judge prints goes to stderr, never into the protocol's frames."""
     from .workers import _warm_worker
@@ -244,13 +256,8 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     _warm_worker()
-    from .pages import warm
-    from .selfcheck import machine_digest
-
     try:
-        warm()  # nbgrader's imports and the templates' compilation, before the first page, not in it
-        import_module("int8lab.plots")  # the reference solutions import it (matplotlib): before their self-check
-        machine_digest()  # what a remembered self-check is keyed on (installed packages...), before the first load
+        warm()
     except Exception:  # noqa: BLE001 (a head start only: the first page and load do the same, and say what fails)
         pass
     while True:
