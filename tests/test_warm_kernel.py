@@ -316,3 +316,13 @@ def test_a_dask_workers_kernels_require_what_its_check_kernel_got(monkeypatch):
     finally:
         for close in at_exit:
             close()
+
+
+def test_the_fork_server_imports_every_module_behind_int8labs_lazy_names():
+    """Catches a fork server that leaves a module of ``from int8lab import ...`` to every kernel: the package
+    imports its names when first used, so each setup cell would import int8lab.data, .training... again."""
+    import int8lab
+    from int8lab.grading.forkserver import WARM_MODULES
+
+    behind = {f"int8lab.{module}" for module in int8lab._WHERE.values()}
+    assert behind <= set(WARM_MODULES), sorted(behind - set(WARM_MODULES))
