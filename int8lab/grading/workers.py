@@ -266,7 +266,9 @@ def _grade_in_pool(batch, assignments, work, limits, machine, workers, results, 
     unfinished, overdue = [], set()
     context = multiprocessing.get_context("spawn")
     cgroups, server = machine
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_warm_worker) as pool:
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=context, initializer=_start_pool_worker, initargs=(assignments,)
+    ) as pool:
         futures = {
             pool.submit(grade_one, job, assignments[job.assignment], work / f"{index:05d}", limits, cgroups, server): (
                 index,
@@ -314,6 +316,19 @@ def _overdue(job_dir: Path, limits: Limits) -> bool:
     except ProcessLookupError:
         pass
     return True
+
+
+def _start_pool_worker(assignments: dict) -> None:
+    """A pool worker's start: ``_warm_worker``, then the releases' page fragments (``fragments.share``: read
+    where this machine keeps them; the first workers render them between them), which its first page of each
+    assignment would otherwise pay (pool workers are replaced every ``JOBS_PER_WORKER`` notebooks)."""
+    _warm_worker()
+    from . import fragments
+
+    try:
+        fragments.share(assignments)
+    except Exception:  # noqa: BLE001 (a head start only: a page renders what it does not find)
+        pass
 
 
 def _warm_worker() -> None:
