@@ -29,14 +29,23 @@ from int8lab import trained_model  # noqa: E402
 
 
 def make_class(root: Path, per_notebook: int) -> list[tuple[str, str]]:
-    """``per_notebook`` submissions of each notebook, one in four of them unsolved."""
+    """``per_notebook`` submissions of each notebook, one in four of them unsolved; each student's answer cells
+    hold a line of their own, as a real class's differ (the feedback pages remember what recurs: the same answers
+    in every notebook would make a page cost less than it does)."""
     jobs = []
     for index in range(per_notebook):
         student = f"student{index:02d}"
         for assignment in ASSIGNMENTS:
-            write_submission(root, student, assignment, submission(assignment, solved=index % 4 != 3))
+            notebook = submission(assignment, solved=index % 4 != 3, edit=lambda nb, who=student: _own_words(nb, who))
+            write_submission(root, student, assignment, notebook)
             jobs.append((student, assignment))
     return jobs
+
+
+def _own_words(notebook, student: str) -> None:
+    for cell in notebook.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source += f"\n# {student}'s own line" if cell.cell_type == "code" else f"\n\n{student}'s own words."
 
 
 def plain_nbgrader(course: Path, submitted: Path) -> float:
