@@ -1100,6 +1100,24 @@ def test_a_passed_self_check_is_remembered_for_the_same_source_and_environment_o
     assert sorted(tmp_path.glob("*.json")) == before
 
 
+def test_the_environment_digest_skips_files_being_written_and_files_gone_since_the_listing(tmp_path, monkeypatch):
+    """Catches `int8lab grade` failing on FileNotFoundError when a file of the model cache goes between its listing
+    and its reading (a notebook's sweep writes simulated/NAME.<pid>.npz, then renames it; seen in a fresh-clone
+    CI run), and a file being written that changes the digest."""
+    from int8lab.grading import selfcheck
+
+    monkeypatch.setenv("INT8LAB_CACHE", str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "net.pt").write_bytes(b"weights")
+    before = selfcheck.environment_digest()
+    (tmp_path / "simulated").mkdir()
+    (tmp_path / "simulated" / "0123abcd.3738.npz").write_bytes(b"half written")
+    assert selfcheck.environment_digest() == before
+    listing = selfcheck._cache_listing(tmp_path)
+    (tmp_path / "checkpoints" / "net.pt").unlink()
+    assert selfcheck._cache_digest(str(tmp_path), listing)  # listed, then gone: no error
+
+
 def test_processes_checking_together_share_the_self_checks_out(tmp_path, monkeypatch):
     """Catches a judge process that waits in line behind another one checking the same first source (a Dask
     machine's workers all start with the first assignment): it checks the next sources first, then takes the

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 
@@ -237,17 +238,38 @@ def environment_digest() -> str:
     from ..data import cache_dir, dataset_name
 
     root = cache_dir()
-    listing = []
-    for path in sorted(root.rglob("*")) if root.is_dir() else []:
-        relative = path.relative_to(root)
-        if path.is_file() and path.suffix not in (".lock", ".part"):
-            stat = path.stat()
-            listing.append((str(relative), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
-    parts = [machine_digest(), dataset_name(), _cache_digest(str(root), tuple(listing))]
+    parts = [machine_digest(), dataset_name(), _cache_digest(str(root), _cache_listing(root))]
     parts.append(str(torch.get_num_threads()))  # read now: a notebook's setup may change it in this process
     # The variables that choose torch's kernels, its threads and the libraries it loads.
     parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(ARITHMETIC_ENV) or k in LOADING_ENV)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+#: A file another process is writing, to rename into place (``name.<pid>.npz``, ``name.<pid>.part``).
+_BEING_WRITTEN = re.compile(r"\.\d+\.\w+$")
+
+
+def _cache_listing(root, attempts: int = 3) -> tuple:
+    """The model cache's files: (relative path, size, mtime, inode, ctime), without the ones being written (a
+    notebook's sweep writes its results beside the checkpoints) and those that went meanwhile."""
+    listing = []
+    try:
+        paths = sorted(root.rglob("*")) if root.is_dir() else []
+    except OSError:  # a folder removed during the walk: walk again
+        if attempts <= 1:
+            raise
+        return _cache_listing(root, attempts - 1)
+    for path in paths:
+        if path.suffix in (".lock", ".part") or _BEING_WRITTEN.search(path.name):
+            continue
+        try:
+            if not path.is_file():
+                continue
+            stat = path.stat()
+        except OSError:  # gone since the walk (renamed or removed by the process that wrote it)
+            continue
+        listing.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
+    return tuple(listing)
 
 
 ARITHMETIC_ENV = ("ATEN_", "ONEDNN_", "DNNL_", "MKL_", "OMP_", "KMP_", "OPENBLAS_", "TORCH_", "GOMP_")
@@ -284,6 +306,9 @@ def _cache_digest(root: str, listing: tuple) -> str:
         if relative.startswith("cifar10"):
             parts.append(f"{relative} {size} {mtime}")
         else:
-            with open(os.path.join(root, relative), "rb") as handle:
-                parts.append(f"{relative} {hashlib.sha256(handle.read()).hexdigest()}")
+            try:
+                with open(os.path.join(root, relative), "rb") as handle:
+                    parts.append(f"{relative} {hashlib.sha256(handle.read()).hexdigest()}")
+            except OSError:  # removed since it was listed
+                parts.append(f"{relative} gone")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
