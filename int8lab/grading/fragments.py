@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import threading
 
 #: What ``recording`` collects: ``[kind, key, value]`` of each fragment its thread computes meanwhile (only its
@@ -176,17 +175,9 @@ def _shared(folder, name: str, assignment, wait: bool) -> bool:
 
 
 def _keep(path, entries: list, key: str, content: str) -> None:
-    """Written whole or not at all, and only if rendering left the environment as the key says."""
+    """``selfcheck._keep_text`` of ``entries``, unless they hold this process's own marks (no fragment of a page)."""
     from . import mathml, selfcheck
 
-    if selfcheck._key(content) != key:
-        return
     text = json.dumps(entries)
-    if mathml._SECRET in text:  # a process's own marks are no fragment of a page: never written out
-        return
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    except OSError:
-        partial.unlink(missing_ok=True)
+    if mathml._SECRET not in text:
+        selfcheck._keep_text(path, text, key, content)

@@ -181,15 +181,20 @@ def _lock(handle, seconds: float) -> bool:
 
 
 def _keep_shapes(path, shapes: dict, key: str, source: str) -> None:
-    """Written whole or not at all (a reader never sees half a file), and only if the check left the environment
-    as its key says (it may write the model cache: a checkpoint, the digits data)."""
+    _keep_text(path, json.dumps([[cell, step, names] for (cell, step), names in shapes.items()]), key, source)
+
+
+def _keep_text(path, text: str, key: str, source: str) -> None:
+    """``text`` written to ``path`` whole or not at all (a reader never sees half a file), and only if the work
+    that made it left the environment as ``key`` (``_key(source)``, read before it) says: a self-check may write
+    the model cache (a checkpoint, the digits data)."""
     if _key(source) != key:
         return
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
-        partial.write_text(json.dumps([[cell, step, names] for (cell, step), names in shapes.items()]))
+        partial.write_text(text)
         partial.replace(path)
-    except OSError:  # a full disk: the check passed all the same, the next one runs again
+    except OSError:  # a full disk: the work is done all the same, the next process does it again
         partial.unlink(missing_ok=True)
 
 
