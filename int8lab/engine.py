@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .memo import pure
+
 #: PyTorch 2.13 announces that torch.ao.quantization moves to the torchao package, and that
 #: quantized tensor types will go. Both still work here; these are the only warnings silenced.
 _EXPECTED_WARNINGS = (
@@ -104,6 +106,7 @@ def cpu_features() -> str:
     return f"{machine}, AVX2 with VNNI ({', '.join(vnni)})" if vnni else f"{machine}, AVX2 without VNNI"
 
 
+@pure
 def torch_int8_model(
     float_net: nn.Module,
     calibration: DataLoader,

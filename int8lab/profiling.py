@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .memo import pure
+
 # Key -> (module to hook, whether to record its input (pre-hook) or its output).
 # A layer's profiled activations are what the next layer receives: after ReLU (and pooling
 # for the convolutions). fc3 has no next layer, so its raw output is recorded.
@@ -20,6 +22,7 @@ _TAPS = {
 }
 
 
+@pure
 def profile_activations(model: nn.Module, loader: DataLoader, max_samples: int = 400) -> dict[str, np.ndarray]:
     """Run up to ``max_samples`` images through ``model`` and return what each layer produced.
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import IN_CHANNELS, cache_dir, dataset_name, load_data
+from .memo import pure
 from .models import Net, NetBN, NetWithBias
 
 #: Bump when the checkpoint layout changes, so that old files are ignored rather than misread.
@@ -53,6 +54,7 @@ class CacheReadOnlyError(RuntimeError):
     """The model cache lacks a checkpoint and this user cannot write one there (a cache shared on a hub)."""
 
 
+@pure
 def evaluate(model: nn.Module, loader: DataLoader) -> float:
     """Accuracy of ``model`` on every batch of ``loader``, in percent (0 to 100)."""
     model.eval()

@@ -1228,3 +1228,38 @@ def test_a_remembered_self_check_is_kept_where_no_kernel_can_reach_it(tmp_path, 
             assert not folder.resolve().is_relative_to(Path(readable).resolve()), readable
     monkeypatch.setattr(landlock, "landlock_abi", lambda: 0)
     assert selfcheck._remembered_folder() is None
+
+
+@pytest.mark.parametrize("assignment", ["04_integer_only", "06_zero_points"])
+def test_the_judges_memo_changes_no_verdict(assignment, monkeypatch):
+    """Notebooks 4 and 6 recompute references (the engine's network, profiled activations) for each
+    submission; remembered, they give the same verdicts, right answers and wrong ones alike."""
+    from int8lab import memo
+    from int8lab.grading.selfcheck import probe_in_process
+
+    source = nbformat.read(SOURCES[assignment], as_version=4)
+    judge = Judge.from_source(source)
+    right = {(cell, statement): record for cell, statement, record in probe_in_process(source).entries}
+    wrong = dict(right)
+    for key, record in right.items():  # every recorded tensor a little off: each test that reads one fails
+        values = record.get("values", {})
+        wrong[key] = {"values": {name: _nudged(value) for name, value in values.items()}} if values else record
+
+    def verdicts(records):
+        return {grade_id: (v.score, v.message) for grade_id, v in judge.judge(records).items()}
+
+    memo.forget()
+    remembered = [verdicts(right), verdicts(wrong), verdicts(right)]
+    assert memo.statistics["remembered"] > 0
+    monkeypatch.setattr(memo, "remembering", contextlib.nullcontext)
+    memo.forget()
+    assert [verdicts(right), verdicts(wrong), verdicts(right)] == remembered
+    assert memo.statistics["remembered"] == memo.statistics["computed"] == 0
+    assert any(score == 0 for score, _ in remembered[1].values()) and remembered[0] == remembered[2]
+
+
+def _nudged(encoded):
+    value = records.decode(encoded)
+    if isinstance(value, torch.Tensor) and value.numel() and value.dtype != torch.bool:
+        return records.encode(value + (0.5 if value.is_floating_point() else 1))
+    return encoded

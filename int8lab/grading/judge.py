@@ -126,12 +126,22 @@ class Judge:
         """Every autograded test's verdict, from ``records`` (``records.read_records``; a dict for tests)."""
         if isinstance(records, dict):
             records = Records.from_dict(dict(sorted(records.items(), key=lambda item: self._position(*item[0]))))
+        from int8lab import memo  # torch's import, where judging happens, not where a Verdict is read
+
         by_key, tampered = self._sequence(records)
         namespace: dict = {"__name__": "__judge__"}
         namespace.update({name: StudentCode(name) for name in self.student_names})
         verdicts = {}
         tests = iter(self.tests)
-        with contextlib.redirect_stdout(io.StringIO()), _memory_limit(JUDGE_MEMORY_BYTES):
+        # The reference values each submission's tests recompute (the trained network quantized by the engine,
+        # its profiled activations) come once per process (memo); every judgement draws from generators seeded
+        # alike, so no verdict depends on what the process judged before.
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            _memory_limit(JUDGE_MEMORY_BYTES),
+            memo.seeded(),
+            memo.remembering(),
+        ):
             for cell in self.source.cells:
                 meta = testcells.nbgrader_meta(cell)
                 if cell.cell_type != "code" or not meta:
