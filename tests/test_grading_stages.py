@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -1263,3 +1264,37 @@ def _nudged(encoded):
     if isinstance(value, torch.Tensor) and value.numel() and value.dtype != torch.bool:
         return records.encode(value + (0.5 if value.is_floating_point() else 1))
     return encoded
+
+
+def test_kept_files_unused_for_a_month_and_orphaned_parts_are_pruned(tmp_path, monkeypatch):
+    """Each change of code, packages or model cache starts new keys: without pruning, old files pile up. A file
+    read recently stays, however old its writing."""
+    from int8lab.grading import selfcheck
+    from notebook_harness import read_source
+
+    monkeypatch.setattr(selfcheck, "_remembered_folder", lambda: tmp_path)
+    monkeypatch.setattr(selfcheck, "_pruned_folders", set())
+    source = read_source("01_weights")
+    selfcheck.check_reference("01_weights", source)  # what it loads into the model cache, loaded before its key
+    selfcheck.checked_reference("01_weights", source)  # kept, and read back below
+    (read,) = tmp_path.glob("*.json")
+    month = selfcheck.UNUSED_DAYS * 86400
+    old = time.time() - month - 60
+    stale = {tmp_path / "0ld.json", tmp_path / "0ld.fragments.json", tmp_path / "0ld.lock"}
+    for path in stale:
+        path.write_text("[]")
+        os.utime(path, (old, old))
+    orphan = tmp_path / "0ld.json.123.part"
+    orphan.write_text("half")
+    os.utime(orphan, (time.time() - 2 * selfcheck.ORPHAN_SECONDS,) * 2)
+    fresh_part = tmp_path / "new.json.456.part"  # being written now
+    fresh_part.write_text("half")
+    os.utime(read, (old, old))
+    assert selfcheck.checked_reference("01_weights", source)  # a read: marks it used
+    monkeypatch.setattr(selfcheck, "_pruned_folders", set())
+    other = copy.deepcopy(source)
+    other.cells[-1].source += "\n"
+    selfcheck.checked_reference("01_weights", other)  # a keep: prunes first
+    left = set(tmp_path.iterdir())
+    assert not left & (stale | {orphan})
+    assert {read, fresh_part} <= left and len(list(tmp_path.glob("*.json"))) == 2

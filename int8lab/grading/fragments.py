@@ -165,6 +165,7 @@ def _shared(folder, name: str, assignment, wait: bool) -> bool:
             return True
         try:
             adopt(json.loads(path.read_text()))
+            selfcheck._used(path)
             return True
         except (OSError, ValueError, TypeError, RecursionError):  # none kept, or not readable as such: render here
             pass

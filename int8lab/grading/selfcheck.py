@@ -187,15 +187,54 @@ def _keep_shapes(path, shapes: dict, key: str, source: str) -> None:
 def _keep_text(path, text: str, key: str, source: str) -> None:
     """``text`` written to ``path`` whole or not at all (a reader never sees half a file), and only if the work
     that made it left the environment as ``key`` (``_key(source)``, read before it) says: a self-check may write
-    the model cache (a checkpoint, the digits data)."""
+    the model cache (a checkpoint, the digits data). The first keep of a process prunes the folder (``_prune``)."""
     if _key(source) != key:
         return
+    _prune(path.parent)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
         partial.write_text(text)
         partial.replace(path)
     except OSError:  # a full disk: the work is done all the same, the next process does it again
         partial.unlink(missing_ok=True)
+
+
+#: A kept file no process has read or written for this long is deleted: each change of the code, the packages or
+#: the model cache starts new keys, and the old files would pile up (a few hundred kB per change of a course).
+UNUSED_DAYS = 30
+#: A ``.part`` file this old was left by a writer that died before renaming it into place.
+ORPHAN_SECONDS = 3600
+_pruned_folders: set = set()
+
+
+def _prune(folder) -> None:
+    """Delete the kept files (``*.json``, their ``*.lock``) unused for ``UNUSED_DAYS`` and the orphaned ``*.part``
+    files of ``folder``, once per process. A reader marks what it reads as used (``_used``). Deleting a file
+    another process still needs costs it one check again, never a wrong answer: a key names its content."""
+    if folder in _pruned_folders:
+        return
+    _pruned_folders.add(folder)
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        limit = ORPHAN_SECONDS if entry.name.endswith(".part") else UNUSED_DAYS * 86400
+        if not entry.name.endswith((".json", ".lock", ".part")):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > limit:
+                os.unlink(entry.path)
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+
+
+def _used(path) -> None:
+    """Mark a kept file as read now, so that ``_prune`` keeps it (its lock too)."""
+    for used in (path, path.with_name(path.name.split(".", 1)[0] + ".lock")):
+        with contextlib.suppress(OSError):
+            os.utime(used)
 
 
 def _remembered_folder():
@@ -228,6 +267,7 @@ def _read_shapes(path) -> dict | None:
             if not (isinstance(cell, str) and isinstance(statement, int) and isinstance(names, dict)):
                 return None
             shapes[(cell, statement)] = names
+        _used(path)
         return shapes
     except (OSError, ValueError, TypeError):
         return None
