@@ -52,6 +52,14 @@ class _NotDigestible(Exception):
     """An argument the digest cannot stand for: the call runs, unremembered."""
 
 
+#: What pickling raises for what it cannot pickle. Anything else (the judge's CPU limit, raised by a signal
+#: handler wherever the time runs out) goes through: caught, it would let the call run without its limit.
+_PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, ValueError, NotImplementedError, RuntimeError)
+#: Bytes of tensors and arrays a digest reads at most: beyond, the call runs unremembered (hashing CIFAR-10's
+#: 614 MB of training images would cost more than the profiling it could save).
+MAX_DIGESTED_BYTES = 64 << 20
+
+
 @contextlib.contextmanager
 def remembering():
     """Within the block, ``@pure`` functions remember their results (the judge's judgement)."""
@@ -65,9 +73,10 @@ def remembering():
 @contextlib.contextmanager
 def seeded(seed: int = 0):
     """Within the block, the global generators of torch, numpy and ``random`` start from ``seed``; after it,
-    they are as they were. Each judgement starts so: a draw from them gives the same numbers whatever was
-    judged before in the process, and the memo's keys (which hold those states) recur."""
-    saved = _global_generators()
+    they and the quantized engine (which ``torch_int8_model`` sets) are as they were. Each judgement starts so:
+    a draw from them gives the same numbers whatever the process judged before, and the memo's keys (which
+    hold those states and settings) recur."""
+    saved, engine = _global_generators(), torch.backends.quantized.engine
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -75,6 +84,7 @@ def seeded(seed: int = 0):
         yield
     finally:
         _set_global_generators(saved)
+        torch.backends.quantized.engine = engine
 
 
 def forget() -> None:
@@ -116,7 +126,7 @@ def pure(function):
             same_generators = [id(g) for g in after.generators] == [id(g) for g in before.generators]
             unchanged = after.fixed == before.fixed and same_generators
             kept = copy.deepcopy(result) if unchanged else None
-        except (_NotDigestible, TypeError, copy.Error, RuntimeError, pickle.PicklingError):
+        except (_NotDigestible, copy.Error, *_PICKLING_ERRORS):
             unchanged = False
         if not unchanged:  # it changed an argument or a setting: doing that again needs the call itself
             _CHANGING.add(before.key)
@@ -165,7 +175,7 @@ class _Reading:
             _Digester(states).dump(([g.get_state() for g in digester.generators], _global_generators()))
         except _NotDigestible:
             raise
-        except Exception as exc:  # pickle's errors for a lambda, a local class, an open file...: not remembered
+        except _PICKLING_ERRORS as exc:  # a lambda, a local class, an open file...: not remembered
             raise _NotDigestible(repr(exc)) from exc
         self.fixed = hashlib.sha256(buffer.getbuffer()).digest()
         self.key = hashlib.sha256(self.fixed + hashlib.sha256(states.getbuffer()).digest()).digest()
@@ -184,6 +194,12 @@ class _Digester(pickle.Pickler):
     def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.generators: list[torch.Generator] = []
+        self.digested = 0
+
+    def _count(self, size: int) -> None:
+        self.digested += size
+        if self.digested > MAX_DIGESTED_BYTES:
+            raise _NotDigestible(f"more than {MAX_DIGESTED_BYTES} bytes of tensors and arrays")
 
     def reducer_override(self, obj):
         if isinstance(obj, torch.Generator):
@@ -196,12 +212,14 @@ class _Digester(pickle.Pickler):
                 raise _NotDigestible(f"a {type(obj).__name__} of layout {obj.layout}")
             if obj.device.type != "cpu":
                 raise _NotDigestible(f"a tensor on {obj.device}")
+            self._count(obj.numel() * obj.element_size())
             flat = obj.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-            kind = f"{type(obj).__name__} requires_grad={obj.requires_grad}"
+            kind = f"{type(obj).__name__} requires_grad={obj.requires_grad} stride={obj.stride()}"
             return _content, (kind, str(obj.dtype), tuple(obj.shape), hashlib.sha256(flat).hexdigest())
         if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject:
-                raise _NotDigestible("an array of Python objects")
+            if obj.dtype.hasobject or obj.dtype.fields is not None or type(obj) is not np.ndarray:
+                raise _NotDigestible(f"a {type(obj).__name__} of dtype {obj.dtype}")
+            self._count(obj.nbytes)
             flat = np.ascontiguousarray(obj).reshape(-1).view(np.uint8)
             return _content, ("ndarray", obj.dtype.str, obj.shape, hashlib.sha256(flat).hexdigest())
         return NotImplemented

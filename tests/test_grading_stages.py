@@ -1289,12 +1289,19 @@ def test_kept_files_unused_for_a_month_and_orphaned_parts_are_pruned(tmp_path, m
     os.utime(orphan, (time.time() - 2 * selfcheck.ORPHAN_SECONDS,) * 2)
     fresh_part = tmp_path / "new.json.456.part"  # being written now
     fresh_part.write_text("half")
+    held = tmp_path / "held.lock"  # another process checks that key now, however old its lock file
+    held.write_text("")
+    os.utime(held, (old, old))
     os.utime(read, (old, old))
     assert selfcheck.checked_reference("01_weights", source)  # a read: marks it used
     monkeypatch.setattr(selfcheck, "_pruned_folders", set())
     other = copy.deepcopy(source)
     other.cells[-1].source += "\n"
-    selfcheck.checked_reference("01_weights", other)  # a keep: prunes first
+    with open(held, "a") as holder:
+        import fcntl
+
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        selfcheck.checked_reference("01_weights", other)  # a keep: prunes first
     left = set(tmp_path.iterdir())
     assert not left & (stale | {orphan})
-    assert {read, fresh_part} <= left and len(list(tmp_path.glob("*.json"))) == 2
+    assert {read, fresh_part, held} <= left and len(list(tmp_path.glob("*.json"))) == 2

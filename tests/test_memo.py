@@ -80,17 +80,22 @@ def test_a_call_that_changes_its_argument_runs_every_time():
     assert memo.statistics["remembered"] == 1
 
 
-def test_a_remembered_call_advances_the_generators_as_the_call_does():
-    """A shuffling loader draws its order and a seed from its generator, and the global generator is the
-    caller's: after a remembered call both are where the call itself leaves them."""
+@pytest.mark.parametrize("own_generator", [True, False])
+def test_a_remembered_call_advances_the_generators_as_the_call_does(own_generator):
+    """A shuffling loader draws its order and a seed from its own generator, or from torch's global one when it
+    has none: after a remembered call, both are where the call itself leaves them."""
     net = _net()
     loader = _loader(shuffle=True)
+    if not own_generator:
+        loader = DataLoader(loader.dataset, batch_size=16, shuffle=True)
 
     def call():
-        loader.generator.manual_seed(7)
+        if own_generator:
+            loader.generator.manual_seed(7)
         torch.manual_seed(11)
         result = profile_activations(net, loader, max_samples=20)
-        return result, loader.generator.get_state(), torch.get_rng_state(), torch.rand(3)
+        own = loader.generator.get_state() if own_generator else torch.zeros(1)
+        return result, own, torch.get_rng_state(), torch.rand(3)
 
     plain = call()  # no memo
     with memo.remembering():
@@ -124,17 +129,77 @@ def test_nothing_is_remembered_outside_a_judgement_or_for_an_argument_it_cannot_
     with memo.remembering():
         first = profile_activations(net, batches, max_samples=2)
         second = profile_activations(net, batches, max_samples=2)
-    assert _same(first, second) and first["fc3"] is not second["fc3"]
+    assert _same(first, second)
     assert memo.statistics["not remembered"] == 2 and _counts() == (0, 0)
 
 
-def test_seeded_draws_alike_and_gives_the_generators_back():
+def test_seeded_draws_alike_and_gives_the_generators_and_the_engine_back():
     torch.manual_seed(123)
-    outside = torch.get_rng_state()
+    outside, engine = torch.get_rng_state(), torch.backends.quantized.engine
+    others = [e for e in torch.backends.quantized.supported_engines if e not in (engine, "none")]
     with memo.seeded():
         first = (torch.rand(2), np.random.rand(2))
-    assert torch.equal(torch.get_rng_state(), outside)
+        if others:
+            torch.backends.quantized.engine = others[0]
+    assert torch.equal(torch.get_rng_state(), outside) and torch.backends.quantized.engine == engine
     torch.rand(5)
     with memo.seeded():
         second = (torch.rand(2), np.random.rand(2))
     assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_the_engine_is_remembered_only_where_its_setting_stays():
+    """``torch_int8_model`` sets the quantized engine: called with another engine set, it runs every time (and
+    sets it); with the engine it chooses already set, a copy of its first network computes the same logits."""
+    from int8lab.engine import choose_engine, torch_int8_model
+
+    net, images = _net(), torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    chosen = choose_engine()
+    others = [e for e in torch.backends.quantized.supported_engines if e not in (chosen, "none")]
+    try:
+        with memo.remembering():
+            torch.backends.quantized.engine = chosen
+            first = torch_int8_model(net, _loader(), max_samples=20)
+            second = torch_int8_model(net, _loader(), max_samples=20)
+            assert memo.statistics["remembered"] == 1 and second is not first
+            assert torch.equal(first(images), second(images))
+            for other in others[:1]:
+                for _ in range(2):
+                    torch.backends.quantized.engine = other
+                    torch_int8_model(net, _loader(), max_samples=20)
+                    assert torch.backends.quantized.engine == chosen
+                assert memo.statistics["remembered"] == 1
+    finally:
+        torch.backends.quantized.engine = chosen
+
+
+class _Alarm(Exception):
+    """Stands for the judge's CPU limit, raised by a signal handler wherever the time runs out."""
+
+
+class _RingsWhenPickled:
+    def __reduce__(self):
+        raise _Alarm
+
+
+def test_an_alarm_while_digesting_stops_the_call():
+    """Caught as "cannot digest", the judge's CPU limit would let the call run on without a limit."""
+    ran = []
+
+    @memo.pure
+    def costly(argument):
+        ran.append(argument)
+        return 1
+
+    with memo.remembering(), pytest.raises(_Alarm):
+        costly(_RingsWhenPickled())
+    assert not ran
+
+
+def test_a_call_on_more_bytes_than_a_digest_reads_runs_unremembered(monkeypatch):
+    monkeypatch.setattr(memo, "MAX_DIGESTED_BYTES", 1000)
+    net = _net()
+    with memo.remembering():
+        profile_activations(net, _loader(), max_samples=20)
+        profile_activations(net, _loader(), max_samples=20)
+    assert memo.statistics["not remembered"] == 2 and _counts() == (0, 0)

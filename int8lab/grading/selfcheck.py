@@ -224,10 +224,22 @@ def _prune(folder) -> None:
         if not entry.name.endswith((".json", ".lock", ".part")):
             continue
         try:
-            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > limit:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime <= limit:
+                continue
+            if entry.name.endswith(".lock"):
+                _unlink_lock_if_free(entry.path)
+            else:
                 os.unlink(entry.path)
         except OSError:  # gone meanwhile, or not ours to delete
             continue
+
+
+def _unlink_lock_if_free(path: str) -> None:
+    """Delete a lock file that no process holds (taking it, so that none takes it meanwhile); a held one stays:
+    deleting it would let a third process lock a new file and do the same work at the same time."""
+    with open(path, "a") as lock:
+        if _lock(lock, 0):
+            os.unlink(path)
 
 
 def _used(path) -> None:
