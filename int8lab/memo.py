@@ -173,8 +173,6 @@ class _Reading:
             digester.dump((function.__module__, function.__qualname__, args, sorted(kwargs.items()), _settings()))
             states = io.BytesIO()
             _Digester(states).dump(([g.get_state() for g in digester.generators], _global_generators()))
-        except _NotDigestible:
-            raise
         except _PICKLING_ERRORS as exc:  # a lambda, a local class, an open file...: not remembered
             raise _NotDigestible(repr(exc)) from exc
         self.fixed = hashlib.sha256(buffer.getbuffer()).digest()

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import fcntl
 import json
 import os
 import re
@@ -1298,8 +1299,6 @@ def test_kept_files_unused_for_a_month_and_orphaned_parts_are_pruned(tmp_path, m
     other = copy.deepcopy(source)
     other.cells[-1].source += "\n"
     with open(held, "a") as holder:
-        import fcntl
-
         fcntl.flock(holder, fcntl.LOCK_EX)
         selfcheck.checked_reference("01_weights", other)  # a keep: prunes first
     left = set(tmp_path.iterdir())

@@ -220,9 +220,9 @@ def _prune(folder) -> None:
     except OSError:
         return
     for entry in entries:
-        limit = ORPHAN_SECONDS if entry.name.endswith(".part") else UNUSED_DAYS * 86400
         if not entry.name.endswith((".json", ".lock", ".part")):
             continue
+        limit = ORPHAN_SECONDS if entry.name.endswith(".part") else UNUSED_DAYS * 86400
         try:
             if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime <= limit:
                 continue
