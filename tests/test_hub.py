@@ -283,7 +283,9 @@ def _log_in(hub: Hub, name: str) -> str:
     session = requests.Session()
     session.get(f"{hub.url}/hub/login", timeout=60).raise_for_status()
     form = {"username": name, "password": hub.password, "_xsrf": _cookie(session, "_xsrf")}
-    refused = requests.post(f"{hub.url}/hub/login", data={**form, "password": "wrong"}, timeout=60)
+    # With the session's cookies, as a browser sends it: without its _xsrf cookie the hub signs a new token, with
+    # the current second in it, and refused the form (403) whenever the page and the post fell in two seconds.
+    refused = session.post(f"{hub.url}/hub/login", data={**form, "password": "wrong"}, timeout=60)
     assert "Invalid username or password" in refused.text, "the hub let a wrong password in"
     answer = session.post(f"{hub.url}/hub/login", data=form, timeout=60, allow_redirects=False)
     assert answer.status_code == 302, f"{name} could not log in: {answer.status_code} {answer.text[-500:]}"
